@@ -1,0 +1,1 @@
+"""crypto_assets code location."""

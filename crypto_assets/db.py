@@ -1,0 +1,18 @@
+"""Tiny DuckDB 2.0 helpers: relations no longer have fetchone() and a half-read execute()
+result blocks the connection, so single values are read through fully-fetched relations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+
+def first(conn: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tuple:
+    rows = conn.sql(sql, params=params).fetchall() if params is not None else conn.sql(sql).fetchall()
+    return rows[0] if rows else ()
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
+    row = first(conn, sql, params)
+    return row[0] if row else None

@@ -1,0 +1,19 @@
+"""Crash injection for the exactly-once tests.
+
+`CRYPTO_ASSETS_FAULT=<point>` makes the process SIGKILL itself when it reaches that point, the
+way an OOM kill or a power cut would: no cleanup, no exception handlers. Unset in normal use.
+Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV_VAR = "CRYPTO_ASSETS_FAULT"
+
+
+def fault_point(name: str) -> None:
+    wanted = os.environ.get(ENV_VAR)
+    if wanted and wanted == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -56,7 +56,13 @@ def export_dirty(
     if not dirty:
         return ExportResult(0, 0, [])
     target = lake_root / dataset
-    staging = target / f".staging-{uuid.uuid4().hex[:8]}"
+    # Staging lives outside the dataset tree so readers globbing the dataset never see it;
+    # leftovers of a killed export are removed first (there is only one writer).
+    staging_root = lake_root / ".staging"
+    prefix = dataset.replace("/", "__") + "-"
+    for stale in staging_root.glob(prefix + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = staging_root / f"{prefix}{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
         conn.execute(

@@ -362,18 +362,38 @@ def test_5xx_backoff_full_jitter(httpserver):
     assert sleeps == [1.0, 1.0, 0.0]
 
 
-def test_timeout_is_retried(httpserver):
+@pytest.fixture
+def threaded_httpserver():
+    """A server that answers the retry while the timed-out handler is still sleeping (the
+    session `httpserver` is single-threaded and would queue it behind the slow one)."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def test_timeout_is_retried(threaded_httpserver):
+    release = threading.Event()
+
     def slow(_request: Request) -> Response:
-        time.sleep(0.4)
+        release.wait(2.0)  # far beyond the 0.2 s client timeout
         return ok()
 
-    calls = scripted(httpserver, slow, ok())
+    calls = scripted(threaded_httpserver, slow, ok())
     sleeps: list[float] = []
-    client = fast_client(httpserver.url_for("/api/v3"), sleeps, timeout_s=0.2, base_delay_s=0.01)
+    client = fast_client(
+        threaded_httpserver.url_for("/api/v3"), sleeps, timeout_s=0.2, base_delay_s=0.01
+    )
     started = time.monotonic()
-    assert len(client.fetch_markets(["bitcoin"])) == 3
-    assert time.monotonic() - started < 2.0
-    assert sleeps == [0.01] and calls["n"] == 2
+    try:
+        assert len(client.fetch_markets(["bitcoin"])) == 3
+    finally:
+        release.set()
+    assert time.monotonic() - started < 1.5
+    assert sleeps == [0.01] and calls["n"] == 2 and client.retries == 1
 
 
 def test_connection_error_is_retried_then_exhausted():

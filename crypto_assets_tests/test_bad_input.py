@@ -1,0 +1,140 @@
+"""Every kind of bad message is quarantined with its reason; every valid one is kept."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from crypto_assets.contract import MAX_MESSAGE_BYTES
+from crypto_assets.ingest.parse import parse_values, triage
+from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets_tests.helpers import produce, tick, ticks
+
+
+def _bad_messages() -> dict[str, tuple[bytes, str]]:
+    """kind -> (value bytes, expected quarantine reason)."""
+    t = tick(10_000, "ethereum")
+
+    def with_(**kw):
+        return orjson.dumps({**t, **kw})
+
+    missing = dict(t)
+    del missing["price_usd"]
+    return {
+        "invalid_json": (b'{"coin_id": "bitcoin", "price_usd": ', "invalid_json"),
+        "non_utf8": (b'{"coin_id": "bit\xff\xfecoin"}', "not_utf8"),
+        "array": (b"[1, 2, 3]", "not_object"),
+        "number": (b"42", "not_object"),
+        "null": (b"null", "not_object"),
+        "missing_field": (orjson.dumps(missing), "missing:price_usd"),
+        "string_price": (with_(price_usd="43521.87"), "wrong_type"),
+        "bool_price": (with_(price_usd=True), "wrong_type"),
+        "string_schema_version": (with_(schema_version="1"), "wrong_type"),
+        "zero_price": (with_(price_usd=0), "non_positive_price"),
+        "negative_price": (with_(price_usd=-5.0), "non_positive_price"),
+        "nan_price": (json.dumps({**t, "price_usd": float("nan")}).encode(), "non_finite_price"),
+        "inf_price": (json.dumps({**t, "price_usd": float("inf")}).encode(), "non_finite_price"),
+        "negative_volume": (with_(volume_24h_usd=-1.0), "invalid_volume"),
+        "ancient": (with_(last_updated_at="1970-01-01T00:00:00Z"), "timestamp_too_old"),
+        "future": (with_(last_updated_at="2200-01-01T00:00:00Z"), "timestamp_in_future"),
+        "garbage_timestamp": (with_(last_updated_at="yesterday-ish"), "invalid_timestamp"),
+        "oversized": (with_(source="x" * (MAX_MESSAGE_BYTES + 10)), "oversized"),
+        "unknown_coin": (with_(coin_id="dogwifhat-9000"), "unknown_coin"),
+        "wrong_schema_version": (with_(schema_version=99), "unsupported_schema_version"),
+        "empty": (b"", "empty_message"),
+    }
+
+
+def test_each_bad_kind_is_quarantined_and_valid_kept(kafka, lakehouse):
+    good = ticks(200, coins=("bitcoin", "ethereum", "solana", "cardano"))
+    bad = _bad_messages()
+    duplicate = good[17]
+    messages: list = []
+    for i, g in enumerate(good):
+        messages.append(g)
+        if i == 30:
+            messages.extend((b"ethereum", v) for v, _ in bad.values())
+    messages.append(duplicate)  # same (coin_id, last_updated_at) sent twice
+    produce(kafka, messages)
+
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert r.messages == len(messages)
+    assert r.rows_written == 200
+    assert r.quarantined == len(bad) + 1
+    with lakehouse.connect() as conn:
+        kept = conn.sql("SELECT coin_id, last_updated_at, price_usd FROM raw_ticks").fetchall()
+        reasons = conn.sql(
+            "SELECT reason, detail, raw_value, raw_size, kafka_offset FROM quarantine WHERE stage = 'raw_ticks'"
+        ).fetchall()
+    assert len(kept) == 200
+    assert len({(c, t) for c, t, _ in kept}) == 200
+    got = sorted(r[0] for r in reasons)
+    want = sorted([reason for _, reason in bad.values()] + ["duplicate"])
+    assert got == want
+    for reason, detail, raw, size, offset in reasons:
+        assert detail, reason  # every quarantine row says why
+        assert offset is not None
+        assert size >= len(raw)
+    # the raw bytes are preserved (truncated only when oversized)
+    stored = {bytes(r[2]) for r in reasons}
+    for kind, (value, _) in bad.items():
+        if kind != "oversized":
+            assert value in stored, kind
+
+    # the same messages went to the DLQ with the reason in a header
+    assert r.dlq_published == len(bad) + 1
+    c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "dlq-check", "enable.auto.commit": False})
+    md = c.list_topics(kafka.dlq_topic, timeout=5)
+    c.assign([TopicPartition(kafka.dlq_topic, p, 0) for p in md.topics[kafka.dlq_topic].partitions])
+    dlq = []
+    for _ in range(20):
+        dlq.extend(m for m in c.consume(100, timeout=0.5) if m.error() is None)
+        if len(dlq) >= len(bad) + 1:
+            break
+    c.close()
+    assert len(dlq) == len(bad) + 1
+    assert sorted(dict(m.headers())["reason"].decode() for m in dlq) == want
+
+    # a re-run does not re-publish or re-quarantine
+    r2 = pull_raw_ticks(kafka, lakehouse)
+    assert r2.messages == 0 and r2.dlq_published == 0
+
+
+def test_duplicate_across_batches_is_quarantined(kafka, lakehouse):
+    t = ticks(20)
+    produce(kafka, t)
+    pull_raw_ticks(kafka, lakehouse)
+    produce(kafka, t[:5])  # redelivered by a producer that restarted
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert r.messages == 5 and r.rows_written == 0 and r.reasons == {"duplicate": 5}
+
+
+def test_out_of_order_ticks_are_kept(kafka, lakehouse):
+    t = ticks(30, coins=("bitcoin",))
+    produce(kafka, list(reversed(t)))
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert r.rows_written == 30 and r.quarantined == 0
+
+
+@pytest.mark.parametrize("kind", list(_bad_messages()))
+def test_parser_never_drops_a_message(kind):
+    value, _ = _bad_messages()[kind]
+    good = [orjson.dumps(tick(i)) for i in range(50)]
+    values = good[:25] + [value] + good[25:]
+    res = parse_values(values)
+    ids = sorted(res.parsed["idx"].to_list() + res.rejects["idx"].to_list())
+    assert ids == list(range(51))  # each message in exactly one output
+    assert res.parsed.height >= 50
+
+
+def test_triage_reasons():
+    assert triage(b"\xff") == ("not_utf8", "invalid UTF-8 at byte 0")
+    assert triage(b"{") [0] == "invalid_json"
+    assert triage(b"[]")[0] == "not_object"
+    assert triage(b'{"price_usd": "1"}')[0] == "wrong_type"
+    assert triage(b'{"price_usd": NaN}')[0] == "non_finite_price"
+    assert triage(b'{"volume_24h_usd": Infinity}')[0] == "non_finite_number"
+    assert triage(orjson.dumps(tick(1))) is None

@@ -13,8 +13,14 @@ ingest_job = dg.define_asset_job(
     description="Pull the Kafka backlog into bronze (raw_ticks) once.",
 )
 
+demo_job = dg.define_asset_job(
+    "demo_job",
+    selection=dg.AssetSelection.all(),
+    description="Every asset and check, in dependency order: what `crypto-assets demo` runs.",
+)
+
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([ingest]),
-    jobs=[ingest_job],
+    jobs=[ingest_job, demo_job],
     resources=build_resources(),
 )

@@ -10,7 +10,7 @@ The price of each coin follows a geometric Brownian motion with
   (an Ornstein-Uhlenbeck drift with a ~20 minute memory) - so the direction of the 15-minute-ahead
   return is partly predictable from recent returns and moving averages, and a model can beat
   the majority-class baseline (on 7 days of 1-minute ticks, the sign of the past 15-minute
-  return agrees with the next 15-minute return about 56% of the time);
+  return agrees with the next 15-minute return about 59% of the time);
 * a weak mean reversion of the log price towards the coin's `ref_price` (10 day time constant)
   so long runs stay at plausible levels.
 
@@ -79,8 +79,10 @@ SECONDS_PER_YEAR = 365.0 * DAY_S
 
 # ---- model parameters (documented in the module docstring) -------------------------------
 MARKET_LOADING = 0.78  # weight of the shared market shock; pairwise return correlation ~ 0.6
-TREND_SNR_15M = 0.45  # trend-regime drift over 15 min, in units of 15-min volatility
-MOMENTUM_SNR_15M = 0.25  # stationary std of the OU momentum drift over 15 min, same units
+# Drift sizes are in units of the 15-minute diffusion volatility; all components are scaled
+# together (see _volatility_scale) so that the long-run volatility equals the coin's annual_vol.
+TREND_SNR_15M = 0.25  # trend-regime drift over 15 min (a full-strength coin or market trend)
+MOMENTUM_SNR_15M = 1.0  # stationary std of the OU momentum drift over 15 min
 MOMENTUM_TAU_S = 20 * 60.0
 MEAN_REVERSION_TAU_S = 10 * DAY_S
 MARKET_REGIME_WEIGHT = 0.7
@@ -319,6 +321,25 @@ class PathBatch:
         return len(self.times)
 
 
+def _volatility_scale() -> float:
+    """Factor on every component so the long-run variance rate equals annual_vol**2.
+
+    Per unit of diffusion variance rate, the model adds: the integrated OU momentum
+    (2 s^2 tau), the regime drifts (renewal approximation E[(v L)^2] / E[L] per chain) and the
+    jumps (rate x size^2).
+    """
+    mom = 2.0 * (MOMENTUM_SNR_15M**2 / 900.0) * MOMENTUM_TAU_S
+    strength2 = (REGIME_STRENGTH[0] ** 2 + REGIME_STRENGTH[0] * REGIME_STRENGTH[1] + REGIME_STRENGTH[1] ** 2) / 3
+    # stationary shares of segments: flat is entered from trends half the time -> 1/3 each
+    mean_len = sum(REGIME_MEAN_DURATION_S.values()) / 3.0
+    trend_len = REGIME_MEAN_DURATION_S[1]
+    per_chain = (2.0 / 3.0) * strength2 * 2.0 * trend_len**2 / mean_len  # seconds
+    mu2 = TREND_SNR_15M**2 / 900.0
+    regimes = mu2 * per_chain * (COIN_REGIME_WEIGHT**2 + MARKET_REGIME_WEIGHT**2 * 1.3)
+    jumps = (JUMPS_PER_DAY + MARKET_JUMPS_PER_DAY) / DAY_S * JUMP_STD_HOURLY_VOLS**2 * 3600.0
+    return 1.0 / math.sqrt(1.0 + mom + regimes + jumps)
+
+
 class MarketSimulator:
     """Stateful path generator: `advance(times, dt)` continues every coin's path."""
 
@@ -327,7 +348,12 @@ class MarketSimulator:
         c = len(self.coins)
         seqs = np.random.SeedSequence(seed).spawn(len(_STREAMS))
         self.rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seqs)}
-        self.sigma = np.array([k.annual_vol for k in self.coins]) / math.sqrt(SECONDS_PER_YEAR)
+        # diffusion volatility per sqrt(second); drifts and jumps are expressed relative to it
+        self.sigma = (
+            _volatility_scale()
+            * np.array([k.annual_vol for k in self.coins])
+            / math.sqrt(SECONDS_PER_YEAR)
+        )
         self.mu = TREND_SNR_15M * self.sigma / math.sqrt(900.0)
         self.mom_std = MOMENTUM_SNR_15M * self.sigma / math.sqrt(900.0)
         self.jump_std = JUMP_STD_HOURLY_VOLS * self.sigma * math.sqrt(3600.0)

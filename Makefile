@@ -1,0 +1,28 @@
+# Conveniences around the two README commands (scripts/ work without make too).
+.PHONY: setup demo test test-fast ui broker bench clean
+
+setup:
+	./scripts/bootstrap.sh
+
+demo:
+	./scripts/demo.sh
+
+test:
+	./scripts/test.sh
+
+test-fast:
+	./scripts/test.sh -m "not slow"
+
+# Dagster UI on http://127.0.0.1:3000 with runs stored under var/dagster.
+ui: setup
+	mkdir -p var/dagster && cp dagster.yaml var/dagster/dagster.yaml
+	CRYPTO_HOME=$(CURDIR)/var DAGSTER_HOME=$(CURDIR)/var/dagster .venv/bin/dagster dev -w workspace.yaml
+
+broker: setup
+	.venv/bin/crypto-assets broker --background
+
+bench: setup
+	.venv/bin/python bench/ingest.py
+
+clean:
+	rm -rf var

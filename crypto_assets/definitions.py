@@ -1,16 +1,27 @@
 """The code location: one Definitions object with every asset, check, job and resource."""
 
-from __future__ import annotations
-
 import dagster as dg
 
-from crypto_assets.assets import ingest
+from crypto_assets.assets import alerts, gold, ingest, silver
+from crypto_assets.checks import ALL_CHECKS
 from crypto_assets.settings import build_resources
+
+ASSET_MODULES = [ingest, silver, gold, alerts]
+
+INCREMENTAL = dg.AssetSelection.assets(
+    "raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies"
+)
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(ingest.raw_ticks),
+    selection=dg.AssetSelection.assets("raw_ticks"),
     description="Pull the Kafka backlog into bronze (raw_ticks) once.",
+)
+
+incremental_job = dg.define_asset_job(
+    "incremental_job",
+    selection=INCREMENTAL,
+    description="The cheap path the backlog sensor launches: raw → clean → features/candles → anomalies.",
 )
 
 demo_job = dg.define_asset_job(
@@ -20,7 +31,8 @@ demo_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingest]),
-    jobs=[ingest_job, demo_job],
+    assets=dg.load_assets_from_modules(ASSET_MODULES),
+    asset_checks=ALL_CHECKS,
+    jobs=[ingest_job, incremental_job, demo_job],
     resources=build_resources(),
 )

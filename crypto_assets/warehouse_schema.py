@@ -95,3 +95,146 @@ ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_BATCHES_DDL
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     for ddl in ALL_DDL:
         conn.execute(ddl)
+
+# ------------------------------------------------------------------ silver / gold (issue 3)
+ASSET_STATE_DDL = """
+CREATE TABLE IF NOT EXISTS asset_state (
+    asset       VARCHAR PRIMARY KEY,
+    hwm         BIGINT NOT NULL,        -- last upstream sequence number processed
+    seq         BIGINT NOT NULL,        -- this asset's own run sequence (stamped on rows it writes)
+    updated_at  TIMESTAMPTZ NOT NULL
+)
+"""
+
+CLEAN_TICKS_DDL = """
+CREATE TABLE IF NOT EXISTS clean_ticks (
+    coin_id             VARCHAR NOT NULL,
+    symbol              VARCHAR NOT NULL,
+    source              VARCHAR NOT NULL,
+    event_time          TIMESTAMPTZ NOT NULL,
+    price_usd           DOUBLE NOT NULL,
+    market_cap_usd      DOUBLE,
+    volume_24h_usd      DOUBLE,
+    change_24h_pct      DOUBLE,
+    change_7d_pct       DOUBLE,
+    ingestion_timestamp TIMESTAMPTZ,
+    kafka_partition     INTEGER NOT NULL,
+    kafka_offset        BIGINT NOT NULL,
+    raw_batch_id        BIGINT NOT NULL,
+    clean_seq           BIGINT NOT NULL
+)
+"""
+
+MARKET_FEATURES_DDL = """
+CREATE TABLE IF NOT EXISTS market_features (
+    coin_id            VARCHAR NOT NULL,
+    symbol             VARCHAR NOT NULL,
+    event_time         TIMESTAMPTZ NOT NULL,
+    price_usd          DOUBLE NOT NULL,
+    volume_24h_usd     DOUBLE,
+    return_pct         DOUBLE,   -- simple return vs the previous tick, in %
+    log_return         DOUBLE,
+    sma_1m             DOUBLE,   -- mean price over (t - 1 min, t] of event time
+    sma_5m             DOUBLE,
+    sma_15m            DOUBLE,
+    ema_20             DOUBLE,   -- 20-tick EMA, alpha = 2/21, seeded with the first price
+    volatility_15m     DOUBLE,   -- population std of log returns over (t - 15 min, t]
+    zscore_15m         DOUBLE,   -- (price - sma_15m) / population std of price over the window
+    volume_change_pct  DOUBLE,   -- 24h volume vs the previous tick, in %
+    ticks_15m          INTEGER,
+    feature_seq        BIGINT NOT NULL
+)
+"""
+
+OHLCV_1M_DDL = """
+CREATE TABLE IF NOT EXISTS ohlcv_1m (
+    coin_id       VARCHAR NOT NULL,
+    symbol        VARCHAR NOT NULL,
+    minute        TIMESTAMPTZ NOT NULL,
+    open          DOUBLE NOT NULL,
+    high          DOUBLE NOT NULL,
+    low           DOUBLE NOT NULL,
+    close         DOUBLE NOT NULL,
+    volume        DOUBLE,    -- last 24h USD volume seen in the minute (the feed carries no trade volume)
+    tick_count    INTEGER NOT NULL,
+    return_pct    DOUBLE,    -- close vs previous candle's close, in %
+    rsi_14        DOUBLE,    -- Wilder RSI(14) on closes (TA-Lib definition)
+    bb_middle     DOUBLE,    -- Bollinger(20, 2): SMA of 20 closes
+    bb_upper      DOUBLE,
+    bb_lower      DOUBLE,
+    rsi_n         INTEGER NOT NULL,  -- state: price changes seen so far (capped at 14)
+    rsi_gain      DOUBLE,            -- state: running sum while seeding, then Wilder average
+    rsi_loss      DOUBLE,
+    candle_seq    BIGINT NOT NULL
+)
+"""
+
+OHLCV_1H_DDL = """
+CREATE TABLE IF NOT EXISTS ohlcv_1h (
+    coin_id     VARCHAR NOT NULL,
+    symbol      VARCHAR NOT NULL,
+    hour        TIMESTAMPTZ NOT NULL,
+    open        DOUBLE NOT NULL,
+    high        DOUBLE NOT NULL,
+    low         DOUBLE NOT NULL,
+    close       DOUBLE NOT NULL,
+    volume      DOUBLE,
+    tick_count  INTEGER NOT NULL,
+    candle_seq  BIGINT NOT NULL
+)
+"""
+
+HOURLY_STATS_DDL = """
+CREATE TABLE IF NOT EXISTS hourly_stats (
+    coin_id      VARCHAR NOT NULL,
+    symbol       VARCHAR NOT NULL,
+    hour         TIMESTAMPTZ NOT NULL,
+    avg_price    DOUBLE NOT NULL,
+    min_price    DOUBLE NOT NULL,
+    max_price    DOUBLE NOT NULL,
+    stddev_price DOUBLE,        -- population std
+    avg_volume   DOUBLE,
+    tick_count   INTEGER NOT NULL,
+    stats_seq    BIGINT NOT NULL
+)
+"""
+
+CORRELATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS correlations (
+    coin_a      VARCHAR NOT NULL,
+    coin_b      VARCHAR NOT NULL,
+    window_name VARCHAR NOT NULL,    -- '24h' or '7d'
+    window_end  TIMESTAMPTZ NOT NULL,
+    corr        DOUBLE,
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (coin_a, coin_b, window_name)
+)
+"""
+
+ANOMALIES_DDL = """
+CREATE TABLE IF NOT EXISTS anomalies (
+    anomaly_id    VARCHAR PRIMARY KEY,   -- md5(coin_id | event_time | rule): re-runs never duplicate
+    coin_id       VARCHAR NOT NULL,
+    symbol        VARCHAR NOT NULL,
+    event_time    TIMESTAMPTZ NOT NULL,
+    rule          VARCHAR NOT NULL,      -- price_zscore | volume_spike
+    severity      VARCHAR NOT NULL,      -- warning | critical
+    value         DOUBLE NOT NULL,       -- the z-score or the volume change %
+    threshold     DOUBLE NOT NULL,
+    price_usd     DOUBLE NOT NULL,
+    volume_24h_usd DOUBLE,
+    detected_at   TIMESTAMPTZ NOT NULL,
+    published_at  TIMESTAMPTZ            -- outbox marker for crypto_alerts
+)
+"""
+
+ALL_DDL = ALL_DDL + (
+    ASSET_STATE_DDL,
+    CLEAN_TICKS_DDL,
+    MARKET_FEATURES_DDL,
+    OHLCV_1M_DDL,
+    OHLCV_1H_DDL,
+    HOURLY_STATS_DDL,
+    CORRELATIONS_DDL,
+    ANOMALIES_DDL,
+)

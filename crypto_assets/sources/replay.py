@@ -198,7 +198,9 @@ def load_replay_frame(path: str | Path) -> pl.DataFrame:
     else:
         coin = pl.col(sym_col).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
     frame = frame.with_columns(coin.alias("_coin"))
-    frame = frame.with_columns(pl.when(pl.col("_coin") == "").then(None).otherwise(pl.col("_coin")).alias("_coin"))
+    frame = frame.with_columns(
+        pl.when(pl.col("_coin") == "").then(None).otherwise(pl.col("_coin")).alias("_coin")
+    )
     ids = frame["_coin"].unique().drop_nulls().to_list()
     profile_symbols = {c.coin_id: c.symbol for c in coins_for(ids)}
     profile = pl.col("_coin").replace_strict(profile_symbols, default=None, return_dtype=pl.String)
@@ -269,8 +271,9 @@ def _derive(valid: pl.DataFrame) -> pl.DataFrame:
         pl.coalesce(pl.col("_vol24"), rolling * scale).alias("_volume"),
     )
     tolerance = max(2 * bar, timedelta(minutes=1))
-    lookup = valid.select(pl.col("_coin"), pl.col("_ts").alias("_ref_ts"), pl.col("_price").alias("_ref_price"))
-    lookup = lookup.sort("_ref_ts")
+    lookup = valid.select(
+        pl.col("_coin"), pl.col("_ts").alias("_ref_ts"), pl.col("_price").alias("_ref_price")
+    ).sort("_ref_ts")
     for horizon, given, name in ((day, "_ch24", "_c24"), (7 * day, "_ch7", "_c7")):
         probe = valid.select("row", "_coin", (pl.col("_ts") - horizon).alias("_ref_ts")).sort("_ref_ts")
         matched = probe.join_asof(

@@ -48,11 +48,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +182,7 @@ def parse_duration(text: str | float | int | timedelta) -> timedelta:
         if m is None or m.end() == pos:
             raise ValueError(f"cannot parse duration {text!r}: use e.g. 7d, 12h, 30m, 60s or 90")
         unit = (m.group(2) or "s").lower()
-        if m.group(2) is None and m.end() != len(s):
+        if m.group(2) is None and (pos != 0 or m.end() != len(s)):
             raise ValueError(f"cannot parse duration {text!r}: a unit is missing")
         total += float(m.group(1)) * _UNIT_S[unit]
         pos = m.end()
@@ -329,7 +330,8 @@ def _volatility_scale() -> float:
     jumps (rate x size^2).
     """
     mom = 2.0 * (MOMENTUM_SNR_15M**2 / 900.0) * MOMENTUM_TAU_S
-    strength2 = (REGIME_STRENGTH[0] ** 2 + REGIME_STRENGTH[0] * REGIME_STRENGTH[1] + REGIME_STRENGTH[1] ** 2) / 3
+    lo, hi = REGIME_STRENGTH
+    strength2 = (lo * lo + lo * hi + hi * hi) / 3.0  # E[U(lo, hi)^2]
     # stationary shares of segments: flat is entered from trends half the time -> 1/3 each
     mean_len = sum(REGIME_MEAN_DURATION_S.values()) / 3.0
     trend_len = REGIME_MEAN_DURATION_S[1]
@@ -478,9 +480,9 @@ class MarketSimulator:
         self._last_bucket = float(buckets[-1])
         lt = np.concatenate([self._ledger_t, times[keep]])
         lp = np.concatenate([self._ledger_p, log_price[keep]])
-        horizon_keep = times[-1] - 7 * DAY_S - 2 * max(LEDGER_RESOLUTION_S, times[1] - times[0] if len(times) > 1 else 0)
-        first = int(np.searchsorted(lt, horizon_keep, side="left"))
-        first = max(0, first - 1)
+        step = float(times[1] - times[0]) if len(times) > 1 else 0.0
+        horizon_keep = times[-1] - 7 * DAY_S - 2 * max(LEDGER_RESOLUTION_S, step)
+        first = max(0, int(np.searchsorted(lt, horizon_keep, side="left")) - 1)
         self._ledger_t, self._ledger_p = lt[first:], lp[first:]
         return out[0], out[1]
 
@@ -781,7 +783,14 @@ def write_ohlcv_sample(path: str, seed: int = 7) -> int:
 class _Sender:
     """Counts messages, flushes every `chunk_size` and calls the chunk callback."""
 
-    def __init__(self, producer: Any, chunk_size: int, callback: Callable[[dict], None] | None, counters: dict, log):
+    def __init__(
+        self,
+        producer: Any,
+        chunk_size: int,
+        callback: Callable[[dict], None] | None,
+        counters: dict,
+        log: Callable[[str], Any],
+    ) -> None:
         self.producer = producer
         self.chunk_size = max(1, int(chunk_size))
         self.callback = callback
@@ -796,6 +805,9 @@ class _Sender:
         self.producer.flush()
         self.in_chunk = 0
         self.counters["chunks"] += 1
+        elapsed = time.monotonic() - self.t0
+        self.counters["elapsed_s"] = round(elapsed, 3)
+        self.counters["rate_msgs_s"] = round(self.counters["sent"] / elapsed, 1) if elapsed > 0 else 0.0
         if self.callback is not None:
             self.callback(dict(self.counters, bad_sent=dict(self.counters["bad_sent"])))
 
@@ -814,6 +826,7 @@ class _Sender:
         self.in_chunk += 1
         self.counters["sent"] += 1
         self.counters["bad_sent"][kind] += 1
+        self.counters["bad_total"] += 1
 
 
 def _history_start(config: SimulatorConfig, n_steps: int, dt: float) -> float:
@@ -871,7 +884,7 @@ def run_simulator(
     }
     limit = config.count
     stopped = (lambda: stop_event.is_set()) if stop_event is not None else (lambda: False)
-    producer = TickProducer(kafka)
+    producer = TickProducer(kafka)  # idempotent, acks=all; flush raises if Kafka refuses
     sender = _Sender(producer, chunk_size, chunk_callback, counters, log)
     t0 = time.monotonic()
 
@@ -914,10 +927,10 @@ def run_simulator(
                 if counters["first_event_time"] is None:
                     counters["first_event_time"] = stamps[0]
                 for s, ts in enumerate(stamps):
+                    counters["last_event_time"] = ts
                     if not emit(rows.step(s, ts, ingested), counts, s * c) or stopped():
                         going = False
                         break
-                    counters["last_event_time"] = ts
                 last_sim_t = float(batch.times[-1])
                 elapsed = time.monotonic() - t0
                 log(
@@ -929,13 +942,14 @@ def run_simulator(
             _run_live(config, sim, coins, decimals, bad, counters, emit, done, stop_event, last_sim_t, log)
     except KeyboardInterrupt:
         counters["interrupted"] = True
-    finally:
-        sender.end_chunk()
-        producer.flush()
-        elapsed = time.monotonic() - t0
-        counters["elapsed_s"] = round(elapsed, 3)
-        counters["rate_msgs_s"] = round(counters["sent"] / elapsed, 1) if elapsed > 0 else 0.0
-        counters["bad_total"] = sum(counters["bad_sent"].values())
+    except BaseException:
+        producer.__exit__(*sys.exc_info())  # best-effort flush; the error is what matters
+        raise
+    sender.end_chunk()  # flushes (raises BrokerUnavailable if Kafka did not take everything)
+    producer.flush()
+    elapsed = time.monotonic() - t0
+    counters["elapsed_s"] = round(elapsed, 3)
+    counters["rate_msgs_s"] = round(counters["sent"] / elapsed, 1) if elapsed > 0 else 0.0
     log(
         f"simulator: sent {counters['sent']} messages ({counters['bad_total']} malformed) to "
         f"{kafka.raw_topic} in {counters['elapsed_s']:.2f}s ({counters['rate_msgs_s']:,.0f} msgs/s)"
@@ -973,9 +987,9 @@ def _run_live(config, sim, coins, decimals, bad, counters, emit, done, stop_even
             ts = iso_utc(datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc))
             if counters["first_event_time"] is None:
                 counters["first_event_time"] = ts
+            counters["last_event_time"] = ts
             if not emit(rows.step(s, ts, ts), counts, s * c):
                 return
-            counters["last_event_time"] = ts
             if done():
                 return
 

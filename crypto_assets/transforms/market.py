@@ -1,0 +1,157 @@
+"""Cross-coin correlations and anomaly detection (with the alert outbox)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import duckdb
+import orjson
+
+from crypto_assets.db import first
+from crypto_assets.state import get_state, set_state
+
+ZSCORE_THRESHOLD = 3.0
+ZSCORE_CRITICAL = 5.0
+VOLUME_SPIKE_PCT = 200.0
+VOLUME_SPIKE_CRITICAL_PCT = 500.0
+WINDOWS = {"24h": "24 HOUR", "7d": "7 DAY"}
+
+
+def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
+    """Pearson correlation of 1-minute close-to-close returns for every coin pair, over the 24 h
+    and 7 d before the newest candle. Work is bounded by the 7-day window, not the history."""
+    hwm, seq = get_state(conn, "correlations")
+    upstream = get_state(conn, "ohlcv_1m")[1]
+    if upstream <= hwm:
+        return {"rows": 0, "skipped": True}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        end = first(conn, "SELECT max(minute) FROM ohlcv_1m")[0]
+        conn.execute("DELETE FROM correlations")
+        for name, interval in WINDOWS.items():
+            conn.execute(
+                f"""
+                INSERT INTO correlations
+                WITH r AS (
+                    SELECT coin_id, minute, return_pct FROM ohlcv_1m
+                    WHERE minute > $end - INTERVAL {interval} AND minute <= $end AND return_pct IS NOT NULL
+                )
+                SELECT a.coin_id, b.coin_id, '{name}', $end, corr(a.return_pct, b.return_pct), count(*)::INTEGER
+                FROM r a JOIN r b ON a.minute = b.minute AND a.coin_id < b.coin_id
+                GROUP BY a.coin_id, b.coin_id
+                """,
+                {"end": end},
+            )
+        rows = first(conn, "SELECT count(*) FROM correlations")[0]
+        set_state(conn, "correlations", upstream, seq + 1)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return {"rows": int(rows), "window_end": end, "skipped": False}
+
+
+def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
+    """Flag |z| > 3 and volume spikes > 200 % in feature rows written since the last run.
+
+    Ids are md5(coin|event_time|rule), so a re-run or a recomputation after a late tick never
+    duplicates an anomaly; rows of a recomputed range that no longer qualify are dropped unless
+    they were already published."""
+    hwm, seq = get_state(conn, "anomalies")
+    upstream = get_state(conn, "market_features")[1]
+    if upstream <= hwm:
+        return {"new": 0, "skipped": True}
+    now = datetime.now(timezone.utc)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE anom_range AS
+            SELECT coin_id, min(event_time) AS t_min FROM market_features
+            WHERE feature_seq > $hwm AND feature_seq <= $up GROUP BY 1
+            """,
+            {"hwm": hwm, "up": upstream},
+        )
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE anom_found AS
+            WITH f AS (
+                SELECT m.* FROM market_features m JOIN anom_range r USING (coin_id)
+                WHERE m.event_time >= r.t_min AND m.event_time >= (SELECT min(t_min) FROM anom_range)
+            )
+            SELECT md5(coin_id || '|' || strftime(event_time, '%Y-%m-%dT%H:%M:%S.%fZ') || '|price_zscore') AS anomaly_id,
+                   coin_id, symbol, event_time, 'price_zscore' AS rule,
+                   CASE WHEN abs(zscore_15m) > {ZSCORE_CRITICAL} THEN 'critical' ELSE 'warning' END AS severity,
+                   zscore_15m AS value, {ZSCORE_THRESHOLD} AS threshold, price_usd, volume_24h_usd
+            FROM f WHERE abs(zscore_15m) > {ZSCORE_THRESHOLD}
+            UNION ALL
+            SELECT md5(coin_id || '|' || strftime(event_time, '%Y-%m-%dT%H:%M:%S.%fZ') || '|volume_spike'),
+                   coin_id, symbol, event_time, 'volume_spike',
+                   CASE WHEN volume_change_pct > {VOLUME_SPIKE_CRITICAL_PCT} THEN 'critical' ELSE 'warning' END,
+                   volume_change_pct, {VOLUME_SPIKE_PCT}, price_usd, volume_24h_usd
+            FROM f WHERE volume_change_pct > {VOLUME_SPIKE_PCT}
+            """
+        )
+        conn.execute(
+            """
+            DELETE FROM anomalies USING anom_range r
+            WHERE anomalies.coin_id = r.coin_id AND anomalies.event_time >= r.t_min
+              AND anomalies.published_at IS NULL
+              AND anomalies.anomaly_id NOT IN (SELECT anomaly_id FROM anom_found)
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO anomalies
+            SELECT a.*, $now, NULL FROM anom_found a
+            WHERE a.anomaly_id NOT IN (SELECT anomaly_id FROM anomalies WHERE event_time >= (SELECT min(t_min) FROM anom_range))
+            ORDER BY event_time
+            """,
+            {"now": now},
+        )
+        new = first(conn, "SELECT count(*) FROM anomalies WHERE detected_at = $now", {"now": now})[0]
+        set_state(conn, "anomalies", upstream, seq + 1)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return {"new": int(new), "skipped": False}
+
+
+def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) -> int:
+    """Outbox: send unpublished anomalies to crypto_alerts (key = coin_id), then mark them."""
+    rows = conn.sql(
+        """
+        SELECT anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, volume_24h_usd
+        FROM anomalies WHERE published_at IS NULL ORDER BY event_time LIMIT ?
+        """,
+        params=[limit],
+    ).fetchall()
+    if not rows:
+        return 0
+    from crypto_assets.sources.producer import TickProducer
+
+    producer = TickProducer(kafka, topic=kafka.alerts_topic)
+    for aid, coin, sym, t, rule, sev, value, thr, price, vol in rows:
+        producer.send_raw(
+            coin,
+            orjson.dumps(
+                {
+                    "anomaly_id": aid, "coin_id": coin, "symbol": sym,
+                    "event_time": t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+                    "rule": rule, "severity": sev, "value": value, "threshold": thr,
+                    "price_usd": price, "volume_24h_usd": vol,
+                }
+            ),
+            headers=[("anomaly_id", aid.encode())],
+        )
+    producer.flush()
+    from crypto_assets.faults import fault_point
+
+    fault_point("before_alert_mark")
+    conn.execute(
+        "UPDATE anomalies SET published_at = now() WHERE anomaly_id IN (SELECT unnest($ids))",
+        {"ids": [r[0] for r in rows]},
+    )
+    return len(rows)

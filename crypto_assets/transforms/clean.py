@@ -82,8 +82,8 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN i.volume_24h_usd < 0 THEN 'invalid_volume'
                 WHEN i.last_updated_at > i.ingested_at + $skew THEN 'future_timestamp'
                 WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'too_old'
-                WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
                 WHEN i.dup_rank > 1 THEN 'duplicate'
+                WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
               END AS verdict
             FROM clean_in i LEFT JOIN clean_coin_state s USING (coin_id)
             """,
@@ -99,9 +99,9 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             """
             UPDATE clean_judged SET verdict = 'duplicate'
             FROM (SELECT coin_id, event_time FROM clean_ticks
-                  WHERE event_time >= (SELECT min(last_updated_at) FROM clean_judged)
-                    AND event_time <= (SELECT max(last_updated_at) FROM clean_judged)) c
-            WHERE clean_judged.verdict IS NULL AND clean_judged.coin_id = c.coin_id
+                  WHERE event_time >= (SELECT min(last_updated_at) FROM clean_judged WHERE verdict IS NULL OR verdict = 'late')
+                    AND event_time <= (SELECT max(last_updated_at) FROM clean_judged WHERE verdict IS NULL OR verdict = 'late')) c
+            WHERE (clean_judged.verdict IS NULL OR clean_judged.verdict = 'late') AND clean_judged.coin_id = c.coin_id
               AND clean_judged.last_updated_at = c.event_time
             """
         )

@@ -56,8 +56,9 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     """Flag |z| > 3 and volume spikes > 200 % in feature rows written since the last run.
 
     Ids are md5(coin|event_time|rule), so a re-run or a recomputation after a late tick never
-    duplicates an anomaly; rows of a recomputed range that no longer qualify are dropped unless
-    they were already published."""
+    duplicates an anomaly. Unpublished anomalies of a recomputed range are re-derived (values
+    follow the recomputed features; ones that no longer qualify disappear); published ones are
+    kept as they were sent."""
     hwm, seq = get_state(conn, "anomalies")
     upstream = get_state(conn, "market_features")[1]
     if upstream <= hwm:
@@ -98,7 +99,6 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
             DELETE FROM anomalies USING anom_range r
             WHERE anomalies.coin_id = r.coin_id AND anomalies.event_time >= r.t_min
               AND anomalies.published_at IS NULL
-              AND anomalies.anomaly_id NOT IN (SELECT anomaly_id FROM anom_found)
             """
         )
         conn.execute(

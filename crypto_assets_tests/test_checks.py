@@ -1,0 +1,103 @@
+"""Every check passes on good data and fails on data built to break it; a failing blocking
+check stops downstream assets in the same run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from crypto_assets import checks
+from crypto_assets.assets import alerts, gold, ingest, silver
+from crypto_assets.checks import ALL_CHECKS
+from crypto_assets.resources import KafkaResource, LakehouseResource
+from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
+
+COINS = ["bitcoin", "ethereum"]
+
+
+@pytest.fixture
+def good(tmp_path):
+    lh = LakehouseResource(home=str(tmp_path / "g"), coins=COINS)
+    ticks = make_ticks(300, COINS, start=datetime.now(timezone.utc) - timedelta(hours=2), seed=2)
+    with lh.connect() as conn:
+        insert_raw_batch(conn, ticks)
+        conn.execute(
+            "INSERT INTO ingest_offsets VALUES (1, 'crypto_raw', 0, 0, 600, 600, 'c', NULL, now()),"
+            " (2, 'crypto_raw', 0, 600, 700, 100, 'c', NULL, now())"
+        )
+        run_incremental(conn, COINS)
+    return lh
+
+
+RULES = {
+    "unique_ticks": (checks.unique_ticks, "INSERT INTO clean_ticks SELECT * FROM clean_ticks LIMIT 1"),
+    "not_null_ticks": (checks.not_null_ticks,  # e.g. a migration that dropped the constraint
+                       "ALTER TABLE clean_ticks ALTER COLUMN symbol DROP NOT NULL; UPDATE clean_ticks SET symbol = NULL WHERE rowid = 3"),
+    "positive_prices": (checks.positive_prices, "UPDATE clean_ticks SET price_usd = 0 WHERE rowid = 5"),
+    "features_finite": (checks.features_finite, "UPDATE market_features SET zscore_15m = 'NaN'::DOUBLE WHERE rowid = 7"),
+    "rsi_in_range": (checks.rsi_in_range, "UPDATE ohlcv_1m SET rsi_14 = 101 WHERE rowid = 40"),
+    "reconciliation": (checks.reconciliation, "DELETE FROM clean_ticks WHERE rowid = 9"),
+    "offset_contiguity": (checks.offset_contiguity,
+                          "INSERT INTO ingest_offsets VALUES (3, 'crypto_raw', 0, 750, 800, 50, 'c', NULL, now())"),
+    "quarantine_rate": (lambda c: checks.quarantine_rate(c, 0.05),
+                        "INSERT INTO ingest_batches VALUES (99, 'r', 'crypto_raw', 'c', 100, 50, 50, 1, NULL, NULL, now(), now())"),
+    "freshness": (lambda c: checks.freshness(c, 60.0),
+                  "DELETE FROM clean_ticks WHERE event_time > now() - INTERVAL 90 MINUTE"),
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_rule_passes_on_good_data_and_fails_on_bad(good, rule):
+    fn, breaker = RULES[rule]
+    with good.connect() as conn:
+        ok = fn(conn)
+        assert ok.passed, (rule, ok.metadata)
+        conn.execute(breaker)
+        bad = fn(conn)
+        assert not bad.passed, (rule, bad.metadata)
+
+
+def test_offset_reset_with_reason_is_not_a_gap(good):
+    with good.connect() as conn:
+        conn.execute(
+            "INSERT INTO ingest_offsets VALUES (3, 'crypto_raw', 0, 0, 10, 10, 'c2', 'cluster id changed', now())"
+        )
+        assert checks.offset_contiguity(conn).passed
+
+
+def _defs(lh, kafka):
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([ingest, silver, gold, alerts]),
+        asset_checks=ALL_CHECKS,
+        resources={"lakehouse": lh, "kafka": kafka},
+    )
+
+
+def test_failing_blocking_check_stops_downstream_in_same_run(tmp_path, kafka):
+    lh = LakehouseResource(home=str(tmp_path / "b"), coins=COINS)
+    ticks = make_ticks(200, COINS, start=datetime.now(timezone.utc) - timedelta(hours=1), seed=4)
+    with lh.connect() as conn:
+        insert_raw_batch(conn, ticks)
+        run_incremental(conn, COINS)
+        # corrupt silver so its blocking check fails, and give clean_ticks something new to do
+        conn.execute("UPDATE clean_ticks SET price_usd = -1 WHERE rowid = 1")
+        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(timezone.utc) - timedelta(minutes=5), seed=5))
+        features_before = conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0]
+    defs = _defs(lh, kafka)
+    job = dg.define_asset_job(
+        "t", selection=dg.AssetSelection.assets("clean_ticks", "market_features", "anomalies")
+    ).resolve(asset_graph=defs.resolve_asset_graph())
+    result = job.execute_in_process(resources={"lakehouse": lh, "kafka": kafka}, raise_on_error=False)
+    evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evals["clean_ticks_positive_price"] is False
+    materialized = {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
+    assert "clean_ticks" in materialized
+    assert "market_features" not in materialized and "anomalies" not in materialized
+    with lh.connect() as conn:
+        assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == features_before

@@ -84,6 +84,7 @@ def _run(args, home: Path) -> int:
     defs = definitions.defs
     instance = dg.DagsterInstance.get()
     runs: list[tuple[str, str, bool, float]] = []
+    check_results: list[tuple[str, str, bool, str]] = []
 
     def run_job(name: str) -> None:
         t = time.monotonic()
@@ -93,6 +94,11 @@ def _run(args, home: Path) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         runs.append((name, res.run_id, res.success, time.monotonic() - t))
+        if name == "demo_job":
+            for ev in res.get_asset_check_evaluations():
+                check_results.append(
+                    (ev.asset_key.to_user_string(), ev.check_name, ev.passed, ev.severity.value)
+                )
         if not res.success:
             for ev in res.all_events:
                 if ev.is_failure:
@@ -115,14 +121,14 @@ def _run(args, home: Path) -> int:
         chunk_callback=lambda c: run_job("ingest_job"),
     )
     print(f"  produced {produced['sent']:,} messages ({produced['bad_total']} malformed) "
-          f"at {produced['rate_msgs_s']:,.0f} msg/s")
+          f"in {produced['chunks']} chunks, each ingested by an ingest_job run")
     run_job("demo_job")
     elapsed = time.monotonic() - t0
-    print_summary(home, produced, runs, elapsed)
+    print_summary(home, produced, runs, elapsed, check_results)
     return 0 if all(ok for _, _, ok, _ in runs) else 1
 
 
-def print_summary(home: Path, produced: dict, runs, elapsed: float) -> None:
+def print_summary(home: Path, produced: dict, runs, elapsed: float, check_results=()) -> None:
     from crypto_assets.settings import lakehouse_resource
 
     lakehouse = lakehouse_resource()
@@ -133,10 +139,31 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float) -> None:
         ).fetchall()
         coins = conn.sql(
             """
-            SELECT coin_id, count(*) AS ticks, min(last_updated_at), max(last_updated_at),
-                   arg_max(price_usd, last_updated_at) AS last_price
-            FROM raw_ticks GROUP BY 1 ORDER BY 1
+            WITH last AS (
+                SELECT coin_id, max(event_time) AS t FROM market_features GROUP BY 1
+            ), f AS (
+                SELECT m.coin_id, m.price_usd, m.volatility_15m, m.event_time, l.t
+                FROM market_features m JOIN last l USING (coin_id)
+            )
+            SELECT f.coin_id,
+                   (SELECT count(*) FROM clean_ticks c WHERE c.coin_id = f.coin_id) AS ticks,
+                   arg_max(f.price_usd, f.event_time) AS last_price,
+                   100 * (arg_max(f.price_usd, f.event_time)
+                          / arg_max(f.price_usd, f.event_time) FILTER (f.event_time <= f.t - INTERVAL 1 HOUR) - 1)
+                       AS change_1h_pct,
+                   arg_max(f.volatility_15m, f.event_time) AS vol_15m,
+                   (SELECT count(*) FROM anomalies a WHERE a.coin_id = f.coin_id) AS anomalies,
+                   (SELECT arg_max(rsi_14, minute) FROM ohlcv_1m o WHERE o.coin_id = f.coin_id) AS rsi
+            FROM f WHERE f.event_time >= f.t - INTERVAL 2 HOUR
+            GROUP BY f.coin_id ORDER BY f.coin_id
             """
+        ).fetchall()
+        counts = {
+            t: conn.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+            for t in ("clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies")
+        }
+        top_corr = conn.sql(
+            "SELECT coin_a, coin_b, corr FROM correlations WHERE window_name = '24h' ORDER BY corr DESC NULLS LAST LIMIT 1"
         ).fetchall()
         lag = conn.sql(
             "SELECT count(DISTINCT batch_id), sum(message_count) FROM ingest_offsets"
@@ -150,10 +177,22 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float) -> None:
     print(f"quarantined         {sum(n for _, n in quarantined):>10,}   "
           + ", ".join(f"{r}={n}" for r, n in quarantined))
     print()
-    print(f"{'coin':<11}{'ticks':>8}  {'first tick (UTC)':<20}{'last tick (UTC)':<20}{'last price':>14}")
-    for coin, n, first, last, price in coins:
-        print(f"{coin:<11}{n:>8,}  {first:%Y-%m-%d %H:%M}    {last:%Y-%m-%d %H:%M}    {price:>14,.6g}")
+    print("tables              " + ", ".join(f"{t}={n:,}" for t, n in counts.items()))
+    if top_corr:
+        a, b, c = top_corr[0]
+        print(f"most correlated     {a}/{b} over 24h: {c:.2f}")
     print()
+    print(f"{'coin':<11}{'ticks':>8}{'last price':>14}{'1h change':>11}{'vol 15m':>10}{'RSI 1m':>8}{'anomalies':>11}")
+    for coin, n, price, chg, vol, anomalies, rsi in coins:
+        chg_s = f"{chg:+.2f}%" if chg is not None else "n/a"
+        vol_s = f"{vol * 100:.3f}%" if vol is not None else "n/a"
+        rsi_s = f"{rsi:.1f}" if rsi is not None else "n/a"
+        print(f"{coin:<11}{n:>8,}{price:>14,.6g}{chg_s:>11}{vol_s:>10}{rsi_s:>8}{anomalies:>11,}")
+    print()
+    if check_results:
+        passed = sum(1 for *_, ok, _ in check_results if ok)
+        print(f"asset checks        {passed}/{len(check_results)} passed"
+              + "".join(f"\n  FAILED ({sev}) {asset}:{name}" for asset, name, ok, sev in check_results if not ok))
     print("Dagster runs (see them with `make ui` / dagster dev):")
     for name, run_id, ok, secs in runs[-4:]:
         print(f"  {name:<14} {run_id[:8]}  {'SUCCESS' if ok else 'FAILURE'}  {secs:5.1f}s")

@@ -4,7 +4,7 @@
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.db import scalar
+from crypto_assets.assets.metadata import table_metadata
 from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
 from crypto_assets.resources import KafkaResource, LakehouseResource
 
@@ -83,22 +83,6 @@ def raw_ticks(
     if result.export is not None:
         metadata["parquet_partitions_rewritten"] = result.export.partitions
         metadata["parquet_path"] = dg.MetadataValue.path(str(lakehouse.lake_path / "bronze" / "raw_ticks"))
-    with lakehouse.connect(read_only=False) as conn:
-        total = scalar(conn, "SELECT count(*) FROM raw_ticks")
-        preview = conn.sql(
-            "SELECT coin_id, price_usd, last_updated_at, kafka_partition, kafka_offset FROM raw_ticks "
-            "ORDER BY batch_id DESC, kafka_offset DESC LIMIT 5"
-        ).pl()
-    metadata["dagster/row_count"] = int(total)
-    metadata["preview"] = dg.MetadataValue.md(_markdown(preview))
+    with lakehouse.connect() as conn:
+        metadata.update(table_metadata(conn, "raw_ticks", "last_updated_at", "batch_id DESC, kafka_offset DESC"))
     return dg.MaterializeResult(metadata=metadata)
-
-
-def _markdown(df) -> str:
-    if df.height == 0:
-        return "(empty)"
-    cols = df.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.iter_rows():
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)

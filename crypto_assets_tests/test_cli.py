@@ -100,3 +100,16 @@ def test_demo_end_to_end(tmp_path):
     assert "bronze rows" in out.stdout and "SUCCESS" in out.stdout
     assert (home / "dagster" / "dagster.yaml").exists()
     assert not (home / "broker.json").exists()
+    assert "asset checks" in out.stdout and "FAILED" not in out.stdout
+    import duckdb
+
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    for table, dataset in [("raw_ticks", "bronze/raw_ticks"), ("clean_ticks", "silver/clean_ticks"),
+                           ("market_features", "gold/market_features"), ("ohlcv_1m", "gold/ohlcv_1m"),
+                           ("hourly_stats", "gold/hourly_stats")]:
+        n = conn.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        files = list((home / "lake" / dataset).glob("date=*/symbol=*/part-0.parquet"))
+        assert n > 0 and files, table
+        pq = conn.sql(f"SELECT count(*) FROM read_parquet('{home}/lake/{dataset}/*/*/*.parquet')").fetchall()[0][0]
+        assert pq == n, (table, pq, n)
+    conn.close()

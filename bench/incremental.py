@@ -21,32 +21,43 @@ max() scans), and `run_incremental(conn, coins)` runs after every batch. Then ev
 partition is exported once (export_dirty for the five datasets, as the silver/gold assets do) and
 the database is checkpointed, so at measurement time nothing is dirty and the WAL is empty.
 
-MEASUREMENT. --reps times (default 3) per warehouse: append --new ticks (all coins, continuing the
-series right after the history) as ONE raw batch (insert timed but reported apart), then time one
-`run_incremental(conn, coins)` call. Per-step times come from timing wrappers installed on the
-names the pipeline module calls (clean_increment, candles_1m_increment, features_increment,
-hourly_increment x2, correlations_refresh, anomalies_increment), so the measured call is the real
-run_incremental. Then the Parquet export of the touched partitions is timed: export_dirty for
-silver/clean_ticks, gold/market_features, gold/ohlcv_1m, gold/ohlcv_1h, gold/hourly_stats. A
-CHECKPOINT after that is timed too and reported as information (each Dagster asset closes its
-connection, and closing the last connection checkpoints); it is not part of the ratio.
-Medians over the reps are reported. Target: median run_incremental total (large) / (small) <= 1.5.
+MEASUREMENT. Both warehouses are open at once and their increments are INTERLEAVED (small 1,
+large 1, small 2, ...), so load from anything else on the machine hits both alike. --reps times
+(default 3) per warehouse: append --new ticks (all coins, continuing the series right after the
+history) as ONE raw batch (insert timed but reported apart), then time one
+`run_incremental(conn, coins)` call (wall and process CPU time, all threads). Per-step times come
+from timing wrappers installed on the names the pipeline module calls (clean_increment,
+candles_1m_increment, features_increment, hourly_increment x2, correlations_refresh,
+anomalies_increment), so the measured call is the real run_incremental. Then the Parquet export
+of the touched partitions is timed: export_dirty for silver/clean_ticks, gold/market_features,
+gold/ohlcv_1m, gold/ohlcv_1h, gold/hourly_stats. A CHECKPOINT after that is timed too and
+reported as information (each Dagster asset closes its connection, and closing the last
+connection checkpoints); it is not part of the ratio. Medians over the reps are reported.
+Target: median wall time of run_incremental, large / small <= 1.5. After the increments the row
+counts are checked (clean_ticks = market_features = ticks appended, nothing quarantined, nothing
+left dirty).
 
 BASELINE. In the same run, on the small warehouse (and on the large one too unless
 --no-large-baseline): full recomputation of market_features over all history -- delete
 market_features, reset its asset_state hwm to 0, rerun features_increment -- to show what the
 incremental path saves. The recomputed table is compared against the incrementally built one
-(it must be identical up to float rounding), which is also a correctness check of incremental
-== full over many batches.
+(it must match within rel 1e-9 + abs 1e-9, the tolerance tests/test_incremental.py uses), which
+is also a correctness check of incremental == full over many batches.
 
---profile-sql: additionally runs one more increment on each warehouse through a connection proxy
-that times every SQL statement (execute, and the fetch of sql() relations) and prints the
-statements whose time grows most from small to large history.
+--profile-sql: after the measured increments, --reps more increments per warehouse (again
+interleaved) run through a connection proxy that times every SQL statement (execute(), and the
+fetch of sql() relations); printed: SQL time by calling function and the statements whose time
+grows most from small to large history (median per increment; numbers in the SQL are masked so
+the same statement matches across warehouses).
+
+Peak RSS: ru_maxrss of the process, and VmHWM per phase (reset through /proc/self/clear_refs at
+the start of setup, measurement and baseline).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import re
@@ -234,18 +245,6 @@ class StepTimer:
             setattr(pipeline_mod, attr, orig)
 
 
-_STEP_OF_CALLER = {
-    "clean_increment": "clean",
-    "candles_1m_increment": "candles_1m",
-    "features_increment": "features",
-    "_build_context": "features",
-    "correlations_refresh": "correlations",
-    "anomalies_increment": "anomalies",
-    "get_state": None,
-    "set_state": None,
-}
-
-
 def _norm_sql(sql: str) -> str:
     """Whitespace collapsed; numbers and quoted paths replaced so both warehouses' statements match."""
     sql = re.sub(r"\[('[^']*'(, )?)+\]", "[<files>]", sql)
@@ -261,6 +260,7 @@ class SqlProfiler:
     def __init__(self, conn) -> None:
         self._conn = conn
         self.times: dict[tuple[str, str], float] = defaultdict(float)
+        self.calls = 0
 
     def _key(self, sql: str) -> tuple[str, str]:
         f = sys._getframe(2)
@@ -276,6 +276,7 @@ class SqlProfiler:
 
     def execute(self, sql, *a, **kw):
         key = self._key(sql)
+        self.calls += 1
         t = time.perf_counter()
         try:
             return self._conn.execute(sql, *a, **kw)
@@ -284,6 +285,7 @@ class SqlProfiler:
 
     def sql(self, sql, *a, **kw):
         key = self._key(sql)
+        self.calls += 1
         t = time.perf_counter()
         rel = self._conn.sql(sql, *a, **kw)
         self.times[key] += time.perf_counter() - t
@@ -401,12 +403,15 @@ def setup(conn, wh: Warehouse, batch_rows: int) -> None:
             raise SystemExit(f"setup batch {nb}: {cr.quarantined} ticks quarantined: {cr.reasons}")
         print(
             f"    [{wh.label}] batch {nb}: {n * len(wh.coins):,} ticks, run_incremental {dt:6.2f} s "
-            f"(clean rows out {cr.rows_out:,})",
+            f"(clean rows out {cr.rows_out:,}); RSS {(_status_kb('VmRSS') or 0) / 1024:,.0f} MB, "
+            f"peak so far {(_status_kb('VmHWM') or 0) / 1024:,.0f} MB",
             flush=True,
         )
     t = time.perf_counter()
     _, parts = export_all(conn, wh)
     wh.setup_times["parquet export (all)"] = time.perf_counter() - t
+    print(f"    [{wh.label}] export of all {parts} partitions {wh.setup_times['parquet export (all)']:.1f} s; "
+          f"peak RSS so far {(_status_kb('VmHWM') or 0) / 1024:,.0f} MB", flush=True)
     wh.setup_parts = parts
     t = time.perf_counter()
     conn.execute("CHECKPOINT")
@@ -418,41 +423,45 @@ def setup(conn, wh: Warehouse, batch_rows: int) -> None:
         raise SystemExit(f"[{wh.label}] {dirty} partitions still dirty after the setup export")
 
 
-def measure(conn, wh: Warehouse, n_new: int, reps: int, timer: StepTimer) -> None:
-    loader = Loader(conn)
-    per_coin = max(1, n_new // len(wh.coins))
-    for rep in range(reps):
-        ticks = wh.gen.take(per_coin)
-        t = time.perf_counter()
-        loader.append(ticks)
-        wh.inserts.append(time.perf_counter() - t)
-        gc.collect()
-        timer.times = {}
-        timer.enabled = True
-        t = time.perf_counter()
-        res = run_incremental(conn, wh.coins)
-        total = time.perf_counter() - t
-        timer.enabled = False
-        step = dict(timer.times)
-        step["total"] = total
-        wh.runs.append(step)
-        cr = res["clean_ticks"]
-        if cr.rows_out != ticks.height or cr.quarantined:
-            raise SystemExit(f"[{wh.label}] increment {rep + 1}: clean wrote {cr.rows_out} of {ticks.height} "
-                             f"(quarantined {cr.quarantined}: {cr.reasons})")
-        t = time.perf_counter()
-        ex, parts = export_all(conn, wh)
-        ex["total"] = time.perf_counter() - t
-        wh.exports.append(ex)
-        wh.export_parts.append(parts)
-        t = time.perf_counter()
-        conn.execute("CHECKPOINT")
-        wh.checkpoints.append(time.perf_counter() - t)
-        print(
-            f"    [{wh.label}] increment {rep + 1}: {ticks.height:,} ticks, run_incremental {total * 1000:8.1f} ms, "
-            f"export {ex['total'] * 1000:7.1f} ms ({parts} partitions), checkpoint {wh.checkpoints[-1] * 1000:6.1f} ms",
-            flush=True,
-        )
+def increment(conn, wh: Warehouse, loader: "Loader", n_new: int, rep: int, timer: StepTimer) -> None:
+    """One measured increment: append n_new ticks as one raw batch, run_incremental, export, checkpoint."""
+    ticks = wh.gen.take(max(1, n_new // len(wh.coins)))
+    t = time.perf_counter()
+    loader.append(ticks)
+    wh.inserts.append(time.perf_counter() - t)
+    gc.collect()
+    timer.times = {}
+    timer.enabled = True
+    c = time.process_time()
+    t = time.perf_counter()
+    res = run_incremental(conn, wh.coins)
+    total = time.perf_counter() - t
+    cpu = time.process_time() - c
+    timer.enabled = False
+    step = dict(timer.times)
+    step["total"] = total
+    step["cpu"] = cpu
+    wh.runs.append(step)
+    cr = res["clean_ticks"]
+    if cr.rows_out != ticks.height or cr.quarantined:
+        raise SystemExit(f"[{wh.label}] increment {rep + 1}: clean wrote {cr.rows_out} of {ticks.height} "
+                         f"(quarantined {cr.quarantined}: {cr.reasons})")
+    c = time.process_time()
+    t = time.perf_counter()
+    ex, parts = export_all(conn, wh)
+    ex["total"] = time.perf_counter() - t
+    ex["cpu"] = time.process_time() - c
+    wh.exports.append(ex)
+    wh.export_parts.append(parts)
+    t = time.perf_counter()
+    conn.execute("CHECKPOINT")
+    wh.checkpoints.append(time.perf_counter() - t)
+    print(
+        f"    [{wh.label}] increment {rep + 1}: {ticks.height:,} ticks, run_incremental {total * 1000:7.1f} ms "
+        f"(cpu {cpu * 1000:6.1f}), export {ex['total'] * 1000:7.1f} ms ({parts} partitions), "
+        f"checkpoint {wh.checkpoints[-1] * 1000:6.1f} ms",
+        flush=True,
+    )
 
 
 def check_counts(conn, wh: Warehouse, n_new_total: int) -> list[str]:
@@ -529,11 +538,10 @@ def naive_baseline(conn, wh: Warehouse) -> None:
     }
 
 
-def profile_sql(conn, wh: Warehouse, n_new: int) -> None:
-    """One extra increment through the SQL-timing proxy (after the measured ones)."""
-    loader = Loader(conn)
-    ticks = wh.gen.take(max(1, n_new // len(wh.coins)))
-    loader.append(ticks)
+def profile_sql(conn, wh: Warehouse, loader: "Loader", n_new: int) -> None:
+    """One extra increment through the SQL-timing proxy (after the measured ones); per-statement
+    times are appended to wh.sql_profile so medians over several such increments can be shown."""
+    loader.append(wh.gen.take(max(1, n_new // len(wh.coins))))
     prof = SqlProfiler(conn)
     t = time.perf_counter()
     run_incremental(prof, wh.coins)
@@ -544,7 +552,16 @@ def profile_sql(conn, wh: Warehouse, n_new: int) -> None:
         export_dirty(ex_prof, wh.lh.lake_path, dataset, table, tcol, order)
     ex_total = time.perf_counter() - t
     conn.execute("CHECKPOINT")
-    wh.sql_profile = {"run": dict(prof.times), "run_total": total, "export": dict(ex_prof.times), "export_total": ex_total}
+    sp = wh.sql_profile = wh.sql_profile or {"run": defaultdict(list), "export": defaultdict(list),
+                                              "run_total": [], "export_total": [], "run_calls": [], "export_calls": []}
+    sp["run_calls"].append(prof.calls)
+    sp["export_calls"].append(ex_prof.calls)
+    for k, v in prof.times.items():
+        sp["run"][k].append(v)
+    for k, v in ex_prof.times.items():
+        sp["export"][k].append(v)
+    sp["run_total"].append(total)
+    sp["export_total"].append(ex_total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,14 +619,21 @@ def report(small: Warehouse, large: Warehouse, args, n_new_per_rep: int, t_start
     tb = med([r["total"] + e["total"] for r, e in zip(large.runs, large.exports)])
     print(f"  {'RUN + EXPORT':<34}{ms(ta)}{ms(tb)}{tb / ta:>12.2f}x")
     print("  " + "-" * (len(hdr) - 2))
+    ca_run, cb_run = med([r["cpu"] for r in small.runs]), med([r["cpu"] for r in large.runs])
+    ca_ex, cb_ex = med([e["cpu"] for e in small.exports]), med([e["cpu"] for e in large.exports])
+    print(f"  {'(info) run_incremental CPU time':<34}{ms(ca_run)}{ms(cb_run)}{cb_run / ca_run:>12.2f}x"
+          "   (process CPU, all threads: less sensitive to other load)")
+    print(f"  {'(info) export CPU time':<34}{ms(ca_ex)}{ms(cb_ex)}{cb_ex / ca_ex:>12.2f}x")
     ia, ib = med(small.inserts), med(large.inserts)
     ca, cb = med(small.checkpoints), med(large.checkpoints)
     print(f"  {'(info) raw batch insert':<34}{ms(ia)}{ms(ib)}{ib / ia:>12.2f}x")
     print(f"  {'(info) CHECKPOINT after increment':<34}{ms(ca)}{ms(cb)}{cb / ca:>12.2f}x")
-    print("\n  all reps (run_incremental / export, ms):")
+    print("\n  all reps, in run order (run_incremental / export, ms):")
     for wh in (small, large):
         print(f"    {wh.label:>5}: " + ", ".join(f"{r['total'] * 1000:.1f} / {e['total'] * 1000:.1f}"
                                            for r, e in zip(wh.runs, wh.exports)))
+    print(f"  load average after the measured increments: {' '.join(f'{x:.2f}' for x in args.load_after)} "
+          f"({os.cpu_count()} CPUs; anything else running on the machine shows up as noise)")
 
     ratio = rb / ra
     ok = ratio <= TARGET_RATIO
@@ -636,24 +660,33 @@ def report(small: Warehouse, large: Warehouse, args, n_new_per_rep: int, t_start
                 print(f"           {c:<18} max abs {d:.2e}  max rel {r:.2e}  over tol {o}")
 
     if small.sql_profile and large.sql_profile:
-        print("\nSQL profile of one extra increment (statements with the largest large - small time, ms):")
+        n = len(large.sql_profile["run_total"])
+        print(f"\nSQL profile: {n} extra increments per warehouse through a timing proxy (median ms per increment).")
         for part in ("run", "export"):
             ps, pg = small.sql_profile[part], large.sql_profile[part]
+            by_caller: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+            for k, v in ps.items():
+                by_caller[k[0]][0] += med(v)
+            for k, v in pg.items():
+                by_caller[k[0]][1] += med(v)
+            print(f"  [{part}] wall small {med(small.sql_profile[part + '_total']) * 1000:.1f}, "
+                  f"large {med(large.sql_profile[part + '_total']) * 1000:.1f}; SQL time "
+                  f"{sum(v[0] for v in by_caller.values()) * 1000:.1f} / {sum(v[1] for v in by_caller.values()) * 1000:.1f}"
+                  f" in {med(small.sql_profile[part + '_calls']):.0f} / {med(large.sql_profile[part + '_calls']):.0f} statements; "
+                  "by calling function (small, large):")
+            for caller, (a, b) in sorted(by_caller.items(), key=lambda kv: -kv[1][1]):
+                print(f"      {a * 1000:8.1f} {b * 1000:8.1f}  {caller}")
             keys = set(ps) | set(pg)
-            diffs = sorted(keys, key=lambda k: pg.get(k, 0) - ps.get(k, 0), reverse=True)
-            print(f"  [{part}] total small {small.sql_profile[part + '_total'] * 1000:.1f} ms, "
-                  f"large {large.sql_profile[part + '_total'] * 1000:.1f} ms")
+            diffs = sorted(keys, key=lambda k: med(pg.get(k, [0.0])) - med(ps.get(k, [0.0])), reverse=True)
+            print(f"    statements whose time grows most with history (small, large):")
             for k in diffs[: args.profile_top]:
                 caller, sql = k
-                print(f"    {ps.get(k, 0) * 1000:8.1f} {pg.get(k, 0) * 1000:8.1f}  {caller}: {sql[:150]}")
+                print(f"      {med(ps.get(k, [0.0])) * 1000:8.1f} {med(pg.get(k, [0.0])) * 1000:8.1f}  {caller}: {sql[:140]}")
 
     rusage_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"\nPeak RSS: whole process {rusage_kb / 1024:,.0f} MB (ru_maxrss, includes setup)", end="")
-    if large.measure_hwm_kb:
-        print(f"; during the measured increments {small.measure_hwm_kb / 1024:,.0f} MB (small) / "
-              f"{large.measure_hwm_kb / 1024:,.0f} MB (large) (VmHWM reset before measuring)")
-    else:
-        print()
+    ph = {k: (f"{v / 1024:,.0f} MB" if v else "n/a") for k, v in args.phase_hwm.items()}
+    print(f"\nPeak RSS: whole process {rusage_kb / 1024:,.0f} MB (ru_maxrss); per phase (VmHWM reset at each phase start): "
+          f"setup {ph.get('setup')}, measured increments {ph.get('measure')}, baseline {ph.get('baseline')}")
     print(f"Wall time of the benchmark: {time.perf_counter() - t_start:.1f} s")
     return ok
 
@@ -682,39 +715,52 @@ def main() -> int:
     timer = StepTimer()
     errors: list[str] = []
     try:
+        phase_hwm: dict[str, int | None] = {}
+        _reset_hwm()
         for wh in (small, large):
             print(f"setup {wh.label}: {wh.history:,} ticks in batches of {args.batch:,}", flush=True)
             with wh.lh.connect() as conn:
                 setup(conn, wh, args.batch)
             gc.collect()
+        phase_hwm["setup"] = _status_kb("VmHWM")
         timer.install()
-        for wh in (small, large):
-            print(f"measure {wh.label}: {args.reps} x {n_new_per_rep:,} new ticks", flush=True)
-            with wh.lh.connect() as conn:
-                # warm-up read so both start from the same cache state as a long-running process would
-                conn.sql("SELECT count(*) FROM clean_ticks").fetchall()
-                wh.measure_hwm_kb = None
-                reset = _reset_hwm()
-                measure(conn, wh, n_new_per_rep, args.reps, timer)
-                wh.measure_hwm_kb = _status_kb("VmHWM") if reset else None
-                errors += check_counts(conn, wh, n_new_per_rep * args.reps)
-        timer.uninstall()
+        print(f"measure: {args.reps} x {n_new_per_rep:,} new ticks per warehouse, small and large interleaved "
+              f"(load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs)", flush=True)
+        with contextlib.ExitStack() as stack:
+            conns = {wh.label: stack.enter_context(wh.lh.connect()) for wh in (small, large)}
+            loaders = {label: Loader(c) for label, c in conns.items()}
+            for c in conns.values():  # same cache state for both: one read of the tables the increment touches
+                for t in ("raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats"):
+                    c.sql(f"SELECT count(*) FROM {t}").fetchall()
+            _reset_hwm()
+            for rep in range(args.reps):
+                for wh in (small, large):
+                    increment(conns[wh.label], wh, loaders[wh.label], n_new_per_rep, rep, timer)
+            phase_hwm["measure"] = _status_kb("VmHWM")
+            load_after = os.getloadavg()
+            for wh in (small, large):
+                errors.extend(check_counts(conns[wh.label], wh, n_new_per_rep * args.reps))
+            timer.uninstall()
+            if args.profile_sql:
+                print(f"profile: {args.reps} more increments per warehouse through the SQL-timing proxy", flush=True)
+                for _ in range(args.reps):
+                    for wh in (small, large):
+                        profile_sql(conns[wh.label], wh, loaders[wh.label], n_new_per_rep)
+        _reset_hwm()
         for wh in (small, large):
             if wh is large and args.no_large_baseline:
                 continue
             print(f"baseline {wh.label}: full recomputation of market_features", flush=True)
             with wh.lh.connect() as conn:
-                if args.profile_sql:  # before the baseline rewrites market_features
-                    profile_sql(conn, wh, n_new_per_rep)
                 naive_baseline(conn, wh)
             b = wh.baseline
             if not b["same_keys"] or b["over_tol"]:
                 errors.append(f"[{wh.label}] full recomputation differs from the incremental market_features "
                               f"(same rows: {b['same_keys']}, {b['over_tol']} values outside tolerance; "
                               f"worst {b['worst'][0]}: {b['worst'][1]})")
-        if args.profile_sql and args.no_large_baseline:
-            with large.lh.connect() as conn:
-                profile_sql(conn, large, n_new_per_rep)
+        phase_hwm["baseline"] = _status_kb("VmHWM")
+        args.phase_hwm = phase_hwm
+        args.load_after = load_after
         for wh in (small, large):
             wh.db_size = wh.lh.duckdb_path.stat().st_size
             wh.lake_size = _dir_size(wh.lh.lake_path)

@@ -61,6 +61,7 @@ import pstats
 import random
 import re
 import resource
+import statistics
 import sys
 import tempfile
 import threading
@@ -470,6 +471,8 @@ class ConsumeOnly:
     loop_s: float = 0.0
     messages: int = 0
     bytes: int = 0
+    per_round: list[float] = field(default_factory=list)  # loop seconds per round
+    cpu_s: float = 0.0  # process CPU time (all threads) during the loops
 
 
 def consume_only(kafka: KafkaResource, topic: str, start: dict[int, int], high: dict[int, int], acc: ConsumeOnly) -> None:
@@ -480,6 +483,7 @@ def consume_only(kafka: KafkaResource, topic: str, start: dict[int, int], high: 
     todo = {p for p in start if start[p] < high[p]}
     c.assign([TopicPartition(topic, p, start[p]) for p in todo])
     t1 = time.perf_counter()
+    c1 = time.process_time()
     n = nbytes = 0
     idle_since = time.monotonic()
     while todo:
@@ -499,10 +503,12 @@ def consume_only(kafka: KafkaResource, topic: str, start: dict[int, int], high: 
             if m.offset() + 1 >= high[m.partition()]:
                 todo.discard(m.partition())
     t2 = time.perf_counter()
+    acc.cpu_s += time.process_time() - c1
     c.close()
     t3 = time.perf_counter()
     acc.total_s += t3 - t0
     acc.loop_s += t2 - t1
+    acc.per_round.append(t2 - t1)
     acc.messages += n
     acc.bytes += nbytes
 
@@ -584,27 +590,26 @@ rss0 = kb("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")
 res = pull_raw_ticks(kafka, lake, PullConfig(max_messages=max_messages, batch_size=batch_size,
                                              export_parquet=False, publish_dlq=False))
-print(json.dumps({"rss0_kb": rss0, "hwm_kb": kb("VmHWM"), "messages": res.messages,
+print(json.dumps({"name": sys.argv[5], "rss0_kb": rss0, "hwm_kb": kb("VmHWM"), "messages": res.messages,
                   "batches": len(res.batches), "batch_size": batch_size, "max_messages": max_messages}))
 """
 
 
-def memory_probe(bootstrap: str, root: Path, batch_size: int, n: int) -> dict:
+def memory_probe(bootstrap: str, root: Path, name: str, batch_size: int, max_messages: int) -> dict:
     """Peak RSS of one pull in a fresh process (reads from the earliest offset still in the log
-    into a fresh warehouse under the temp root): shows the working set and that it follows
-    batch_size, not the number of messages read."""
+    into a fresh warehouse under the temp root): the pull's working set, and how it follows
+    batch_size rather than the number of messages read."""
     import subprocess
 
-    home = root / f"memprobe_{batch_size}"
+    home = root / f"memprobe_{name}"
     home.mkdir()
-    max_messages = min(n, 100_000)
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, bootstrap, str(home), str(max_messages), str(batch_size)],
+        [sys.executable, "-c", _PROBE, bootstrap, str(home), str(max_messages), str(batch_size), name],
         capture_output=True, text=True, timeout=300, env={**os.environ, "CRYPTO_HOME": str(home)},
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"batch_size": batch_size, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        return {"name": name, "batch_size": batch_size, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(lines[-1])
 
 
@@ -614,6 +619,7 @@ class PullAcc:
     total_s: float = 0.0
     messages: int = 0
     per_round: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
     export_s: float = 0.0
     peak_hwm_kb: int = 0
     peak_delta_kb: int = 0
@@ -654,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
     global SINK
     N, C = args.messages, args.chunk
+    load_start = os.getloadavg()[0]
     naive_n = min(args.naive_messages, C, N)
     os.environ["CRYPTO_HOME"] = str(root / "var")  # belt and braces: nothing resolves ./var
     home_a, home_b = root / "var", root / "var_export"
@@ -668,6 +675,8 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
         f"{os.cpu_count()} CPUs"
     )
     print(f"temp CRYPTO_HOME: {root}")
+    print(f"load average (1 min) at start: {load_start:.2f} on {os.cpu_count()} CPUs"
+          + ("  <-- WARNING: other work is running; timings will be pessimistic" if load_start > 0.5 else ""))
     print(
         "NOTE: the embedded (librdkafka mock) broker keeps only ~5 MB per partition and drops older\n"
         "      messages, so messages are produced and measured in rounds of C: each round produces C\n"
@@ -766,9 +775,11 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
         with instrument_pull(), sampler.active():
             if prof:
                 prof.enable()
+            c0 = time.process_time()
             t = time.perf_counter()
             res = pull_raw_ticks(kafka_a, lake_a, cfg_b)
             dt = time.perf_counter() - t
+            acc_b.cpu_s += time.process_time() - c0
             if prof:
                 prof.disable()
         SINK = None
@@ -851,7 +862,13 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
 
     chk_a = check(lake_a, "warehouse (b)")
     chk_b = check(lake_b, "warehouse (b')") if not args.no_export_per_round else None
-    mem_probes = [memory_probe(broker.bootstrap_servers, root, b, N) for b in sorted({args.batch_size, max(args.batch_size // 10, 1)}, reverse=True)]
+    load_end = os.getloadavg()[0]
+    small = max(args.batch_size // 10, 1)
+    mem_probes = [
+        memory_probe(broker.bootstrap_servers, root, "big", args.batch_size, min(N, args.batch_size)),
+        memory_probe(broker.bootstrap_servers, root, "small_many", small, min(N, args.batch_size)),
+        memory_probe(broker.bootstrap_servers, root, "small_one", small, min(N, small)),
+    ]
     probe.close()
     del producer
 
@@ -867,6 +884,7 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
 
     print()
     print("-" * 96)
+    print(f"load average (1 min) at end: {load_end:.2f} (this run itself contributes 1-2; more means contention)")
     print(f"one-off: importing pyarrow (done before timing; a fresh Dagster run pays it on its first pull): {import_s:.2f} s")
     print(f"input: {N:,} messages, {value_bytes / MB:,.1f} MB of JSON values (avg {value_bytes / N:.0f} B), "
           f"{rnd} rounds of <= {C:,}")
@@ -891,6 +909,18 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
     print(f"     Parquet export cost, one-shot: exporting all {N:,} rows of (b)'s warehouse once took "
           f"{export_once_s:.2f} s (export_dirty {export_once_inner:.2f} s, "
           f"{res_x.export.partitions if res_x.export else 0} partitions) = {N / export_once_inner:,.0f} rows/s")
+    print(f"    CPU time (all threads of this process, incl. the in-process broker and the sampler): "
+          f"(a) {acc_a.cpu_s / N * 1e6:.2f} us/msg, (b) {acc_b.cpu_s / N * 1e6:.2f} us/msg "
+          f"(wall: (a) {acc_a.loop_s / N * 1e6:.2f}, (b) {acc_b.total_s / N * 1e6:.2f} us/msg)")
+    full = [i for i in range(rnd) if i < rnd - 1 or N % C == 0]  # rounds of exactly C messages
+    if len(full) >= 3:
+        med = statistics.median
+        ma = med([acc_a.per_round[i] for i in full])
+        mb = med([acc_b.per_round[i] for i in full])
+        line = f"    median round (less sensitive to bursts of other load): (a) {C / ma:,.0f}, (b) {C / mb:,.0f}"
+        if not args.no_export_per_round:
+            line += f", (b') {C / med([acc_b2.per_round[i] for i in full]):,.0f}"
+        print(line + f" msg/s; b/a {ma / mb:.2f}")
     print(f"(c) naive baseline              {fmt_rate(rate_c):>16}   {t_naive:7.2f} s for the first {n_naive:,} "
           f"messages of round 1 (json.loads + 1-row INSERT each, one txn)")
     print(f"    extrapolated to N={N:,}: {N / rate_c:,.0f} s ({N / rate_c / 60:.1f} min) -- EXTRAPOLATED, not run")
@@ -912,11 +942,22 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
         if "error" in mp:
             print(f"  fresh-process probe batch_size={mp['batch_size']:,}: failed: {mp['error']}")
             continue
-        print(f"  fresh-process probe: pull_raw_ticks(max_messages={mp['max_messages']:,}, batch_size={mp['batch_size']:,}) "
+        print(f"  fresh-process probe ({mp['name']}): pull_raw_ticks(max_messages={mp['max_messages']:,}, batch_size={mp['batch_size']:,}) "
               f"read {mp['messages']:,} msgs in {mp['batches']} txn(s): RSS {mp['rss0_kb'] / 1024:,.0f} MB before "
               f"(imports + DuckDB opened), peak {mp['hwm_kb'] / 1024:,.0f} MB => +{(mp['hwm_kb'] - mp['rss0_kb']) / 1024:,.0f} MB")
-    print(f"  the pull's working set is bounded by PullConfig.batch_size={cfg_b.batch_size:,} messages per "
-          f"transaction; here each call reads one round, i.e. min(C, batch_size)={min(C, cfg_b.batch_size):,}")
+    ok_probes = {mp["name"]: mp for mp in mem_probes if "error" not in mp}
+    if {"big", "small_one", "small_many"} <= set(ok_probes) and ok_probes["big"]["messages"] > ok_probes["small_one"]["messages"]:
+        rise = {k: (v["hwm_kb"] - v["rss0_kb"]) / 1024 for k, v in ok_probes.items()}
+        dn = ok_probes["big"]["messages"] - ok_probes["small_one"]["messages"]
+        per_msg_b = (rise["big"] - rise["small_one"]) * MB / dn
+        print(f"  => working set ~ {rise['small_one']:,.0f} MB + {per_msg_b:,.0f} B per message of the batch "
+              f"({per_msg_b * args.batch_size / MB:,.0f} MB at batch_size={args.batch_size:,}); reading "
+              f"{ok_probes['small_many']['messages']:,} messages as {ok_probes['small_many']['batches']} small "
+              f"transactions peaks at +{rise['small_many']:,.0f} MB:")
+        print("     batch_size bounds the per-transaction part; reading more messages in more transactions still\n"
+              "     adds some (librdkafka's prefetch queue, up to queued.max.messages.kbytes=256 MB in\n"
+              "     KafkaResource.consumer_config, plus allocator arenas), but far less than one big batch")
+    print(f"  in (b) above each call reads one round, i.e. min(C, batch_size)={min(C, cfg_b.batch_size):,} messages")
     print()
     print(f"where (b)'s time goes ({acc_b.total_s:.2f} s over {rnd} calls, instrumented from the bench script):")
     for key, v in breakdown(timers_b, acc_b.total_s):

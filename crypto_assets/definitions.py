@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from crypto_assets.assets import alerts, gold, ingest, silver
+from crypto_assets.assets import alerts, gold, ingest, models, predictions, silver
 from crypto_assets.checks import ALL_CHECKS
 from crypto_assets.settings import build_resources
 
-ASSET_MODULES = [ingest, silver, gold, alerts]
+ASSET_MODULES = [ingest, silver, gold, alerts, models, predictions]
 
 INCREMENTAL = dg.AssetSelection.assets(
     "raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies"
@@ -24,6 +24,12 @@ incremental_job = dg.define_asset_job(
     description="The cheap path the backlog sensor launches: raw → clean → features/candles → anomalies.",
 )
 
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets("training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions"),
+    description="Build the training set, retrain the four models (gated promotion), then predict.",
+)
+
 demo_job = dg.define_asset_job(
     "demo_job",
     selection=dg.AssetSelection.all(),
@@ -32,7 +38,7 @@ demo_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(ASSET_MODULES),
-    asset_checks=ALL_CHECKS,
-    jobs=[ingest_job, incremental_job, demo_job],
+    asset_checks=[*ALL_CHECKS, *models.MODEL_CHECKS],
+    jobs=[ingest_job, incremental_job, training_job, demo_job],
     resources=build_resources(),
 )

@@ -42,6 +42,8 @@ def cmd_demo(args) -> int:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["CRYPTO_HOME"] = str(home)
     prepare_home(home)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from crypto_assets.broker import EmbeddedBroker, remove_broker_file, write_broker_file
 
@@ -193,6 +195,24 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
         passed = sum(1 for *_, ok, _ in check_results if ok)
         print(f"asset checks        {passed}/{len(check_results)} passed"
               + "".join(f"\n  FAILED ({sev}) {asset}:{name}" for asset, name, ok, sev in check_results if not ok))
+    try:
+        from crypto_assets.ml.registry import model_summary
+        from crypto_assets.settings import mlflow_resource
+
+        models = model_summary(mlflow_resource())
+    except Exception as exc:  # noqa: BLE001 - the summary must not hide the run's own result
+        models = []
+        print(f"models              (MLflow not readable: {exc})")
+    if models:
+        print()
+        print(f"{'model (MLflow)':<20}{'version':>8}  {'gate':<9}{'metric':<11}{'value':>10}{'baseline':>10}  champion")
+        for m in models:
+            val = f"{m['value']:.4f}" if m["value"] is not None else "n/a"
+            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "n/a"
+            print(f"{m['model']:<20}{m['latest_version']:>8}  {m['gate']:<9}{m['metric']:<11}{val:>10}{base:>10}  "
+                  f"{'v' + m['champion_version'] if m['champion_version'] else 'none'}")
+        print(f"MLflow store: {mlflow_resource().uri()}  (browse: .venv/bin/mlflow ui --backend-store-uri <that>)")
+    print()
     print("Dagster runs (see them with `make ui` / dagster dev):")
     for name, run_id, ok, secs in runs[-4:]:
         print(f"  {name:<14} {run_id[:8]}  {'SUCCESS' if ok else 'FAILURE'}  {secs:5.1f}s")

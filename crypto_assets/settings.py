@@ -47,8 +47,38 @@ def lakehouse_resource(env: Mapping[str, str] | None = None) -> LakehouseResourc
     return LakehouseResource(home=str(crypto_home(env)), coins=coin_ids(env))
 
 
+def spark_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """local[2] by default; SPARK_MASTER=spark://spark-master:7077 switches to a cluster."""
+    env = os.environ if env is None else env
+    return {
+        "spark.master": env.get("SPARK_MASTER") or "local[2]",
+        "spark.app.name": "crypto_assets",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": env.get("SPARK_UI_ENABLED") or "false",
+        "spark.sql.shuffle.partitions": env.get("SPARK_SHUFFLE_PARTITIONS") or "4",
+        "spark.driver.memory": env.get("SPARK_DRIVER_MEMORY") or "2g",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+    }
+
+
+def spark_resource(env: Mapping[str, str] | None = None):
+    from dagster_pyspark import LazyPySparkResource
+
+    return LazyPySparkResource(spark_config=spark_config(env))
+
+
+def mlflow_resource(env: Mapping[str, str] | None = None):
+    from crypto_assets.resources.mlflow import MlflowResource
+
+    env = os.environ if env is None else env
+    return MlflowResource(tracking_uri=env.get("MLFLOW_TRACKING_URI") or "", home=str(crypto_home(env)))
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     return {
         "kafka": kafka_resource(env),
         "lakehouse": lakehouse_resource(env),
+        "pyspark": spark_resource(env),
+        "mlflow": mlflow_resource(env),
     }

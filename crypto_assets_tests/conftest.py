@@ -56,3 +56,21 @@ def kafka(broker: EmbeddedBroker, home: Path) -> KafkaResource:
 @pytest.fixture
 def lakehouse(home: Path) -> LakehouseResource:
     return LakehouseResource(home=str(home))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session for the whole test session (the JVM is slow to start);
+    the LazyPySparkResource used by the assets picks this session up via getOrCreate."""
+    from crypto_assets.settings import spark_config
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for k, v in spark_config({}).items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

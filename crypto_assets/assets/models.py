@@ -1,0 +1,337 @@
+"""Models: a Parquet training set and four Spark MLlib models tracked in MLflow.
+
+Each model asset trains on a time split, evaluates itself, its naive baseline and the current
+champion on the same holdout, logs everything with lineage tags, and registers a version. The
+blocking gate check next to it decides whether the `champion` alias moves.
+"""
+
+from typing import Any
+
+import dagster as dg
+from dagster_pyspark import LazyPySparkResource
+from pydantic import Field
+
+from crypto_assets.assets.ingest import DUCKDB_POOL
+from crypto_assets.ml.registry import gate_and_promote, load_champion, log_model
+from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.mlflow import MlflowResource
+
+MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"], code_version="1")
+
+
+class TrainingSetConfig(dg.Config):
+    horizon_minutes: int = Field(default=15, description="direction label: sign of the return over this horizon")
+
+
+@dg.asset(
+    deps=["market_features", "ohlcv_1m", "anomalies"],
+    group_name="models",
+    kinds={"duckdb", "parquet"},
+    owners=["team:ml"],
+    pool=DUCKDB_POOL,
+    code_version="1",
+)
+def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    """Features (backward-looking only) and labels (direction over the horizon, forward returns at
+    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/."""
+    with lakehouse.connect() as conn:
+        info = build_training_set(conn, lakehouse.lake_path / "training", config.horizon_minutes)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(info.path)),
+            "dagster/row_count": info.rows,
+            "min_event_time": dg.MetadataValue.timestamp(info.min_time) if info.min_time else "none",
+            "max_event_time": dg.MetadataValue.timestamp(info.max_time) if info.max_time else "none",
+            "rows_per_coin": info.rows_per_coin,
+            "labelled_rows": info.labelled,
+            "positive_rate": round(info.positive_rate or 0.0, 4),
+            "anomaly_rate": round(info.anomaly_rate or 0.0, 5),
+            "horizon_minutes": config.horizon_minutes,
+            "features": FEATURES,
+        }
+    )
+
+
+def _lineage(context: dg.AssetExecutionContext, path: str, split, extra: dict | None = None) -> dict[str, str]:
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "asset_key": context.asset_key.to_user_string(),
+        "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+        "training_set_path": path,
+        "split_time": str(split.split_time),
+        "train_rows": str(split.train_rows),
+        "test_rows": str(split.test_rows),
+        "train_max_time": str(split.train_max_time),
+        "test_min_time": str(split.test_min_time),
+    }
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+def _data_window(df) -> dict[str, str]:
+    from pyspark.sql import functions as F
+
+    row = df.agg(F.min("event_time").alias("lo"), F.max("event_time").alias("hi"), F.count("*").alias("n")).first()
+    return {"data_min_time": str(row["lo"]), "data_max_time": str(row["hi"]), "data_rows": str(row["n"])}
+
+
+def _with_baseline(metrics: dict, baseline: dict, higher_better: dict[str, bool]) -> dict[str, float]:
+    out = dict(metrics)
+    for k, v in metrics.items():
+        b = baseline.get(k)
+        if b is None:
+            continue
+        out[f"baseline_{k}"] = b
+        out[f"lift_{k}"] = (v - b) if higher_better.get(k, True) else (b - v)
+    return out
+
+
+def _md(logged, metrics: dict, extra: dict | None = None) -> dict[str, Any]:
+    md: dict[str, Any] = {
+        "mlflow_run_id": logged.run_id,
+        "mlflow_run": dg.MetadataValue.url(logged.url) if logged.url.startswith("http") else logged.url,
+        "registered_model": logged.registered_name,
+        "model_version": logged.version,
+    }
+    md.update({k: round(float(v), 6) for k, v in metrics.items()})
+    md.update(extra or {})
+    return md
+
+
+def _read(pyspark: LazyPySparkResource, path: str):
+    return pyspark.spark_session.read.parquet(path)
+
+
+class TrendModelConfig(dg.Config):
+    horizon_minutes: int = 15
+    max_iter: int = Field(default=50, description="LogisticRegression iterations")
+    reg_param: float = 0.001
+    train_fraction: float = 0.8
+    gate_margin: float = Field(default=0.01, description="AUC must exceed the baseline's by this much")
+
+
+@dg.asset(deps=["training_set"], **MODELS)
+def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lakehouse: LakehouseResource,
+                pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """LogisticRegression (+ StandardScaler) on the direction of the next 15 minutes."""
+    from crypto_assets.ml.train import binary_metrics, linear_coefficients, train_trend
+
+    path = str(lakehouse.lake_path / "training" / "training_set.parquet")
+    df = _read(pyspark, path)
+    params = {"max_iter": config.max_iter, "reg_param": config.reg_param, "train_fraction": config.train_fraction,
+              "horizon_minutes": config.horizon_minutes, "features": ",".join(FEATURES)}
+    t = train_trend(df, FEATURES, config.horizon_minutes, params)
+    metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
+    name = mlflow.registered_name("trend_model")
+    champ_version, champ = load_champion(mlflow, name)
+    if champ is not None:
+        try:
+            cm = binary_metrics(champ.transform(t.split.test), "label_up")
+            metrics.update({f"champion_{k}": v for k, v in cm.items()})
+        except Exception as exc:  # noqa: BLE001 - e.g. the feature set changed
+            context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
+    import mlflow as _mlflow_mod  # noqa: F401  (ensures the module is importable before logging)
+
+    mlf = mlflow.activate()
+    dataset = mlf.data.from_spark(df, path=path, name="training_set")
+    logged = log_model(
+        mlflow, "trend_model", t.model, params=params, metrics=metrics,
+        tags=_lineage(context, path, t.split, _data_window(df)), dataset=dataset,
+        artifacts={"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": t.extra["baseline"]},
+    )
+    context.log.info(f"trend_model v{logged.version}: AUC {t.metrics['auc_roc']:.4f} vs baseline 0.5")
+    return dg.MaterializeResult(metadata=_md(logged, metrics, {"champion_version_before": champ_version or "none",
+                                                                 "train_rows": t.split.train_rows, "test_rows": t.split.test_rows}))
+
+
+class AnomalyModelConfig(dg.Config):
+    num_trees: int = 100
+    max_depth: int = 10
+    negatives_per_positive: int = Field(default=20, description="negatives sampled per anomaly when training")
+    train_fraction: float = 0.8
+    gate_margin: float = 0.01
+
+
+@dg.asset(deps=["training_set"], **MODELS)
+def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig, lakehouse: LakehouseResource,
+                  pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """RandomForestClassifier learning the anomaly labels (100 trees, depth 10 by default)."""
+    from crypto_assets.ml.train import binary_metrics, train_anomaly
+
+    path = str(lakehouse.lake_path / "training" / "training_set.parquet")
+    df = _read(pyspark, path)
+    params = {"num_trees": config.num_trees, "max_depth": config.max_depth, "train_fraction": config.train_fraction,
+              "negatives_per_positive": config.negatives_per_positive, "features": ",".join(FEATURES)}
+    t = train_anomaly(df, FEATURES, params)
+    metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
+    name = mlflow.registered_name("anomaly_model")
+    champ_version, champ = load_champion(mlflow, name)
+    if champ is not None:
+        try:
+            metrics.update({f"champion_{k}": v for k, v in binary_metrics(champ.transform(t.split.test), "label_anomaly").items()})
+        except Exception as exc:  # noqa: BLE001
+            context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
+    mlf = mlflow.activate()
+    logged = log_model(
+        mlflow, "anomaly_model", t.model, params=params, metrics=metrics,
+        tags=_lineage(context, path, t.split, _data_window(df)),
+        dataset=mlf.data.from_spark(df, path=path, name="training_set"),
+        artifacts={"baseline.json": t.extra["baseline"],
+                   "feature_importances.json": dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))},
+    )
+    return dg.MaterializeResult(metadata=_md(logged, metrics, {"train_positives": t.extra["train_positives"],
+                                                                 "champion_version_before": champ_version or "none"}))
+
+
+class PriceModelConfig(dg.Config):
+    horizons: list[str] = Field(default_factory=lambda: list(REGRESSION_HORIZONS))
+    reg_param: float = 0.01
+    train_fraction: float = 0.8
+    min_train_rows: int = 200
+    gate_margin: float = Field(default=0.0, description="relative RMSE improvement required over persistence")
+
+
+@dg.asset(deps=["training_set"], **MODELS)
+def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lakehouse: LakehouseResource,
+                pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """LinearRegression forecasting the return at 1h/4h/24h, one registered model per horizon,
+    trained where enough history exists; RMSE/MAE beside persistence (the gate's baseline) and
+    zero-return."""
+    from pyspark.ml.evaluation import RegressionEvaluator
+
+    from crypto_assets.ml.train import linear_coefficients, train_price
+
+    path = str(lakehouse.lake_path / "training" / "training_set.parquet")
+    df = _read(pyspark, path)
+    md: dict[str, Any] = {}
+    trained = []
+    for h in config.horizons:
+        params = {"horizon": h, "reg_param": config.reg_param, "train_fraction": config.train_fraction,
+                  "min_train_rows": config.min_train_rows, "features": ",".join(FEATURES)}
+        try:
+            t = train_price(df, FEATURES, h, REGRESSION_HORIZONS[h], params)
+        except ValueError as exc:
+            context.log.info(f"price model {h} skipped: {exc}")
+            md[f"{h}_skipped"] = str(exc)
+            continue
+        base = t.extra["baseline"]
+        metrics = dict(t.metrics)
+        # The gate's baseline is persistence (the past return over the same horizon, carried
+        # forward); zero-return is logged beside it as the harder bar, with its lift.
+        metrics.update({"baseline_rmse": base["rmse_persistence"], "baseline_mae": base["mae_persistence"],
+                        "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
+                        "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
+                        "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]})
+        name = mlflow.registered_name(f"price_model_{h}")
+        champ_version, champ = load_champion(mlflow, name)
+        if champ is not None:
+            try:
+                metrics["champion_rmse"] = RegressionEvaluator(labelCol=f"fwd_return_{h}", metricName="rmse").evaluate(
+                    champ.transform(t.split.test))
+            except Exception as exc:  # noqa: BLE001
+                context.log.warning(f"champion {h} v{champ_version} could not score this holdout: {exc}")
+        mlf = mlflow.activate()
+        logged = log_model(
+            mlflow, "price_model", t.model, params=params, metrics=metrics,
+            tags=_lineage(context, path, t.split, {**_data_window(df), "horizon": h}),
+            dataset=mlf.data.from_spark(df, path=path, name="training_set"),
+            artifacts={"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": base},
+            register_as=f"price_model_{h}",
+        )
+        trained.append(h)
+        md.update({f"{h}_{k}": round(v, 8) for k, v in metrics.items()})
+        md[f"{h}_model_version"] = logged.version
+        md[f"{h}_mlflow_run_id"] = logged.run_id
+    md["horizons_trained"] = trained
+    return dg.MaterializeResult(metadata=md)
+
+
+class ClustersConfig(dg.Config):
+    k: int = Field(default=3, description="clusters; capped at the number of coins - 1")
+    gate_margin: float = 0.05
+
+
+@dg.asset(deps=["training_set"], **MODELS)
+def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lakehouse: LakehouseResource,
+                  pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusters."""
+    from crypto_assets.ml.train import train_clusters
+
+    path = str(lakehouse.lake_path / "training" / "training_set.parquet")
+    df = _read(pyspark, path)
+    t = train_clusters(df, {"k": config.k, "seed": 7})
+    metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": t.extra["baseline"]["silhouette"],
+               "lift_silhouette": t.metrics["silhouette"] - t.extra["baseline"]["silhouette"]}
+    logged = log_model(
+        mlflow, "coin_clusters", t.model, params={"k": t.params["k"]}, metrics=metrics,
+        tags={**_lineage(context, path, t.split, _data_window(df))},
+        artifacts={"assignment.json": t.extra["assignment"]},
+    )
+    groups: dict[int, list[str]] = {}
+    for coin, c in t.extra["assignment"].items():
+        groups.setdefault(c, []).append(coin)
+    return dg.MaterializeResult(metadata=_md(logged, metrics, {
+        "clusters": dg.MetadataValue.md("\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items())))}))
+
+
+# ----------------------------------------------------------------------------- champion gates
+def _gate_result(v) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=v.passed,
+        description=v.reason,
+        metadata={"version": v.version or "none", "metric": v.metric, "value": v.value, "baseline": v.baseline,
+                  "champion_before": v.champion, "promoted_to_champion": v.promoted},
+    )
+
+
+@dg.asset_check(asset=trend_model, blocking=True, description="beats majority baseline by the margin and the champion; promotes")
+def trend_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    margin = _config_margin(context, "trend_model", 0.01)
+    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("trend_model"), context.run.run_id, "auc_roc", True, margin))
+
+
+@dg.asset_check(asset=anomaly_model, blocking=True, description="beats majority baseline by the margin and the champion; promotes")
+def anomaly_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    margin = _config_margin(context, "anomaly_model", 0.01)
+    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("anomaly_model"), context.run.run_id, "pr_auc", True, margin))
+
+
+@dg.asset_check(asset=price_model, blocking=True, description="each trained horizon beats persistence RMSE and its champion; promotes")
+def price_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    margin = _config_margin(context, "price_model", 0.0)
+    verdicts = []
+    for h in REGRESSION_HORIZONS:
+        name = mlflow.registered_name(f"price_model_{h}")
+        try:
+            mlflow.client().get_registered_model(name)
+        except Exception:  # noqa: BLE001 - never trained (not enough history)
+            continue
+        v = gate_and_promote(mlflow, name, context.run.run_id, "rmse", False, margin)
+        if v.version is not None:
+            verdicts.append((h, v))
+    if not verdicts:
+        return dg.AssetCheckResult(passed=False, description="no price model was trained in this run")
+    return dg.AssetCheckResult(
+        passed=all(v.passed for _, v in verdicts),
+        description="; ".join(f"{h}: {v.reason}" for h, v in verdicts),
+        metadata={f"{h}_promoted": v.promoted for h, v in verdicts},
+    )
+
+
+@dg.asset_check(asset=coin_clusters, blocking=True, description="silhouette beats random clusters by the margin; promotes")
+def coin_clusters_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    margin = _config_margin(context, "coin_clusters", 0.05)
+    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("coin_clusters"), context.run.run_id, "silhouette", True, margin))
+
+
+def _config_margin(context: dg.AssetCheckExecutionContext, asset: str, default: float) -> float:
+    """The gate margin is part of the model asset's run config (one place to set it)."""
+    try:
+        ops = context.run.run_config.get("ops", {})
+        return float(ops.get(asset, {}).get("config", {}).get("gate_margin", default))
+    except Exception:  # noqa: BLE001
+        return default
+
+
+MODEL_CHECKS = [trend_model_gate, anomaly_model_gate, price_model_gate, coin_clusters_gate]

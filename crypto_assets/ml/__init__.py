@@ -1,0 +1,1 @@
+"""Training set, Spark MLlib training, MLflow registry gates and scoring."""

@@ -1,0 +1,180 @@
+"""MLflow runs, lineage tags, registration, and the champion gate."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crypto_assets.resources.mlflow import MlflowResource
+
+CHAMPION = "champion"
+
+
+@dataclass
+class Logged:
+    registered_name: str
+    version: str
+    run_id: str
+    experiment_id: str
+    url: str
+
+
+def log_model(
+    mlf: MlflowResource,
+    model_name: str,
+    spark_model,
+    *,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    dataset=None,
+    artifacts: dict[str, Any] | None = None,
+    register_as: str | None = None,
+) -> Logged:
+    """One MLflow run: params, metrics (model, baseline, lift), lineage tags, the input dataset,
+    JSON artifacts and the Spark model, registered as a new version."""
+    mlflow = mlf.activate()
+    import mlflow.spark
+
+    exp_id = mlf.experiment_id(model_name)
+    name = mlf.registered_name(register_as or model_name)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"{model_name}-{tags.get('dagster_run_id', '')[:8]}") as run:
+        mlflow.log_params({k: v for k, v in params.items() if v is not None})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        mlflow.set_tags(tags)
+        if dataset is not None:
+            mlflow.log_input(dataset, context="training")
+        with tempfile.TemporaryDirectory() as tmp:
+            for fname, obj in (artifacts or {}).items():
+                p = Path(tmp) / fname
+                p.write_text(json.dumps(obj, indent=2, default=str))
+                mlflow.log_artifact(str(p))
+        info = mlflow.spark.log_model(spark_model, artifact_path="model", registered_model_name=name)
+        run_id = run.info.run_id
+    client = mlf.client()
+    version = str(info.registered_model_version) if getattr(info, "registered_model_version", None) else None
+    if version is None:
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        version = str(max(int(v.version) for v in versions))
+    for k in ("dagster_run_id", "asset_key", "code_version"):
+        if k in tags:
+            client.set_model_version_tag(name, version, k, tags[k])
+    client.set_model_version_tag(name, version, "gate", "pending")
+    return Logged(name, version, run_id, exp_id, mlf.run_url(exp_id, run_id))
+
+
+def champion_version(mlf: MlflowResource, registered_name: str) -> str | None:
+    client = mlf.client()
+    try:
+        return str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
+    except Exception:  # noqa: BLE001 - no model or no alias yet
+        return None
+
+
+def load_champion(mlf: MlflowResource, registered_name: str):
+    """(version, Spark PipelineModel) of the champion, or (None, None)."""
+    version = champion_version(mlf, registered_name)
+    if version is None:
+        return None, None
+    mlflow = mlf.activate()
+    import mlflow.spark
+
+    return version, mlflow.spark.load_model(f"models:/{registered_name}@{CHAMPION}")
+
+
+def champion_artifact(mlf: MlflowResource, registered_name: str, filename: str) -> tuple[str | None, dict | None]:
+    version = champion_version(mlf, registered_name)
+    if version is None:
+        return None, None
+    client = mlf.client()
+    mv = client.get_model_version(registered_name, version)
+    mlflow = mlf.activate()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=filename, dst_path=tmp)
+        return version, json.loads(Path(path).read_text())
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    promoted: bool
+    version: str | None
+    metric: str
+    value: float | None
+    baseline: float | None
+    champion: float | None
+    reason: str
+
+
+def gate_and_promote(
+    mlf: MlflowResource,
+    registered_name: str,
+    dagster_run_id: str,
+    metric: str,
+    higher_is_better: bool,
+    margin: float,
+) -> GateVerdict:
+    """The champion gate. The version this Dagster run registered must beat its baseline by
+    `margin` (absolute for higher-is-better metrics, relative for errors) and be no worse than
+    the current champion on the same holdout; only then the `champion` alias moves to it."""
+    client = mlf.client()
+    versions = client.search_model_versions(f"name='{registered_name}'")
+    mine = [v for v in versions if (v.tags or {}).get("dagster_run_id") == dagster_run_id]
+    if not mine:
+        return GateVerdict(False, False, None, metric, None, None, None, "this run registered no version")
+    mv = max(mine, key=lambda v: int(v.version))
+    m = client.get_run(mv.run_id).data.metrics
+    value, base, champ = m.get(metric), m.get(f"baseline_{metric}"), m.get(f"champion_{metric}")
+    if value is None or base is None:
+        return GateVerdict(False, False, mv.version, metric, value, base, champ, "metric or baseline missing")
+    if higher_is_better:
+        beats = value >= base + margin
+        not_worse = champ is None or value >= champ
+    else:
+        beats = value <= base * (1 - margin)
+        not_worse = champ is None or value <= champ
+    passed = beats and not_worse
+    if not beats:
+        reason = f"{metric} {value:.5f} does not beat baseline {base:.5f} by margin {margin}"
+    elif not not_worse:
+        reason = f"{metric} {value:.5f} is worse than the champion's {champ:.5f} on the same holdout"
+    else:
+        reason = f"{metric} {value:.5f} beats baseline {base:.5f}" + (f" and champion {champ:.5f}" if champ is not None else "")
+    if passed:
+        client.set_registered_model_alias(registered_name, CHAMPION, mv.version)
+    client.set_model_version_tag(registered_name, mv.version, "gate", "passed" if passed else "rejected")
+    client.set_model_version_tag(registered_name, mv.version, "gate_reason", reason)
+    return GateVerdict(passed, passed, mv.version, metric, value, base, champ, reason)
+
+
+PRIMARY_METRIC = {"trend_model": "auc_roc", "anomaly_model": "pr_auc", "price_model": "rmse", "coin_clusters": "silhouette"}
+
+
+def model_summary(mlf: MlflowResource) -> list[dict]:
+    """Per registered model: latest version, its gate verdict, primary metric vs baseline, champion."""
+    client = mlf.client()
+    out = []
+    for rm in sorted(client.search_registered_models(), key=lambda r: r.name):
+        versions = client.search_model_versions(f"name='{rm.name}'")
+        if not versions:
+            continue
+        latest = max(versions, key=lambda v: int(v.version))
+        short = rm.name.split(".", 1)[-1]
+        metric = PRIMARY_METRIC.get(short.split("_1h")[0].split("_4h")[0].split("_24h")[0], "auc_roc")
+        m = client.get_run(latest.run_id).data.metrics
+        out.append(
+            {
+                "model": short,
+                "latest_version": latest.version,
+                "gate": (latest.tags or {}).get("gate", "?"),
+                "metric": metric,
+                "value": m.get(metric),
+                "baseline": m.get(f"baseline_{metric}"),
+                "champion_version": champion_version(mlf, rm.name),
+                "run_id": latest.run_id,
+            }
+        )
+    return out

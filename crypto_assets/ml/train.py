@@ -1,0 +1,188 @@
+"""Spark MLlib training with a time split and naive baselines on the same holdout.
+
+Rows are split at a time quantile; training rows must also have their label window end
+before the split (an embargo of one horizon), so no label peeks into the test period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, ClusteringEvaluator, RegressionEvaluator
+from pyspark.ml.feature import StandardScaler, VectorAssembler
+from pyspark.ml.regression import LinearRegression
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+
+@dataclass
+class Split:
+    train: DataFrame
+    test: DataFrame
+    split_time: datetime
+    train_rows: int
+    test_rows: int
+    train_max_time: datetime | None
+    test_min_time: datetime | None
+
+
+@dataclass
+class Trained:
+    model: PipelineModel
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    split: Split
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8) -> Split:
+    df = df.filter(F.col(label).isNotNull())
+    ts = F.col("event_time").cast("double")
+    split_s = df.select(F.percentile_approx(ts, train_fraction, 10000).alias("q")).first()["q"]
+    if split_s is None:
+        raise ValueError(f"no rows with a {label} label: not enough history for this horizon")
+    train = df.filter(ts + horizon_minutes * 60 < split_s).cache()
+    test = df.filter(ts >= split_s).cache()
+    tr = train.agg(F.count("*").alias("n"), F.max("event_time").alias("t")).first()
+    te = test.agg(F.count("*").alias("n"), F.min("event_time").alias("t")).first()
+    from datetime import timezone
+
+    return Split(train, test, datetime.fromtimestamp(split_s, tz=timezone.utc), tr["n"], te["n"], tr["t"], te["t"])
+
+
+def _assembler(features: list[str]) -> list:
+    return [
+        VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep"),
+        StandardScaler(inputCol="raw_features", outputCol="features", withMean=True, withStd=True),
+    ]
+
+
+def binary_metrics(pred: DataFrame, label: str) -> dict[str, float]:
+    pred = pred.cache()
+    auc = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC").evaluate(pred)
+    pr = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderPR").evaluate(pred)
+    acc = pred.select(F.avg((F.col("prediction") == F.col(label)).cast("double"))).first()[0]
+    pred.unpersist()
+    return {"auc_roc": auc, "pr_auc": pr, "accuracy": float(acc)}
+
+
+def majority_baseline(split: Split, label: str) -> dict[str, float]:
+    """Majority class of the training period, scored on the holdout."""
+    p_train = split.train.select(F.avg(F.col(label).cast("double"))).first()[0] or 0.0
+    majority = 1.0 if p_train >= 0.5 else 0.0
+    p_test = split.test.select(F.avg(F.col(label).cast("double"))).first()[0] or 0.0
+    acc = p_test if majority == 1.0 else 1.0 - p_test
+    # A constant score ranks nothing: ROC-AUC 0.5, PR-AUC = share of positives.
+    return {"auc_roc": 0.5, "pr_auc": p_test, "accuracy": acc, "train_positive_rate": p_train}
+
+
+def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params: dict) -> Trained:
+    split = time_split(df, "label_up", horizon_minutes, params.get("train_fraction", 0.8))
+    lr = LogisticRegression(
+        featuresCol="features", labelCol="label_up", maxIter=params.get("max_iter", 50),
+        regParam=params.get("reg_param", 0.001), elasticNetParam=params.get("elastic_net", 0.0),
+    )
+    model = Pipeline(stages=[*_assembler(features), lr]).fit(split.train)
+    metrics = binary_metrics(model.transform(split.test), "label_up")
+    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_up")})
+
+
+def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
+    split = time_split(df.withColumn("label_anomaly", F.col("label_anomaly").cast("double")), "label_anomaly", 0,
+                       params.get("train_fraction", 0.8))
+    train = split.train
+    ratio = params.get("negatives_per_positive", 20)
+    pos = train.filter(F.col("label_anomaly") == 1).count()
+    neg = split.train_rows - pos
+    if pos and neg > pos * ratio:  # anomalies are rare: keep every positive, sample negatives
+        train = train.sampleBy("label_anomaly", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
+    rf = RandomForestClassifier(
+        featuresCol="raw_features", labelCol="label_anomaly", numTrees=params.get("num_trees", 100),
+        maxDepth=params.get("max_depth", 10), seed=params.get("seed", 7), subsamplingRate=params.get("subsampling", 1.0),
+    )
+    model = Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep"), rf]).fit(train)
+    metrics = binary_metrics(model.transform(split.test), "label_anomaly")
+    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_anomaly"),
+                                                  "train_positives": pos, "train_negatives_used": train.count() - pos})
+
+
+def regression_baselines(test: DataFrame, label: str, past: str) -> dict[str, float]:
+    row = test.select(
+        F.sqrt(F.avg(F.col(label) ** 2)).alias("rmse_zero"),
+        F.avg(F.abs(F.col(label))).alias("mae_zero"),
+        F.sqrt(F.avg((F.col(label) - F.coalesce(F.col(past), F.lit(0.0))) ** 2)).alias("rmse_persistence"),
+        F.avg(F.abs(F.col(label) - F.coalesce(F.col(past), F.lit(0.0)))).alias("mae_persistence"),
+    ).first()
+    return {k: float(row[k]) for k in row.asDict()}
+
+
+def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minutes: int, params: dict) -> Trained:
+    label, past = f"fwd_return_{horizon}", f"past_return_{horizon}"
+    df = df.withColumn(past, F.coalesce(F.col(past), F.lit(0.0)))
+    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8))
+    if split.train_rows < params.get("min_train_rows", 200) or split.test_rows < params.get("min_test_rows", 50):
+        raise ValueError(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")
+    lr = LinearRegression(featuresCol="features", labelCol=label, regParam=params.get("reg_param", 0.01),
+                          maxIter=params.get("max_iter", 50))
+    model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
+    pred = model.transform(split.test).cache()
+    metrics = {
+        "rmse": RegressionEvaluator(labelCol=label, metricName="rmse").evaluate(pred),
+        "mae": RegressionEvaluator(labelCol=label, metricName="mae").evaluate(pred),
+    }
+    pred.unpersist()
+    return Trained(model, metrics, params, split, {"baseline": regression_baselines(split.test, label, past)})
+
+
+PROFILE_FEATURES = ["avg_volatility", "std_log_return", "avg_abs_return", "avg_abs_volume_change", "avg_momentum_60m"]
+
+
+def coin_profiles(df: DataFrame) -> DataFrame:
+    return df.groupBy("coin_id").agg(
+        F.avg("volatility_15m").alias("avg_volatility"),
+        F.stddev_pop("log_return").alias("std_log_return"),
+        F.avg(F.abs("return_pct")).alias("avg_abs_return"),
+        F.avg(F.abs("volume_change_pct")).alias("avg_abs_volume_change"),
+        F.avg("momentum_60m").alias("avg_momentum_60m"),
+    ).na.fill(0.0)
+
+
+def train_clusters(df: DataFrame, params: dict) -> Trained:
+    profiles = coin_profiles(df).cache()
+    n = profiles.count()
+    k = max(2, min(params.get("k", 3), n - 1)) if n > 2 else n
+    if n < 3:
+        raise ValueError(f"{n} coins: need at least 3 for a clustering with a silhouette")
+    km = KMeans(featuresCol="features", k=k, seed=params.get("seed", 7), maxIter=params.get("max_iter", 50))
+    model = Pipeline(stages=[*_assembler(PROFILE_FEATURES), km]).fit(profiles)
+    pred = model.transform(profiles).cache()
+    sil = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(pred)
+    # Baseline: the same coins in k random clusters (round-robin by a seeded shuffle).
+    rnd = pred.withColumn("prediction", (F.abs(F.hash("coin_id", F.lit(params.get("seed", 7)))) % k).cast("int"))
+    try:
+        sil_rand = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(rnd)
+    except Exception:  # noqa: BLE001 - a random draw can leave a cluster empty
+        sil_rand = 0.0
+    assignment = {r["coin_id"]: int(r["prediction"]) for r in pred.select("coin_id", "prediction").collect()}
+    split = Split(profiles, profiles, datetime.now(), n, n, None, None)
+    return Trained(model, {"silhouette": sil}, {**params, "k": k}, split,
+                   {"baseline": {"silhouette": sil_rand}, "assignment": assignment})
+
+
+def linear_coefficients(model: PipelineModel) -> dict:
+    """Export a scaler + linear model pipeline as plain numbers, so scoring needs no Spark."""
+    assembler, scaler, head = model.stages[0], model.stages[1], model.stages[-1]
+    out = {
+        "features": list(assembler.getInputCols()),
+        "mean": [float(x) for x in scaler.mean.toArray()],
+        "std": [float(x) for x in scaler.std.toArray()],
+        "coefficients": [float(x) for x in head.coefficients.toArray()],
+        "intercept": float(head.intercept),
+        "kind": "logistic" if head.__class__.__name__.startswith("Logistic") else "linear",
+    }
+    return out

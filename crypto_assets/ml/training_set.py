@@ -1,0 +1,131 @@
+"""market_features (+ ohlcv_1m, anomalies) → a labelled training set in Parquet.
+
+Features look only backwards (the RSI/Bollinger of the last *complete* minute, momentum over
+the past 15/60 minutes); labels look forwards (first tick at or after t + h, accepted only if
+it is within 5 minutes of t + h so gaps do not masquerade as returns).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+FEATURES = [
+    "return_pct", "log_return", "r_sma_1m", "r_sma_5m", "r_sma_15m", "r_ema_20", "volatility_15m",
+    "zscore_15m", "volume_change_pct", "momentum_15m", "momentum_60m", "rsi_14", "bb_pctb",
+]
+REGRESSION_HORIZONS = {"1h": 60, "4h": 240, "24h": 1440}
+
+
+@dataclass
+class TrainingSetInfo:
+    path: Path
+    rows: int
+    min_time: datetime | None
+    max_time: datetime | None
+    rows_per_coin: dict[str, int]
+    positive_rate: float | None
+    anomaly_rate: float | None
+    labelled: dict[str, int]
+
+
+def _forward(alias: str, minutes: int) -> str:
+    return f"""
+        ASOF LEFT JOIN market_features {alias}
+          ON {alias}.coin_id = f.coin_id AND {alias}.event_time >= f.event_time + INTERVAL {minutes} MINUTE
+    """
+
+
+def feature_sql(horizon_minutes: int = 15, where: str = "TRUE") -> str:
+    """SELECT of features and labels for the market_features rows matching `where` (alias f)."""
+    joins = [_forward("h", horizon_minutes)] + [_forward(f"r{k}", m) for k, m in REGRESSION_HORIZONS.items()]
+    fwd_cols = [
+        f"""CASE WHEN r{k}.event_time <= f.event_time + INTERVAL {m + 5} MINUTE
+                 THEN r{k}.price_usd / f.price_usd - 1 END AS fwd_return_{k},
+            CASE WHEN p{k}.event_time >= f.event_time - INTERVAL {m + 5} MINUTE
+                 THEN f.price_usd / p{k}.price_usd - 1 END AS past_return_{k}"""
+        for k, m in REGRESSION_HORIZONS.items()
+    ]
+    past = [
+        f"""ASOF LEFT JOIN market_features p{k}
+              ON p{k}.coin_id = f.coin_id AND p{k}.event_time <= f.event_time - INTERVAL {m} MINUTE"""
+        for k, m in REGRESSION_HORIZONS.items()
+    ]
+    sql = f"""
+        SELECT f.coin_id, f.symbol, f.event_time, f.price_usd,
+               coalesce(f.return_pct, 0) AS return_pct,
+               coalesce(f.log_return, 0) AS log_return,
+               f.price_usd / f.sma_1m - 1 AS r_sma_1m,
+               f.price_usd / f.sma_5m - 1 AS r_sma_5m,
+               f.price_usd / f.sma_15m - 1 AS r_sma_15m,
+               f.price_usd / f.ema_20 - 1 AS r_ema_20,
+               coalesce(f.volatility_15m, 0) AS volatility_15m,
+               coalesce(f.zscore_15m, 0) AS zscore_15m,
+               coalesce(f.volume_change_pct, 0) AS volume_change_pct,
+               coalesce(ln(f.price_usd / m15.price_usd), 0) AS momentum_15m,
+               coalesce(ln(f.price_usd / m60.price_usd), 0) AS momentum_60m,
+               coalesce(c.rsi_14, 50) AS rsi_14,
+               coalesce(CASE WHEN c.bb_upper > c.bb_lower THEN (c.close - c.bb_lower) / (c.bb_upper - c.bb_lower) END, 0.5) AS bb_pctb,
+               CASE WHEN h.event_time <= f.event_time + INTERVAL {horizon_minutes + 5} MINUTE
+                    THEN h.price_usd / f.price_usd - 1 END AS fwd_return_h,
+               {', '.join(fwd_cols)},
+               (a.coin_id IS NOT NULL)::INTEGER AS label_anomaly
+        FROM market_features f
+        ASOF LEFT JOIN market_features m15 ON m15.coin_id = f.coin_id AND m15.event_time <= f.event_time - INTERVAL 15 MINUTE
+        ASOF LEFT JOIN market_features m60 ON m60.coin_id = f.coin_id AND m60.event_time <= f.event_time - INTERVAL 60 MINUTE
+        ASOF LEFT JOIN ohlcv_1m c ON c.coin_id = f.coin_id AND c.minute + INTERVAL 1 MINUTE <= f.event_time
+        {' '.join(joins)}
+        {' '.join(past)}
+        LEFT JOIN (SELECT DISTINCT coin_id, event_time FROM anomalies) a
+          ON a.coin_id = f.coin_id AND a.event_time = f.event_time
+        WHERE {where}
+    """
+    return sql
+
+
+def feature_rows(conn: duckdb.DuckDBPyConnection, hwm: int, upstream_seq: int, max_age_hours: float):
+    """Features (polars) of feature rows written after `hwm`, within max_age_hours of the newest."""
+    where = (
+        f"f.feature_seq > {int(hwm)} AND f.feature_seq <= {int(upstream_seq)} AND "
+        f"f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL {float(max_age_hours) * 3600} SECOND"
+    )
+    return conn.sql(f"SELECT * FROM ({feature_sql(15, where)}) ORDER BY event_time, coin_id").pl()
+
+
+def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = 15) -> TrainingSetInfo:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sql = feature_sql(horizon_minutes)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE training_rows AS
+        SELECT *, CASE WHEN fwd_return_h IS NULL THEN NULL ELSE (fwd_return_h > 0)::INTEGER END AS label_up
+        FROM ({sql}) ORDER BY event_time, coin_id
+        """
+    )
+    path = out_dir / "training_set.parquet"
+    tmp = out_dir / ".training_set.parquet.tmp"
+    conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
+    os.replace(tmp, path)
+    stats = conn.sql(
+        """
+        SELECT count(*), min(event_time), max(event_time), avg(label_up), avg(label_anomaly),
+               count(label_up), count(fwd_return_1h), count(fwd_return_4h), count(fwd_return_24h)
+        FROM training_rows
+        """
+    ).fetchall()[0]
+    per_coin = dict(conn.sql("SELECT coin_id, count(*) FROM training_rows GROUP BY 1 ORDER BY 1").fetchall())
+    conn.execute("DROP TABLE training_rows")
+    return TrainingSetInfo(
+        path=path,
+        rows=int(stats[0]),
+        min_time=stats[1],
+        max_time=stats[2],
+        rows_per_coin={k: int(v) for k, v in per_coin.items()},
+        positive_rate=stats[3],
+        anomaly_rate=stats[4],
+        labelled={"direction": int(stats[5]), "1h": int(stats[6]), "4h": int(stats[7]), "24h": int(stats[8])},
+    )

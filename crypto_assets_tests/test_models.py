@@ -1,0 +1,149 @@
+"""Spark MLlib training through Dagster, MLflow lineage and registry, the champion gate,
+and predictions from champions. One small deterministic market, trained once per module."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from dagster_pyspark import LazyPySparkResource
+
+from crypto_assets.assets import models, predictions
+from crypto_assets.ml.registry import champion_version
+from crypto_assets.ml.scoring import score_linear
+from crypto_assets.ml.training_set import FEATURES
+from crypto_assets.ml.train import linear_coefficients, time_split
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.settings import spark_config
+from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
+from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets_tests.silver_helpers import insert_raw_batch
+
+pytestmark = pytest.mark.slow
+COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
+
+
+def _market(lh: LakehouseResource, days: float = 1.5) -> None:
+    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=days)
+    ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=11), int(days * 1440), start, "60s")
+    df = pl.DataFrame(ticks, infer_schema_length=None).select(
+        "coin_id", "symbol",
+        pl.col("last_updated_at").str.to_datetime(time_zone="UTC").alias("last_updated_at"),
+        "price_usd", "volume_24h_usd",
+    )
+    with lh.connect() as conn:
+        insert_raw_batch(conn, df)
+        run_incremental(conn, COINS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, spark, request):
+    home = tmp_path_factory.mktemp("models")
+    lh = LakehouseResource(home=str(home), coins=COINS)
+    mlf = MlflowResource(home=str(home))
+    _market(lh)
+    resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
+    assets = [models.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
+    result = dg.materialize(
+        [*assets, *models.MODEL_CHECKS], resources=resources,
+        run_config={"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}}}},
+    )
+    return {"home": home, "lh": lh, "mlf": mlf, "resources": resources, "result": result, "assets": assets}
+
+
+def test_training_run_succeeds_and_promotes(trained):
+    result = trained["result"]
+    assert result.success
+    gates = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert gates["trend_model_gate"].passed, gates["trend_model_gate"].description
+    mlf = trained["mlf"]
+    assert champion_version(mlf, mlf.registered_name("trend_model")) == "1"
+    md = result.asset_materializations_for_node("trend_model")[0].metadata
+    assert md["auc_roc"].value > md["baseline_auc_roc"].value + 0.01  # the simulator is learnable
+    assert "mlflow_run_id" in md and md["model_version"].value == "1"
+
+
+def test_lineage_tags(trained):
+    mlf, result = trained["mlf"], trained["result"]
+    client = mlf.client()
+    run_id = result.asset_materializations_for_node("trend_model")[0].metadata["mlflow_run_id"].value
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert tags["dagster_run_id"] == result.run_id
+    assert tags["asset_key"] == "trend_model"
+    assert tags["code_version"] == "1"
+    assert tags["training_set_path"].endswith("training/training_set.parquet")
+    assert int(tags["data_rows"]) == int(tags["train_rows"]) + int(tags["test_rows"]) + int(
+        run.data.metrics.get("_", 0)) or int(tags["data_rows"]) >= int(tags["train_rows"]) + int(tags["test_rows"])
+    assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
+    assert run.inputs.dataset_inputs, "training dataset logged with mlflow.log_input"
+    for metric in ("auc_roc", "pr_auc", "accuracy", "baseline_auc_roc", "baseline_accuracy", "lift_auc_roc"):
+        assert metric in run.data.metrics
+    mv = client.get_model_version(mlf.registered_name("trend_model"), "1")
+    assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
+
+
+def test_time_split_has_no_overlap(trained, spark):
+    df = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet"))
+    s = time_split(df, "label_up", 15, 0.8)
+    assert s.train_rows > 0 and s.test_rows > 0
+    assert s.train_max_time < s.test_min_time
+    assert s.train_max_time + timedelta(minutes=15) < s.test_min_time + timedelta(seconds=1)  # label embargo
+
+
+def test_worse_model_is_rejected_and_champion_unchanged(trained):
+    mlf = trained["mlf"]
+    name = mlf.registered_name("trend_model")
+    before = champion_version(mlf, name)
+    worse = dg.materialize(
+        [models.trend_model, models.trend_model_gate], resources=trained["resources"],
+        run_config={"ops": {"trend_model": {"config": {"max_iter": 0}}}},  # zero coefficients: a coin toss
+        raise_on_error=False,
+    )
+    gate = {e.check_name: e for e in worse.get_asset_check_evaluations()}["trend_model_gate"]
+    assert not gate.passed
+    assert champion_version(mlf, name) == before
+    latest = max(mlf.client().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert latest.version != before and latest.tags["gate"] == "rejected"
+
+
+def test_predictions_use_champions(trained, kafka):
+    res = dict(trained["resources"], kafka=kafka)
+    out = dg.materialize([predictions.predictions], resources=res)
+    assert out.success
+    mlf = trained["mlf"]
+    with trained["lh"].connect() as conn:
+        rows = conn.sql("SELECT trend_model_version, anomaly_model_version, count(*), min(trend_prob_up), max(trend_prob_up), "
+                        "count(forecast_return_1h) FROM predictions GROUP BY ALL").fetchall()
+    assert len(rows) == 1
+    tv, av, n, lo, hi, n1h = rows[0]
+    assert tv == champion_version(mlf, mlf.registered_name("trend_model"))
+    assert av == champion_version(mlf, mlf.registered_name("anomaly_model"))
+    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n
+
+
+def test_numpy_scoring_agrees_with_spark(trained, spark):
+    df = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet")).limit(2000)
+    from crypto_assets.ml.train import train_trend
+
+    t = train_trend(spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet")),
+                    FEATURES, 15, {"max_iter": 20})
+    pdf = t.model.transform(df).select(*FEATURES, "probability").toPandas()
+    spark_p = np.array([p[1] for p in pdf["probability"]])
+    ours = score_linear(pl.from_pandas(pdf[FEATURES]), linear_coefficients(t.model))
+    np.testing.assert_allclose(ours, spark_p, rtol=1e-9, atol=1e-12)
+
+
+def test_predictions_without_champion_produce_nothing(tmp_path, spark, kafka):
+    lh = LakehouseResource(home=str(tmp_path / "nochamp"), coins=COINS)
+    _market(lh, days=0.2)
+    res = {"lakehouse": lh, "mlflow": MlflowResource(home=str(tmp_path / "nochamp")), "kafka": kafka,
+           "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
+    out = dg.materialize([predictions.predictions], resources=res)
+    assert out.success
+    md = out.asset_materializations_for_node("predictions")[0].metadata
+    assert md["predictions"].value == 0 and "no champion" in md["reason"].value

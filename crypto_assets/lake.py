@@ -98,9 +98,15 @@ def export_dirty(
                 # Every row of the partition is gone (e.g. re-derived elsewhere): drop the file.
                 final.unlink(missing_ok=True)
             fault_point("during_parquet_export")
-            conn.execute(
-                "DELETE FROM lake_dirty WHERE dataset = ? AND day = ? AND symbol = ?", [dataset, day, symbol]
-            )
+        # Clear the markers once every file is in place: one statement (one commit) instead of one
+        # per partition. A crash before this leaves them all, and the next run redoes the export.
+        conn.execute(
+            """
+            DELETE FROM lake_dirty USING (SELECT unnest($days) AS day, unnest($symbols) AS symbol) d
+            WHERE lake_dirty.dataset = $dataset AND lake_dirty.day = d.day AND lake_dirty.symbol = d.symbol
+            """,
+            {"dataset": dataset, "days": [d for d, _ in dirty], "symbols": [s for _, s in dirty]},
+        )
         rows = scalar(conn, f"SELECT count(*) FROM read_parquet({files!r})" if files else "SELECT 0")
         return ExportResult(len(dirty), int(rows), files)
     finally:

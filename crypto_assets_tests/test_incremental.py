@@ -110,6 +110,10 @@ def test_coin_that_stops_and_restarts(tmp_path):
     full, _ = _run(tmp_path, "full", [ticks], coins=["bitcoin", "ethereum"])
     inc, _ = _run(tmp_path, "inc", [a, b, c], coins=["bitcoin", "ethereum"])
     _assert_same(full, inc)
+    # after the pause, only a few candles arrive before the next batch: the indicator context
+    # must still reach back across the pause (Bollinger needs 19 earlier candles)
+    inc2, _ = _run(tmp_path, "inc2", [a, b.head(6), b.slice(6), c], coins=["bitcoin", "ethereum"])
+    _assert_same(full, inc2)
 
 
 def test_extreme_magnitudes(tmp_path):

@@ -52,7 +52,13 @@ def log_model(
                 p = Path(tmp) / fname
                 p.write_text(json.dumps(obj, indent=2, default=str))
                 mlflow.log_artifact(str(p))
-        info = mlflow.spark.log_model(spark_model, artifact_path="model", registered_model_name=name)
+        # Explicit requirements: inferring them imports the model in a subprocess (~25 s per model).
+        import pyspark
+
+        info = mlflow.spark.log_model(
+            spark_model, artifact_path="model", registered_model_name=name,
+            pip_requirements=[f"pyspark=={pyspark.__version__}"],
+        )
         run_id = run.info.run_id
     client = mlf.client()
     version = str(info.registered_model_version) if getattr(info, "registered_model_version", None) else None

@@ -132,8 +132,11 @@ def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m
             QUALIFY row_number() OVER (PARTITION BY o.coin_id ORDER BY o.minute DESC) <= {BB_PERIOD - 1}
             """
         ).pl()
-        missing = set(starts["coin_id"]) - set(ctx["coin_id"])
-        if missing:  # coins paused for more than 3 days: search without the bound
+        # Coins with fewer than BB_PERIOD - 1 candles in the bounded window (paused for more than
+        # 3 days, possibly with a few candles since): search without the bound.
+        have = dict(ctx.group_by("coin_id").len().iter_rows())
+        missing = {c for c in starts["coin_id"] if have.get(c, 0) < BB_PERIOD - 1}
+        if missing:
             conn.register("c1_missing", pl.DataFrame({"coin_id": sorted(missing)}).to_arrow())
             more = conn.sql(
                 f"""
@@ -144,7 +147,7 @@ def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m
                 """
             ).pl()
             conn.unregister("c1_missing")
-            ctx = pl.concat([ctx, more])
+            ctx = pl.concat([ctx.filter(~pl.col("coin_id").is_in(sorted(missing))), more])
         frames = []
         for part in buckets.partition_by("coin_id", maintain_order=True):
             coin = part["coin_id"][0]

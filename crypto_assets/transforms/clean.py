@@ -56,7 +56,8 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
     cfg = cfg or CleanConfig()
     conn.execute(COIN_STATE_DDL)
     hwm, seq = get_state(conn, ASSET)
-    last_batch = scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM raw_ticks")
+    # ingest_batches is written in the same transaction as the batch rows: one row per batch, not per tick
+    last_batch = scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM ingest_batches")
     if last_batch <= hwm:
         return CleanResult(None, seq=seq)
     new_seq = seq + 1

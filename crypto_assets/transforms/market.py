@@ -29,20 +29,28 @@ def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
     try:
         end = first(conn, "SELECT max(minute) FROM ohlcv_1m")[0]
         conn.execute("DELETE FROM correlations")
-        for name, interval in WINDOWS.items():
-            conn.execute(
-                f"""
-                INSERT INTO correlations
-                WITH r AS (
-                    SELECT coin_id, minute, return_pct FROM ohlcv_1m
-                    WHERE minute > $end - INTERVAL {interval} AND minute <= $end AND return_pct IS NOT NULL
-                )
-                SELECT a.coin_id, b.coin_id, '{name}', $end, corr(a.return_pct, b.return_pct), count(*)::INTEGER
+        # One scan and one self-join for both windows: the 24 h figures are FILTERed aggregates
+        # of the 7 d join (the 24 h window lies inside the 7 d one).
+        conn.execute(
+            f"""
+            INSERT INTO correlations
+            WITH r AS (
+                SELECT coin_id, minute, return_pct FROM ohlcv_1m
+                WHERE minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['7d']} AND minute <= $end::TIMESTAMPTZ AND return_pct IS NOT NULL
+            ), p AS (
+                SELECT a.coin_id AS coin_a, b.coin_id AS coin_b,
+                       corr(a.return_pct, b.return_pct) AS c_7d, count(*)::INTEGER AS n_7d,
+                       corr(a.return_pct, b.return_pct) FILTER (a.minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['24h']}) AS c_24h,
+                       (count(*) FILTER (a.minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['24h']}))::INTEGER AS n_24h
                 FROM r a JOIN r b ON a.minute = b.minute AND a.coin_id < b.coin_id
                 GROUP BY a.coin_id, b.coin_id
-                """,
-                {"end": end},
             )
+            SELECT coin_a, coin_b, '24h', $end::TIMESTAMPTZ, c_24h, n_24h FROM p WHERE n_24h > 0
+            UNION ALL
+            SELECT coin_a, coin_b, '7d', $end::TIMESTAMPTZ, c_7d, n_7d FROM p
+            """,
+            {"end": end},
+        )
         rows = first(conn, "SELECT count(*) FROM correlations")[0]
         set_state(conn, "correlations", upstream, seq + 1)
         conn.execute("COMMIT")

@@ -50,7 +50,8 @@ def trained(tmp_path_factory, spark, request):
     assets = [models.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
     result = dg.materialize(
         [*assets, *models.MODEL_CHECKS], resources=resources,
-        run_config={"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}}}},
+        run_config={"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
+                            "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}},
     )
     return {"home": home, "lh": lh, "mlf": mlf, "resources": resources, "result": result, "assets": assets}
 

@@ -1,44 +1,80 @@
-"""The code location: one Definitions object with every asset, check, job and resource."""
+"""The code location: one Definitions object with every asset, check, job, sensor, schedule
+and resource. Cross-cutting policy (automation, executors) is applied here, once."""
 
 import dagster as dg
 
 from crypto_assets.assets import alerts, gold, ingest, models, predictions, silver
 from crypto_assets.checks import ALL_CHECKS
-from crypto_assets.settings import build_resources
+from crypto_assets.schedules import build_retraining_schedule
+from crypto_assets.sensors import build_backlog_sensor
+from crypto_assets.settings import automation_settings, build_resources
 
 ASSET_MODULES = [ingest, silver, gold, alerts, models, predictions]
+AUTOMATION = automation_settings()
 
 INCREMENTAL = dg.AssetSelection.assets(
     "raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies"
 )
+TRAINING = dg.AssetSelection.assets("training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets("raw_ticks"),
     description="Pull the Kafka backlog into bronze (raw_ticks) once.",
+    executor_def=dg.in_process_executor,
 )
 
+# Short runs launched by the backlog sensor: one process, no per-step subprocess start-up.
 incremental_job = dg.define_asset_job(
     "incremental_job",
     selection=INCREMENTAL,
     description="The cheap path the backlog sensor launches: raw → clean → features/candles → anomalies.",
+    executor_def=dg.in_process_executor,
 )
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions"),
+    selection=TRAINING,
     description="Build the training set, retrain the four models (gated promotion), then predict.",
+    executor_def=dg.in_process_executor,  # one Spark session for all four models
 )
 
 demo_job = dg.define_asset_job(
     "demo_job",
     selection=dg.AssetSelection.all(),
     description="Every asset and check, in dependency order: what `crypto-assets demo` runs.",
+    executor_def=dg.in_process_executor,
 )
 
+# predictions follow new features and new champions, at most every few minutes: declarative
+# automation shows the condition and its evaluations on the asset's page in the UI.
+assets = dg.load_assets_from_modules(ASSET_MODULES)
+assets = [
+    a.with_attributes(
+        automation_condition=dg.AutomationCondition.on_cron(AUTOMATION["predictions_cron"])
+    ) if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("predictions") in a.keys else a
+    for a in assets
+]
+
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(ASSET_MODULES),
+    assets=assets,
     asset_checks=[*ALL_CHECKS, *models.MODEL_CHECKS],
     jobs=[ingest_job, incremental_job, training_job, demo_job],
+    sensors=[
+        build_backlog_sensor(
+            incremental_job,
+            interval_s=AUTOMATION["interval_s"],
+            min_messages=AUTOMATION["min_messages"],
+            max_wait_seconds=AUTOMATION["max_wait_seconds"],
+            default_on=AUTOMATION["default_on"],
+        ),
+        dg.AutomationConditionSensorDefinition(
+            "predictions_automation",
+            target=dg.AssetSelection.assets("predictions"),
+            default_status=dg.DefaultSensorStatus.RUNNING if AUTOMATION["default_on"] else dg.DefaultSensorStatus.STOPPED,
+            minimum_interval_seconds=30,
+        ),
+    ],
+    schedules=[build_retraining_schedule(training_job, AUTOMATION["retrain_cron"], AUTOMATION["default_on"])],
     resources=build_resources(),
 )

@@ -82,3 +82,17 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
         "pyspark": spark_resource(env),
         "mlflow": mlflow_resource(env),
     }
+
+
+def automation_settings(env: Mapping[str, str] | None = None) -> dict:
+    """Sensor/schedule knobs. CRYPTO_AUTOMATION=on starts them by default (live mode sets it);
+    otherwise they are defined but stopped until switched on in the UI."""
+    env = os.environ if env is None else env
+    return {
+        "default_on": (env.get("CRYPTO_AUTOMATION") or "").lower() in ("1", "on", "true", "yes"),
+        "interval_s": int(env.get("SENSOR_INTERVAL_SECONDS") or 5),
+        "min_messages": int(env.get("BACKLOG_MIN_MESSAGES") or 500),
+        "max_wait_seconds": float(env.get("BACKLOG_MAX_WAIT_SECONDS") or 10),
+        "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",
+        "predictions_cron": env.get("PREDICTIONS_CRON") or "*/5 * * * *",
+    }

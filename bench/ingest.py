@@ -1,7 +1,8 @@
 """Ingest throughput benchmark: Kafka (embedded broker) -> DuckDB, the `raw_ticks` pull.
 
     .venv/bin/python bench/ingest.py [--messages N] [--chunk C] [--naive-messages K]
-                                     [--batch-size B] [--no-export-per-round] [--cprofile]
+                                     [--batch-size B] [--no-export-per-round] [--cprofile [FILE]]
+                                     [--strict]
 
 A benchmark, not a test: it prints numbers and PASS/FAIL against targets; it exits non-zero
 only when the correctness check fails (or with --strict, when a target is missed).
@@ -38,9 +39,14 @@ raw_ticks count == N and distinct (kafka_partition, kafka_offset) == N in both w
 nothing quarantined, and the Parquet mirrors hold N rows.
 
 Peak RSS during (b): the kernel's VmHWM is reset (/proc/self/clear_refs) before each (b) call
-and read after it; psutil (if installed) also samples RSS every 5 ms as a cross-check. The
-working set of a pull is bounded by batch_size (and here by C, since one round is one batch
-when C <= batch_size).
+and read after it; psutil (if installed) also samples RSS every 5 ms as a cross-check. Here one
+call is one batch of min(C, batch_size) messages. Because this long-lived process reuses memory
+freed by earlier phases, three fresh-process probes also run one pull each (batch_size B reading
+B; B/10 reading B; B/10 reading B/10) to show the working set per message of a batch, i.e. what
+batch_size bounds and what it does not.
+
+CPU time (time.process_time, all threads of this process, which include the in-process broker)
+is printed next to wall time: on a shared machine it is the less load-sensitive figure.
 
 Where (b)'s time goes is measured by wrapping the pull module's functions and the consumer /
 DuckDB connection from this script (the package itself is not modified).

@@ -475,109 +475,151 @@ def _with_baseline(metrics, baseline, higher_better):
     return wb(metrics, baseline, higher_better)
 
 
-def train_all(spark, path: str, prof: Profiler, timings: dict) -> dict:
-    """(b): the four models as the assets train them; returns the Trained objects."""
+class CpuMeter:
+    """CPU seconds (user + system) of this process and all its descendants (the Spark driver
+    JVM, PySpark's Python workers): less sensitive to other load on the machine than wall time."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+
+            self._psutil = psutil
+        except ImportError:
+            self._psutil = None
+
+    def read(self) -> tuple[float, float]:
+        own = time.process_time()
+        kids = 0.0
+        if self._psutil is not None:
+            for p in self._psutil.Process().children(recursive=True):
+                with contextlib.suppress(Exception):
+                    ct = p.cpu_times()
+                    kids += ct.user + ct.system
+        return own, kids
+
+
+def _model_specs() -> list[tuple[str, str, object]]:
+    """(asset, model, train function) in the order the training job runs them."""
     from crypto_assets.ml import train as T
 
-    out: dict = {}
-    specs = [("trend", lambda df: T.train_trend(df, FEATURES, 15, {"max_iter": 50, "reg_param": 0.001, "train_fraction": 0.8,
-                                                                   "horizon_minutes": 15, "features": ",".join(FEATURES)})),
-             ("anomaly", lambda df: T.train_anomaly(df, FEATURES, {"num_trees": 100, "max_depth": 10, "train_fraction": 0.8,
-                                                                   "negatives_per_positive": 20, "features": ",".join(FEATURES)}))]
+    feats = ",".join(FEATURES)
+    specs = [("trend_model", "trend", lambda df: T.train_trend(df, FEATURES, 15, {
+                  "max_iter": 50, "reg_param": 0.001, "train_fraction": 0.8, "horizon_minutes": 15, "features": feats})),
+             ("anomaly_model", "anomaly", lambda df: T.train_anomaly(df, FEATURES, {
+                  "num_trees": 100, "max_depth": 10, "train_fraction": 0.8, "negatives_per_positive": 20,
+                  "features": feats}))]
     for h, m in REGRESSION_HORIZONS.items():
-        specs.append((f"price_{h}", lambda df, _h=h, _m=m: T.train_price(
+        specs.append(("price_model", f"price_{h}", lambda df, _h=h, _m=m: T.train_price(
             df, FEATURES, _h, _m, {"horizon": _h, "reg_param": 0.01, "train_fraction": 0.8, "min_train_rows": 200,
-                                   "features": ",".join(FEATURES)})))
-    specs.append(("clusters", lambda df: T.train_clusters(df, {"k": 3, "seed": 7})))
-    for name, fn in specs:
+                                   "features": feats})))
+    specs.append(("coin_clusters", "clusters", lambda df: T.train_clusters(df, {"k": 3, "seed": 7})))
+    return specs
+
+
+def run_models(spark, mlf: MlflowResource, path: str, prof: Profiler, timings: dict) -> tuple[dict, dict]:
+    """(b) and (c), model by model as the assets do it (one Spark session, in-process executor
+    as training_job: train, then champion lookup / data window / dataset / log_model), timed apart."""
+    cpu = CpuMeter()
+    trained: dict = {}
+    logged: dict = {}
+    run_id = "bench-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    for asset, name, fn in _model_specs():
+        # ---- (b) training
         spark.sparkContext.setJobGroup(f"train_{name}", name)
         gc.collect()
+        c0 = cpu.read()
         t = time.perf_counter()
         with prof.in_phase(f"train {name}"):
             df = spark.read.parquet(path)  # each asset reads the training set itself
             try:
-                out[name] = fn(df)
+                trained[name] = fn(df)
             except ValueError as exc:
-                out[name] = exc
+                trained[name] = exc
         dt = time.perf_counter() - t
+        c1 = cpu.read()
         timings[f"train {name}"] = dt
+        timings[f"cpu train {name}"] = (c1[0] - c0[0], c1[1] - c0[1])
         jobs, tasks = _spark_jobs(spark, f"train_{name}")
         timings[f"jobs train {name}"] = (jobs, tasks)
-        status = "skipped: " + str(out[name]) if isinstance(out[name], ValueError) else \
-            f"train {out[name].split.train_rows:,} / test {out[name].split.test_rows:,} rows"
-        print(f"    train {name:<10} {dt:7.2f} s  ({jobs} Spark jobs, {tasks} tasks; {status})", flush=True)
-    return out
+        tr = trained[name]
+        status = "skipped: " + str(tr) if isinstance(tr, ValueError) else \
+            f"train {tr.split.train_rows:,} / test {tr.split.test_rows:,} rows"
+        print(f"    train {name:<10} {dt:7.2f} s  (cpu py {c1[0] - c0[0]:.1f} + jvm/workers {c1[1] - c0[1]:.1f} s; "
+              f"{jobs} Spark jobs, {tasks} tasks; {status})", flush=True)
+        if isinstance(tr, ValueError):
+            continue
+        # ---- (c) MLflow
+        spark.sparkContext.setJobGroup(f"log_{name}", name)
+        c0 = cpu.read()
+        t = time.perf_counter()
+        with prof.in_phase(f"log {name}"):
+            lg, metrics, parts = log_one(mlf, spark.read.parquet(path), path, asset, name, tr, run_id)
+        dt = time.perf_counter() - t
+        c1 = cpu.read()
+        jobs, tasks = _spark_jobs(spark, f"log_{name}")
+        timings[f"log {name}"] = dt
+        timings[f"cpu log {name}"] = (c1[0] - c0[0], c1[1] - c0[1])
+        timings[f"log parts {name}"] = parts
+        logged[name] = (lg, metrics)
+        print(f"    log   {name:<10} {dt:7.2f} s  (cpu py {c1[0] - c0[0]:.1f} + jvm/workers {c1[1] - c0[1]:.1f} s; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+              + f"; {jobs} Spark jobs) -> {lg.registered_name} v{lg.version}", flush=True)
+    sc = spark.sparkContext
+    with contextlib.suppress(Exception):
+        infos = sc._jsc.sc().getRDDStorageInfo()
+        timings["cached"] = (len(infos), sum(i.memSize() for i in infos), sum(i.diskSize() for i in infos))
+    return trained, logged
 
 
-def log_all(spark, mlf: MlflowResource, path: str, trained: dict, prof: Profiler, timings: dict) -> dict:
-    """(c): what each model asset does after training: champion lookup, data window, dataset,
-    log_model with the asset's artifacts/metrics/tags."""
+def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id: str):
+    """What a model asset does after training (assets/models.py), timed per part."""
     from crypto_assets.ml.registry import load_champion, log_model
     from crypto_assets.ml.train import linear_coefficients
 
-    logged = {}
-    run_id = "bench-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    for name, t in trained.items():
-        if isinstance(t, ValueError):
-            continue
-        spark.sparkContext.setJobGroup(f"log_{name}", name)
-        gc.collect()
-        t0 = time.perf_counter()
-        with prof.in_phase(f"log {name}"):
-            df = spark.read.parquet(path)
-            model_name = {"trend": "trend_model", "anomaly": "anomaly_model", "clusters": "coin_clusters"}.get(name, "price_model")
-            register_as = f"price_model_{name.split('_', 1)[1]}" if name.startswith("price_") else None
-            t1 = time.perf_counter()
-            load_champion(mlf, mlf.registered_name(register_as or model_name))
-            t_champ = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            window = _data_window(df)
-            t_window = time.perf_counter() - t1
-            tags = {"dagster_run_id": run_id, "asset_key": model_name, "code_version": "1", "training_set_path": path,
-                    "split_time": str(t.split.split_time), "train_rows": str(t.split.train_rows),
-                    "test_rows": str(t.split.test_rows), "train_max_time": str(t.split.train_max_time),
-                    "test_min_time": str(t.split.test_min_time), **window}
-            base = t.extra["baseline"]
-            if name in ("trend", "anomaly"):
-                metrics = _with_baseline(t.metrics, base, {})
-            elif name == "clusters":
-                metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": base["silhouette"],
-                           "lift_silhouette": t.metrics["silhouette"] - base["silhouette"]}
-            else:
-                metrics = dict(t.metrics)
-                metrics.update({"baseline_rmse": base["rmse_persistence"], "baseline_mae": base["mae_persistence"],
-                                "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
-                                "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
-                                "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]})
-            artifacts: dict = {"baseline.json": base}
-            if name == "trend" or name.startswith("price_"):
-                artifacts["linear_coefficients.json"] = linear_coefficients(t.model)
-            if name == "anomaly":
-                artifacts["feature_importances.json"] = dict(
-                    zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))
-            if name == "clusters":
-                artifacts = {"assignment.json": t.extra["assignment"]}
-            dataset = None
-            t_ds = 0.0
-            if name != "clusters":  # the coin_clusters asset logs no input dataset
-                t1 = time.perf_counter()
-                dataset = mlf.activate().data.from_spark(df, path=path, name="training_set")
-                t_ds = time.perf_counter() - t1
-            params = {k: v for k, v in t.params.items()}
-            t1 = time.perf_counter()
-            lg = log_model(mlf, model_name, t.model, params=params, metrics=metrics, tags=tags, dataset=dataset,
-                           artifacts=artifacts, register_as=register_as)
-            t_log = time.perf_counter() - t1
-        dt = time.perf_counter() - t0
-        jobs, tasks = _spark_jobs(spark, f"log_{name}")
-        timings[f"log {name}"] = dt
-        timings[f"log parts {name}"] = {"load_champion": t_champ, "_data_window": t_window, "from_spark": t_ds,
-                                        "log_model": t_log}
-        logged[name] = (lg, metrics)
-        print(f"    log   {name:<10} {dt:7.2f} s  (load_champion {t_champ:.2f}, _data_window {t_window:.2f}, "
-              f"from_spark {t_ds:.2f}, log_model {t_log:.2f}; {jobs} Spark jobs) -> {lg.registered_name} v{lg.version}",
-              flush=True)
-    return logged
+    register_as = f"price_model_{name.split('_', 1)[1]}" if name.startswith("price_") else None
+    parts: dict[str, float] = {}
+    t1 = time.perf_counter()
+    if name != "clusters":  # coin_clusters does not compare with a champion
+        load_champion(mlf, mlf.registered_name(register_as or asset))
+    parts["load_champion"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    window = _data_window(df)
+    parts["_data_window"] = time.perf_counter() - t1
+    tags = {"dagster_run_id": run_id, "asset_key": asset, "code_version": "1", "training_set_path": path,
+            "split_time": str(t.split.split_time), "train_rows": str(t.split.train_rows),
+            "test_rows": str(t.split.test_rows), "train_max_time": str(t.split.train_max_time),
+            "test_min_time": str(t.split.test_min_time), **window}
+    if name.startswith("price_"):
+        tags["horizon"] = name.split("_", 1)[1]
+    base = t.extra["baseline"]
+    if name in ("trend", "anomaly"):
+        metrics = _with_baseline(t.metrics, base, {})
+    elif name == "clusters":
+        metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": base["silhouette"],
+                   "lift_silhouette": t.metrics["silhouette"] - base["silhouette"]}
+    else:
+        metrics = dict(t.metrics)
+        metrics.update({"baseline_rmse": base["rmse_persistence"], "baseline_mae": base["mae_persistence"],
+                        "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
+                        "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
+                        "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]})
+    artifacts: dict = {"baseline.json": base}
+    if name == "trend" or name.startswith("price_"):
+        artifacts["linear_coefficients.json"] = linear_coefficients(t.model)
+    if name == "anomaly":
+        artifacts["feature_importances.json"] = dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))
+    if name == "clusters":
+        artifacts = {"assignment.json": t.extra["assignment"]}
+    dataset = None
+    t1 = time.perf_counter()
+    if name != "clusters":  # the coin_clusters asset logs no input dataset
+        dataset = mlf.activate().data.from_spark(df, path=path, name="training_set")
+    parts["from_spark"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    lg = log_model(mlf, asset, t.model, params=dict(t.params), metrics=metrics, tags=tags, dataset=dataset,
+                   artifacts=artifacts, register_as=register_as)
+    parts["log_model"] = time.perf_counter() - t1
+    return lg, metrics, parts
 
 
 def gates(mlf: MlflowResource, logged: dict) -> tuple[float, list[str]]:
@@ -717,6 +759,9 @@ def main() -> int:
         print(f"setup: {args.rows:,} ticks (10 coins, 1 tick / {args.step_s:g} s / coin) in raw batches of {args.batch:,}",
               flush=True)
         setup = build_warehouse(lh, args.rows, args.step_s, args.batch, args.seed)
+        t = time.perf_counter()
+        mlf.client().search_registered_models()  # creates the sqlite store (a deployment has one already)
+        setup["times"]["mlflow store init"] = time.perf_counter() - t
         hwm["setup"] = _status_kb("VmHWM")
         gc.collect()
 
@@ -725,9 +770,11 @@ def main() -> int:
         out_dir = lh.lake_path / "training"
         with lh.connect() as conn:
             proxy = DuckTimer(conn)
+            c0 = time.process_time()
             t = time.perf_counter()
             info = build_training_set(proxy, out_dir)
             timings["training_set"] = time.perf_counter() - t
+            timings["cpu training_set"] = time.process_time() - c0
             timings["_duck"] = proxy.times
             upstream = get_state(conn, "market_features")[1]
         hwm["training_set"] = _status_kb("VmHWM")
@@ -744,21 +791,17 @@ def main() -> int:
               f"(master {spark.sparkContext.master}, driver JVM pid {jvm}, -Xmx{_jvm_xmx(jvm)})", flush=True)
         prof.install()
 
-        # ---------------------------------------------------------------- (b) training
+        # ---------------------------------------------------------------- (b) + (c)
         _reset_hwm()
         if jvm:
             _reset_hwm(jvm)
-        trained = train_all(spark, path, prof, timings)
-        hwm["train"] = _status_kb("VmHWM")
-        hwm["train_jvm"] = _status_kb("VmHWM", jvm) if jvm else None
-
-        # ---------------------------------------------------------------- (c) MLflow
-        _reset_hwm()
-        t = time.perf_counter()
-        logged = log_all(spark, mlf, path, trained, prof, timings)
-        timings["log_total"] = time.perf_counter() - t
+        load0 = os.getloadavg()
+        trained, logged = run_models(spark, mlf, path, prof, timings)
+        timings["load"] = (load0, os.getloadavg())
+        timings["log_total"] = sum(v for k, v in timings.items() if k.startswith("log ") and isinstance(v, float))
+        hwm["models"] = _status_kb("VmHWM")
+        hwm["models_jvm"] = _status_kb("VmHWM", jvm) if jvm else None
         timings["gates"], gate_lines = gates(mlf, logged)
-        hwm["log"] = _status_kb("VmHWM")
         prof.uninstall()
 
         # ---------------------------------------------------------------- inference
@@ -805,7 +848,8 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
     c = setup["counts"]
     print(f"\nSetup (not measured): {setup['n_steps'] * len(setup['coins']):,} ticks = {setup['span_days']:.1f} days, "
           f"{setup['batches']} raw batches; total {st['total']:.1f} s = simulator {st['generate (simulator)']:.1f} + "
-          f"insert {st['insert raw']:.1f} + run_incremental {st['run_incremental']:.1f} + checkpoint {st['checkpoint']:.1f}")
+          f"insert {st['insert raw']:.1f} + run_incremental {st['run_incremental']:.1f} + checkpoint {st['checkpoint']:.1f}; "
+          f"MLflow sqlite store creation {st['mlflow store init']:.1f} s")
     print(f"  market_features {c['market_features']:,} rows, ohlcv_1m {c['ohlcv_1m']:,}, anomalies {c['anomalies']:,} "
           f"({c['anomalous rows']:,} distinct anomalous rows)")
     print(f"  training set: {info.rows:,} rows, labelled {info.labelled}, positive rate {info.positive_rate:.4f}, "
@@ -814,7 +858,7 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
     # ------------------------------------------------------------------ training times
     print(f"\nTraining pipeline (target: (a) + (b) + (c) <= {TARGET_TRAIN_S:.0f} s)")
     a = timings["training_set"]
-    print(f"  (a) build_training_set (DuckDB)                          {a:8.2f} s")
+    print(f"  (a) build_training_set (DuckDB)                          {a:8.2f} s   (cpu {timings['cpu training_set']:.1f} s)")
     agg: dict[str, float] = defaultdict(float)
     cnt: dict[str, int] = defaultdict(int)
     for label, s in prof_duck(timings):
@@ -828,18 +872,21 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
         if k.startswith("train ") and isinstance(v, float):
             name = k.split(" ", 1)[1]
             jobs, tasks = timings[f"jobs {k}"]
+            cp, cj = timings[f"cpu {k}"]
             t = trained[name]
             extra = "skipped: not enough rows" if isinstance(t, ValueError) else \
                 f"{t.split.train_rows:,} train / {t.split.test_rows:,} test rows"
-            print(f"      {name:<10} {v:7.2f} s   {jobs} Spark jobs, {tasks} tasks; {extra}")
+            print(f"      {name:<10} {v:7.2f} s   cpu {cp + cj:.1f} s (py {cp:.1f}, jvm/workers {cj:.1f}); "
+                  f"{jobs} Spark jobs, {tasks} tasks; {extra}")
             prof.report(k, v, indent="          ")
     cc = timings["log_total"]
     print(f"  (c) MLflow: champion lookup, data window, dataset, log_model + registration {cc:8.2f} s")
     for k, v in timings.items():
-        if k.startswith("log ") and not k.startswith("log parts") and k != "log_total" and isinstance(v, float):
+        if k.startswith("log ") and not k.startswith("log parts") and isinstance(v, float):
             name = k.split(" ", 1)[1]
             parts = timings[f"log parts {name}"]
-            print(f"      {name:<10} {v:7.2f} s   " + ", ".join(f"{p} {s:.2f}" for p, s in parts.items()))
+            cp, cj = timings[f"cpu {k}"]
+            print(f"      {name:<10} {v:7.2f} s   cpu {cp + cj:.1f} s; " + ", ".join(f"{p} {s:.2f}" for p, s in parts.items()))
             prof.report(k, v, indent="          ", top=8)
     total = a + b + cc
     ok = total <= TARGET_TRAIN_S
@@ -849,6 +896,17 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
     print(f"  (not included) Spark session start-up {timings['spark_start']:.2f} s; champion gates (gate_and_promote, "
           f"after the run) {timings['gates']:.2f} s")
     print(f"  (info) with Spark start-up: {total + timings['spark_start']:.2f} s")
+    cpu_total = timings["cpu training_set"] + sum(sum(v) for k, v in timings.items() if k.startswith("cpu ") and
+                                                  isinstance(v, tuple))
+    (l0, l1) = timings["load"]
+    print(f"  (info) CPU time of (a)+(b)+(c), this process + JVM + Python workers: {cpu_total:.1f} s on "
+          f"{os.cpu_count()} CPUs; load average {l0[0]:.2f} before (b), {l1[0]:.2f} after (c)"
+          + ("  -- OTHER LOAD ON THE MACHINE: wall times are inflated" if max(l0[0], l1[0]) > 0.75 * (os.cpu_count() or 1)
+             else ""))
+    if "cached" in timings:
+        n_c, mem, disk = timings["cached"]
+        print(f"  (info) still cached in Spark after the four models: {n_c} RDDs/DataFrames, {mem / 2**20:,.0f} MB in "
+              f"memory, {disk / 2**20:,.0f} MB on disk (time_split caches train/test and never unpersists)")
 
     # ------------------------------------------------------------------ metrics
     print("\nModel metrics on the time-split holdout (vs the baselines the gates use):")
@@ -913,9 +971,9 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
     # ------------------------------------------------------------------ memory
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"\nPeak RSS: Python process {ru / 1024:,.0f} MB (ru_maxrss); per phase (VmHWM reset at phase start): "
-          f"setup {_mb(hwm.get('setup'))}, training set {_mb(hwm.get('training_set'))}, train {_mb(hwm.get('train'))}, "
-          f"MLflow {_mb(hwm.get('log'))}, inference {_mb(hwm.get('inference'))}")
-    print(f"          Spark driver JVM (pid {jvm}, -Xmx{_jvm_xmx(jvm)}): VmHWM during training {_mb(hwm.get('train_jvm'))}, "
+          f"setup {_mb(hwm.get('setup'))}, training set {_mb(hwm.get('training_set'))}, models (b)+(c) "
+          f"{_mb(hwm.get('models'))}, inference {_mb(hwm.get('inference'))}")
+    print(f"          Spark driver JVM (pid {jvm}, -Xmx{_jvm_xmx(jvm)}): VmHWM during (b)+(c) {_mb(hwm.get('models_jvm'))}, "
           f"during inference {_mb(hwm.get('inference_jvm'))}")
     print(f"Wall time of the benchmark: {time.perf_counter() - t_start:.1f} s")
 

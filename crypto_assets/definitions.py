@@ -3,13 +3,13 @@ and resource. Cross-cutting policy (automation, executors) is applied here, once
 
 import dagster as dg
 
-from crypto_assets.assets import alerts, gold, ingest, models, predictions, silver
+from crypto_assets.assets import alerts, gold, ingest, models, predictions, report, silver
 from crypto_assets.checks import ALL_CHECKS
 from crypto_assets.schedules import build_retraining_schedule
 from crypto_assets.sensors import build_backlog_sensor
 from crypto_assets.settings import automation_settings, build_resources
 
-ASSET_MODULES = [ingest, silver, gold, alerts, models, predictions]
+ASSET_MODULES = [ingest, silver, gold, alerts, models, predictions, report]
 AUTOMATION = automation_settings()
 
 INCREMENTAL = dg.AssetSelection.assets(
@@ -77,4 +77,7 @@ defs = dg.Definitions(
     ],
     schedules=[build_retraining_schedule(training_job, AUTOMATION["retrain_cron"], AUTOMATION["default_on"])],
     resources=build_resources(),
+    # Steps are short and share heavy state (DuckDB file, one Spark session): run them in the
+    # run's process instead of paying a Python + Dagster start-up per step.
+    executor=dg.in_process_executor,
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crypto_assets_tests.helpers import produce, ticks
+from crypto_assets_tests.helpers import produce, ticks  # noqa: F401
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -112,4 +112,34 @@ def test_demo_end_to_end(tmp_path):
         assert n > 0 and files, table
         pq = conn.sql(f"SELECT count(*) FROM read_parquet('{home}/lake/{dataset}/*/*/*.parquet')").fetchall()[0][0]
         assert pq == n, (table, pq, n)
+    conn.close()
+
+
+def test_two_concurrent_runs_both_succeed(tmp_path):
+    """Two overlapping runs that both write warehouse.duckdb: the second waits (pool / file
+    lock) instead of failing, and ingestion stays exactly once."""
+    from crypto_assets.broker import EmbeddedBroker
+    from crypto_assets.resources import KafkaResource
+
+    home = tmp_path / "conc"
+    home.mkdir()
+    with EmbeddedBroker() as b:
+        kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
+        produce(kafka, ticks(3000))
+        env = _env(home, b.bootstrap_servers)
+        dagster = Path(sys.executable).parent / "dagster"
+        # The instance exists before runs overlap (as in any deployment): two processes creating
+        # a fresh sqlite instance at once race on its schema migration.
+        subprocess.run([str(dagster), "instance", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+        cmd = [str(dagster), "asset", "materialize", "-m", "crypto_assets.definitions",
+               "--select", "raw_ticks,clean_ticks,market_features,ohlcv_1m"]
+        procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    import duckdb
+
+    conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    assert conn.sql("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM raw_ticks").fetchall() == [(3000, 3000)]
+    assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == 3000
     conn.close()

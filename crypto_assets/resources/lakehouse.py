@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,17 +35,33 @@ class LakehouseResource(dg.ConfigurableResource):
     def lake_path(self) -> Path:
         return self.root / "lake"
 
+    lock_timeout_s: float = Field(default=300.0, description="how long to wait for another process's write lock")
+
+    def _connect_waiting(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """DuckDB allows one read-write process per file. The duckdb_writer pool serialises our
+        own steps; this wait covers everything else (a CLI run, `status`, a notebook)."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return duckdb.connect(
+                    str(self.duckdb_path),
+                    read_only=read_only,
+                    config={"threads": self.duckdb_threads, "memory_limit": self.duckdb_memory_limit},
+                )
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection with UTC session time zone; the schema exists before first use."""
         self.root.mkdir(parents=True, exist_ok=True)
         if read_only and not self.duckdb_path.exists():
             read_only = False
-        conn = duckdb.connect(
-            str(self.duckdb_path),
-            read_only=read_only,
-            config={"threads": self.duckdb_threads, "memory_limit": self.duckdb_memory_limit},
-        )
+        conn = self._connect_waiting(read_only)
         try:
             conn.execute("SET TimeZone = 'UTC'")
             if not read_only:

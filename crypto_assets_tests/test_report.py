@@ -1,0 +1,208 @@
+"""The market report: figures from a small warehouse built without Kafka or Spark, an empty
+MLflow, and the model-performance figure from runs logged straight to a temp MLflow."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from crypto_assets import report as rpt
+from crypto_assets.assets.report import market_report
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
+
+COINS = ["bitcoin", "ethereum", "solana"]
+DPI = 60  # small PNGs keep the test fast; sizes are checked against figsize * dpi
+
+
+def _assert_png(path: Path, size_in: tuple[float, float], dpi: int) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size == (round(size_in[0] * dpi), round(size_in[1] * dpi)), (path, im.size)
+        px = np.asarray(im.convert("RGB"))
+    colours = np.unique(px.reshape(-1, 3), axis=0)
+    assert len(colours) > 20, f"{path.name} looks blank ({len(colours)} colours)"
+    assert px.std() > 5, f"{path.name} looks blank"
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    home = tmp_path_factory.mktemp("report") / "var"
+    lh = LakehouseResource(home=str(home), coins=COINS)
+    ticks = make_ticks(600, COINS, start=datetime.now(timezone.utc) - timedelta(hours=4), seed=3)
+    # one unmistakable 24h-volume jump (+400 %) on bitcoin in the middle of the window
+    btc = ticks["coin_id"] == "bitcoin"
+    idx = [k for k, b in enumerate(btc) if b][300]
+    vol = ticks["volume_24h_usd"].to_list()
+    vol[idx] = vol[idx] * 5.0
+    ticks = ticks.with_columns(volume_24h_usd=np.array(vol))
+    with lh.connect() as conn:
+        insert_raw_batch(conn, ticks)
+        run_incremental(conn, COINS)
+        rules = dict(conn.sql("SELECT rule, count(*) FROM anomalies GROUP BY 1").fetchall())
+    assert rules.get("volume_spike", 0) > 0
+    mlf = MlflowResource(home=str(home))
+    return {"home": home, "lh": lh, "mlf": mlf}
+
+
+@pytest.fixture(scope="module")
+def first_run(warehouse):
+    result = dg.materialize(
+        [market_report],
+        resources={"lakehouse": warehouse["lh"], "mlflow": warehouse["mlf"]},
+        run_config={"ops": {"market_report": {"config": {"hours": 3.0, "dpi": DPI}}}},
+    )
+    assert result.success
+    return result
+
+
+def _metadata(result) -> dict:
+    mats = result.asset_materializations_for_node("market_report")
+    assert len(mats) == 1
+    return mats[0].metadata
+
+
+def test_report_figures_and_markdown(warehouse, first_run):
+    md = _metadata(first_run)
+    report_dir = Path(md["report_dir"].value)
+    assert report_dir.parent == warehouse["home"].resolve() / "reports"
+    assert rpt._STAMP_RE.match(report_dir.name)
+
+    files = sorted(p.name for p in report_dir.iterdir())
+    assert files == sorted(["report.md", "overview.png", "correlations.png", "models.png",
+                            *(f"candles_{c}.png" for c in COINS)])
+    for c in COINS:
+        _assert_png(report_dir / f"candles_{c}.png", rpt.CANDLES_SIZE, DPI)
+    _assert_png(report_dir / "correlations.png", rpt.CORR_SIZE, DPI)
+    _assert_png(report_dir / "overview.png", rpt.OVERVIEW_SIZE, DPI)
+    _assert_png(report_dir / "models.png", rpt.MODELS_SIZE, DPI)  # the "no runs yet" page
+
+    text = (report_dir / "report.md").read_text()
+    for c in COINS:
+        assert c in text
+        assert f"](candles_{c}.png)" in text  # relative links work from latest/ too
+    assert "](correlations.png)" in text and "](models.png)" in text
+    assert "no MLflow model runs yet" in text
+    assert "volume_spike" in text
+
+    summary = md["summary"].value
+    assert "bitcoin" in summary and str(report_dir / "report.md") in summary
+    assert md["preview"].value.startswith("![overview](data:image/png;base64,")
+    assert len(md["preview"].value) < 40_000
+    assert md["coins"].value == 3
+    assert md["anomalies_in_window"].value > 0
+    assert md["models_with_runs"].value == 0
+    assert not (warehouse["home"] / "mlflow" / "mlflow.db").exists()  # an empty store is not created
+
+
+def test_latest_mirrors_newest_report(warehouse, first_run):
+    first_dir = Path(_metadata(first_run)["report_dir"].value)
+    second = dg.materialize(
+        [market_report],
+        resources={"lakehouse": warehouse["lh"], "mlflow": warehouse["mlf"]},
+        run_config={"ops": {"market_report": {"config": {"hours": 1.0, "dpi": 40, "keep_reports": 5}}}},
+    )
+    assert second.success
+    newest = Path(_metadata(second)["report_dir"].value)
+    assert newest != first_dir and first_dir.exists()
+    reports = newest.parent
+    stamps = sorted(p.name for p in reports.iterdir() if rpt._STAMP_RE.match(p.name))
+    assert stamps[-1] == newest.name
+    latest = reports / "latest"
+    assert latest.is_dir() and not latest.is_symlink()
+    cmp = filecmp.dircmp(newest, latest)
+    assert sorted(os.listdir(latest)) == sorted(os.listdir(newest))
+    assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+    _, mismatch, errors = filecmp.cmpfiles(newest, latest, os.listdir(newest), shallow=False)
+    assert not mismatch and not errors
+    assert not [p for p in reports.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+    with Image.open(latest / "candles_bitcoin.png") as im:
+        assert im.size == (round(rpt.CANDLES_SIZE[0] * 40), round(rpt.CANDLES_SIZE[1] * 40))
+
+
+def test_publish_latest_replaces_and_recovers(tmp_path):
+    reports = tmp_path / "reports"
+    a, b = reports / "20260101T000000Z", reports / "20260101T000100Z"
+    for d, body in ((a, "A"), (b, "B")):
+        d.mkdir(parents=True)
+        (d / "report.md").write_text(body)
+    rpt.publish_latest(a, reports / "latest")
+    rpt.publish_latest(b, reports / "latest")
+    assert (reports / "latest" / "report.md").read_text() == "B"
+    # a crash between the two renames leaves only the old copy: the next run restores it
+    os.rename(reports / "latest", reports / ".old-latest-dead")
+    rpt._sweep_stale(reports)
+    assert (reports / "latest" / "report.md").read_text() == "B"
+    assert rpt.prune_reports(reports, 1) == [a.name]
+    assert not a.exists() and b.exists() and (reports / "latest").exists()
+
+
+@pytest.mark.slow  # a real sqlite MLflow store: importing mlflow and creating its schema cost ~15 s of CPU
+def test_model_performance_from_mlflow_runs(tmp_path):
+    mlf = MlflowResource(home=str(tmp_path))
+    mlflow = mlf.activate()
+    client = mlf.client()
+    run_ids = []
+    for k, (auc, base) in enumerate([(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]):
+        with mlflow.start_run(experiment_id=mlf.experiment_id("trend_model")) as run:
+            mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": base, "lift_auc_roc": auc - base})
+            run_ids.append(run.info.run_id)
+    for h, rmse in (("1h", 0.010), ("4h", 0.020), ("1h", 0.009)):
+        with mlflow.start_run(experiment_id=mlf.experiment_id("price_model")):
+            mlflow.set_tag("horizon", h)
+            mlflow.log_metrics({"rmse": rmse, "baseline_rmse": rmse * 1.2})
+    with mlflow.start_run(experiment_id=mlf.experiment_id("coin_clusters")):
+        mlflow.log_metrics({"silhouette": 0.4, "baseline_silhouette": 0.1})
+
+    # register versions for the trend runs (no logged model needed) and promote v2
+    name = mlf.registered_name("trend_model")
+    client.create_registered_model(name)
+    for rid in run_ids:
+        mv = client.create_model_version(name, source=client.get_run(rid).info.artifact_uri + "/model", run_id=rid)
+        client.set_model_version_tag(name, mv.version, "gate", "passed" if str(mv.version) == "2" else "rejected")
+    client.set_registered_model_alias(name, "champion", "2")
+
+    series = {s.name: s for s in rpt.load_model_history(mlf)}
+    assert set(series) == {"trend_model", "price_model_1h", "price_model_4h", "coin_clusters"}
+    trend = series["trend_model"]
+    assert [p.value for p in trend.points] == [0.55, 0.61, 0.58]
+    assert [p.version for p in trend.points] == ["1", "2", "3"]
+    assert trend.champion_version == "2" and trend.champion.value == 0.61
+    assert [p.gate for p in trend.points] == ["rejected", "passed", "rejected"]
+    assert [p.value for p in series["price_model_1h"].points] == [0.010, 0.009]
+    assert not series["price_model_1h"].higher_is_better
+    assert series["coin_clusters"].champion is None
+
+    fig = rpt.plot_model_performance(list(series.values()), dpi=DPI)
+    out = rpt.save_figure(fig, tmp_path / "models.png")
+    _assert_png(out, rpt.MODELS_SIZE, DPI)
+    assert "anomaly_model" in fig.get_suptitle()  # listed as "no runs yet"
+    table = rpt.model_table(list(series.values()))
+    assert "| trend_model | auc_roc | v2 | 0.61 vs 0.5 ✓ |" in table
+    assert "v3 (rejected)" in table
+
+
+def test_empty_warehouse_still_reports(tmp_path):
+    lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
+    with lh.connect() as conn:
+        res = rpt.write_report(conn, MlflowResource(home=str(tmp_path / "var")), lh.root, dpi=30)
+    assert sorted(p.name for p in res.report_dir.iterdir()) == ["correlations.png", "models.png", "overview.png", "report.md"]
+    assert "no market data yet" in res.markdown_path.read_text()
+    assert (lh.root / "reports" / "latest" / "report.md").read_text() == res.markdown_path.read_text()
+
+
+def test_empty_model_figure_says_so(tmp_path):
+    fig = rpt.plot_model_performance([], dpi=DPI)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("No MLflow model runs yet" in t for t in texts)
+    _assert_png(rpt.save_figure(fig, tmp_path / "m.png"), rpt.MODELS_SIZE, DPI)

@@ -213,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replication-factor", type=int, default=1)
     t.set_defaults(func=cmd_topics)
 
-    from crypto_assets import demo, status
+    from crypto_assets import demo, live, status
 
     d = sub.add_parser("demo", help="run the whole pipeline end to end on the embedded defaults")
     demo.add_arguments(d)
     d.set_defaults(func=demo.cmd_demo)
+
+    lv = sub.add_parser("live", help="embedded broker + simulator + dagster dev with sensors on (Ctrl-C stops all)")
+    live.add_arguments(lv)
+    lv.set_defaults(func=live.cmd_live)
 
     s = sub.add_parser("status", help="health of broker, lag and tables (non-zero exit when unhealthy)")
     s.add_argument("--home")

@@ -31,6 +31,63 @@ def kafka_lag(kafka, timeout_s: float = 3.0) -> dict[int, tuple[int, int, int]]:
         c.close()
 
 
+def _dagster_section(home) -> bool:
+    """Last materialization and latest check results per asset from the Dagster instance."""
+    import os
+    from pathlib import Path
+
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or Path(home) / "dagster")
+    if not (dagster_home / "dagster.yaml").exists() and not (dagster_home / "storage").exists():
+        print("dagster       no instance yet (run the demo or `make ui`)")
+        return True
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    import dagster as dg
+
+    from crypto_assets.definitions import defs
+
+    ok = True
+    with dg.DagsterInstance.get() as instance:
+        graph = defs.resolve_asset_graph()
+        now = datetime.now(timezone.utc).timestamp()
+        for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+            ev = instance.get_latest_materialization_event(key)
+            when = f"{now - ev.timestamp:,.0f}s ago" if ev else "never"
+            failed = []
+            checks = [c for c in graph.get_check_keys_for_assets([key])] if hasattr(graph, "get_check_keys_for_assets") else []
+            for ck in checks:
+                rec = instance.event_log_storage.get_latest_asset_check_execution_by_key([ck]).get(ck)
+                if rec is None or rec.event is None:
+                    continue
+                data = rec.event.dagster_event.event_specific_data if rec.event.dagster_event else None
+                if data is not None and getattr(data, "passed", True) is False:
+                    sev = getattr(data, "severity", None)
+                    failed.append(f"{ck.name}({sev.value if sev else 'ERROR'})")
+                    if sev is None or sev.value == "ERROR":
+                        ok = False
+            status = "checks OK" if not failed else "FAILED: " + ", ".join(failed)
+            print(f"asset        {key.to_user_string():<16} materialized {when:<14} {status if checks else ''}")
+    return ok
+
+
+def _mlflow_section() -> None:
+    try:
+        from crypto_assets.ml.registry import model_summary
+        from crypto_assets.settings import mlflow_resource
+
+        mlf = mlflow_resource()
+        if not mlf.tracking_uri and not (mlf.artifact_root.parent / "mlflow.db").exists():
+            print("mlflow       no models yet")
+            return
+        for m in model_summary(mlf):
+            val = f"{m['value']:.4f}" if m["value"] is not None else "n/a"
+            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "n/a"
+            champ = f"v{m['champion_version']}" if m["champion_version"] else "none"
+            print(f"model        {m['model']:<16} champion {champ:<5} latest v{m['latest_version']} gate {m['gate']:<8} "
+                  f"{m['metric']} {val} vs baseline {base}")
+    except Exception as exc:  # noqa: BLE001 - status must always print something
+        print(f"mlflow       unreadable: {exc}")
+
+
 def cmd_status(args) -> int:
     if getattr(args, "home", None):
         import os
@@ -71,6 +128,8 @@ def cmd_status(args) -> int:
             healthy = False
     else:
         print("warehouse    not created yet (run `crypto-assets demo` or materialize raw_ticks)")
+    healthy &= _dagster_section(lakehouse.root)
+    _mlflow_section()
     print("status       " + ("HEALTHY" if healthy else "UNHEALTHY"))
     return 0 if healthy else 1
 

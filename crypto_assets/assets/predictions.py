@@ -10,7 +10,7 @@ from pydantic import Field
 
 from crypto_assets.assets.ingest import DUCKDB_POOL
 from crypto_assets.assets.metadata import markdown_table
-from crypto_assets.ml.registry import champion_artifact, load_champion
+from crypto_assets.ml.registry import champion_artifact, champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
@@ -64,7 +64,10 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, la
             v, c = None, None
         if v is not None:
             price[h] = (v, c)
-    anomaly_v, anomaly_model = load_champion(mlflow, mlflow.registered_name("anomaly_model")) if _has(mlflow, "anomaly_model") else (None, None)
+    anomaly_v, anomaly_model = None, None
+    if _has(mlflow, "anomaly_model") and champion_version(mlflow, mlflow.registered_name("anomaly_model")):
+        pyspark.spark_session  # noqa: B018 - mlflow.spark.load_model needs a live session (JVM)
+        anomaly_v, anomaly_model = load_champion(mlflow, mlflow.registered_name("anomaly_model"))
     if trend_v is None and anomaly_v is None and not price:
         context.log.warning("no champion model yet (no version has passed its gate): nothing to predict")
         return dg.MaterializeResult(metadata={"predictions": 0, "reason": "no champion model yet"})

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from crypto_assets import settings
-from crypto_assets.resources.kafka import BROKER_FILE, BrokerUnavailable, read_broker_file
+from crypto_assets.resources.kafka import BROKER_FILE, BrokerUnavailable, pid_alive, read_broker_file
 
 
 def _home(args) -> Path:
@@ -56,7 +56,7 @@ def cmd_broker(args) -> int:
 
 def _broker_background(home: Path) -> int:
     info = read_broker_file(home)
-    if info and _alive(info.get("pid")):
+    if info and (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
         print(f"embedded broker already running on {info['bootstrap_servers']} (pid {info['pid']})")
         return 0
     home.mkdir(parents=True, exist_ok=True)
@@ -83,28 +83,18 @@ def _broker_background(home: Path) -> int:
     return 1
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _stop_broker(home: Path) -> int:
     info = read_broker_file(home)
-    if not info or not _alive(info.get("pid")):
+    if not info or not (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
         print("no embedded broker running")
         (home / BROKER_FILE).unlink(missing_ok=True)
         return 0
     pid = int(info["pid"])
     os.kill(pid, signal.SIGTERM)
     for _ in range(100):
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
         time.sleep(0.1)
     print(f"stopped embedded broker pid {pid}")

@@ -3,6 +3,8 @@ result blocks the connection, so single values are read through fully-fetched re
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -16,3 +18,15 @@ def first(conn: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> tupl
 def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any:
     row = first(conn, sql, params)
     return row[0] if row else None
+
+
+@contextlib.contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, or ROLLBACK on any exception (a kill leaves DuckDB's WAL to undo it)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from crypto_assets.resources.kafka import read_broker_file
+from crypto_assets.resources.kafka import pid_alive, read_broker_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def cmd_demo(args) -> int:
     info = read_broker_file(home)
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         print(f"using Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
-    elif info and _alive(info.get("pid")):
+    elif info and (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
         print(f"using the running embedded broker at {info['bootstrap_servers']}")
     else:
         broker = EmbeddedBroker()
@@ -66,14 +66,6 @@ def cmd_demo(args) -> int:
             broker.stop()
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except OSError:
-        return False
 
 
 def _run(args, home: Path) -> int:

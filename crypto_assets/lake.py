@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from crypto_assets.db import first, scalar
+from crypto_assets.db import scalar
 from crypto_assets.faults import fault_point
 
 

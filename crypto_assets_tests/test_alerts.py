@@ -9,7 +9,7 @@ import orjson
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from crypto_assets.assets import alerts, gold, ingest, silver
+from crypto_assets.assets import alerts, gold, silver
 from crypto_assets.resources import LakehouseResource
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 

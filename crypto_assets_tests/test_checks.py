@@ -11,7 +11,7 @@ import pytest
 from crypto_assets import checks
 from crypto_assets.assets import alerts, gold, ingest, silver
 from crypto_assets.checks import ALL_CHECKS
-from crypto_assets.resources import KafkaResource, LakehouseResource
+from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.pipeline import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 

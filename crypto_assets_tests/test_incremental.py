@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import polars as pl
-import pytest
 from polars.testing import assert_frame_equal
 
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.clean import CleanConfig
 from crypto_assets.transforms.pipeline import run_incremental
-from crypto_assets_tests.silver_helpers import TABLE_KEYS, T0, insert_raw_batch, make_ticks, table
+from crypto_assets_tests.silver_helpers import TABLE_KEYS, insert_raw_batch, make_ticks, table
 
 COINS = ["bitcoin", "ethereum", "solana", "cardano"]
 TABLES = list(TABLE_KEYS)

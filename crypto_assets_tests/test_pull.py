@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import orjson
-import pytest
 
 from crypto_assets.ingest.pull import PullConfig, plan_partitions, pull_raw_ticks
-from crypto_assets_tests.helpers import produce, tick, ticks
+from crypto_assets_tests.helpers import produce, ticks
 
 
 def _table(lakehouse, sql):

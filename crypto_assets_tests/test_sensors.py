@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from crypto_assets.definitions import defs, incremental_job, training_job
+from crypto_assets.definitions import defs, incremental_job
 from crypto_assets.resources import KafkaResource
 from crypto_assets.sensors import build_backlog_sensor
 from crypto_assets_tests.helpers import produce, ticks

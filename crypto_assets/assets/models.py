@@ -131,8 +131,6 @@ def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lak
             metrics.update({f"champion_{k}": v for k, v in cm.items()})
         except Exception as exc:  # noqa: BLE001 - e.g. the feature set changed
             context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
-    import mlflow as _mlflow_mod  # noqa: F401  (ensures the module is importable before logging)
-
     mlf = mlflow.activate()
     dataset = mlf.data.from_spark(df, path=path, name="training_set")
     logged = log_model(

@@ -15,6 +15,7 @@ from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.db import transaction
 from crypto_assets.state import get_state, set_state
 
 PREDICTIONS_DDL = """
@@ -102,16 +103,11 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, la
             predicted_at=pl.lit(now),
             published_at=pl.lit(None, dtype=pl.Datetime("us", "UTC")),
         )
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             conn.register("pred_new", out.to_arrow())
             conn.execute("INSERT OR REPLACE INTO predictions SELECT * FROM pred_new")
             conn.unregister("pred_new")
             set_state(conn, "predictions", upstream, seq + 1)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         published = _publish(conn, kafka)
         preview = conn.sql(
             "SELECT coin_id, event_time, round(trend_prob_up, 3), round(anomaly_prob, 3), round(forecast_return_1h, 5) "

@@ -24,7 +24,7 @@ class BrokerUnavailable(RuntimeError):
     """Kafka cannot be reached (or no broker is configured); nothing was advanced."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +57,7 @@ def resolve_bootstrap(explicit: str | None, home: str | Path) -> str:
             "`crypto-assets broker --background` (or point KAFKA_BOOTSTRAP_SERVERS at a cluster)."
         )
     pid = info.get("pid")
-    if pid and info.get("host") == os.uname().nodename and not _pid_alive(int(pid)):
+    if pid and info.get("host") == os.uname().nodename and not pid_alive(int(pid)):
         raise BrokerUnavailable(
             f"{path} names the embedded broker at {info.get('bootstrap_servers')} but its process "
             f"(pid {pid}) is not running. Start it again with `crypto-assets broker --background`."

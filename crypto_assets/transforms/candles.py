@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from crypto_assets.db import transaction
 from crypto_assets.lake import mark_dirty
 from crypto_assets.state import get_state, set_state
 
@@ -117,8 +118,7 @@ def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m
     if upstream_seq <= hwm:
         return CandleResult(seq=seq)
     new_seq = seq + 1
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         buckets = conn.sql(_bucket_sql("minute", hwm, upstream_seq)).pl()
         starts = buckets.group_by("coin_id").agg(pl.col("bucket").min().alias("b_min"))
         conn.register("c1_starts", starts.to_arrow())
@@ -192,10 +192,6 @@ def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m
             conn.unregister("c1_new")
         conn.unregister("c1_starts")
         set_state(conn, asset, upstream_seq, new_seq)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return CandleResult(out.height, starts["b_min"].min() if starts.height else None, new_seq)
 
 
@@ -206,8 +202,7 @@ def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResul
     if upstream_seq <= hwm:
         return CandleResult(seq=seq)
     new_seq = seq + 1
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"CREATE OR REPLACE TEMP TABLE h_new AS {_bucket_sql('hour', hwm, upstream_seq)}")
         conn.execute("CREATE OR REPLACE TEMP TABLE h_starts AS SELECT coin_id, min(bucket) AS b_min FROM h_new GROUP BY 1")
         conn.execute(
@@ -227,8 +222,4 @@ def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResul
         mark_dirty(conn, f"gold/{asset}", "SELECT bucket AS event_time, symbol FROM h_new")
         rows = conn.sql("SELECT count(*), min(b_min) FROM h_new, (SELECT min(b_min) AS b_min FROM h_starts)").fetchall()[0]
         set_state(conn, asset, upstream_seq, new_seq)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return CandleResult(int(rows[0]), rows[1], new_seq)

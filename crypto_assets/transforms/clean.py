@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from crypto_assets.db import first, scalar
+from crypto_assets.db import first, scalar, transaction
 from crypto_assets.lake import mark_dirty
 from crypto_assets.state import get_state, set_state
 
@@ -62,8 +62,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
         return CleanResult(None, seq=seq)
     new_seq = seq + 1
     now = datetime.now(timezone.utc)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE clean_in AS
@@ -154,10 +153,6 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             conn.sql("SELECT verdict, count(*) FROM clean_judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall()
         )
         set_state(conn, ASSET, last_batch, new_seq)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     rows_in, rows_out = int(counts[0]), int(counts[1])
     return CleanResult(
         raw_batches=(hwm + 1, last_batch),

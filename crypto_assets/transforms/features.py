@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from crypto_assets.db import first
+from crypto_assets.db import first, transaction
 from crypto_assets.lake import mark_dirty
 from crypto_assets.state import get_state, set_state
 
@@ -126,8 +126,7 @@ def features_increment(conn: duckdb.DuckDBPyConnection) -> FeaturesResult:
     if upstream_seq <= hwm:
         return FeaturesResult(seq=seq)
     new_seq = seq + 1
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE feat_starts AS
@@ -167,8 +166,4 @@ def features_increment(conn: duckdb.DuckDBPyConnection) -> FeaturesResult:
         conn.unregister("feats_new")
         t_min = first(conn, "SELECT min(t_min), count(*) FROM feat_starts")
         set_state(conn, ASSET, upstream_seq, new_seq)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return FeaturesResult(rows_written=feats.height, coins=int(t_min[1]), recomputed_from=t_min[0], seq=new_seq)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
 import orjson
 
-from crypto_assets.db import first
+from crypto_assets.db import first, transaction
 from crypto_assets.state import get_state, set_state
 
 ZSCORE_THRESHOLD = 3.0
@@ -25,8 +24,7 @@ def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
     upstream = get_state(conn, "ohlcv_1m")[1]
     if upstream <= hwm:
         return {"rows": 0, "skipped": True}
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         end = first(conn, "SELECT max(minute) FROM ohlcv_1m")[0]
         conn.execute("DELETE FROM correlations")
         # One scan and one self-join for both windows: the 24 h figures are FILTERed aggregates
@@ -53,10 +51,6 @@ def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
         )
         rows = first(conn, "SELECT count(*) FROM correlations")[0]
         set_state(conn, "correlations", upstream, seq + 1)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return {"rows": int(rows), "window_end": end, "skipped": False}
 
 
@@ -72,8 +66,7 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     if upstream <= hwm:
         return {"new": 0, "skipped": True}
     now = datetime.now(timezone.utc)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE anom_range AS
@@ -120,10 +113,6 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
         )
         new = first(conn, "SELECT count(*) FROM anomalies WHERE detected_at = $now", {"now": now})[0]
         set_state(conn, "anomalies", upstream, seq + 1)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return {"new": int(new), "skipped": False}
 
 

@@ -667,6 +667,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pythonpath", default=None,
                     help="prepend DIR to dagster dev's PYTHONPATH (to measure a patched copy of crypto_assets "
                          "without touching the checkout)")
+    ap.add_argument("--pool-granularity", choices=["run", "op"], default=None,
+                    help="override concurrency.pools.granularity in the temp dagster.yaml")
+    ap.add_argument("--op-run-buffer", type=int, default=None,
+                    help="with --pool-granularity op: pools.op_granularity_run_buffer (runs launched while the "
+                         "pool is full, their steps waiting for a slot)")
     ap.add_argument("--mode", choices=["dagster-dev", "loop"], default="dagster-dev",
                     help="loop: instead of dagster dev + sensor, one long-lived process runs incremental_job back to "
                          "back (execute_in_process) while there is a backlog: the floor without per-run launch")
@@ -686,6 +691,11 @@ def main(argv=None) -> int:
     yaml_text = (REPO / "dagster.yaml").read_text()
     if args.dequeue_interval is not None:
         yaml_text += f"\n# added by bench/freshness.py --dequeue-interval\nrun_queue:\n  dequeue_interval_seconds: {args.dequeue_interval}\n"
+    if args.pool_granularity:
+        if "    granularity: run\n" not in yaml_text:
+            raise SystemExit("dagster.yaml has no '    granularity: run' line to override")
+        extra = f"\n    op_granularity_run_buffer: {args.op_run_buffer}" if args.op_run_buffer is not None else ""
+        yaml_text = yaml_text.replace("    granularity: run\n", f"    granularity: {args.pool_granularity}{extra}\n")
     (dagster_home / "dagster.yaml").write_text(yaml_text)
     os.environ["CRYPTO_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
@@ -698,7 +708,10 @@ def main(argv=None) -> int:
           f"BACKLOG_MAX_WAIT_SECONDS={args.max_wait:g} dequeue_interval_seconds="
           f"{args.dequeue_interval if args.dequeue_interval is not None else 'default (5)'}"
           f"{'' if args.keep_automation else '; retrain/predictions crons parked'}"
-          f"{f'; dagster dev PYTHONPATH={args.pythonpath}' if args.pythonpath else ''}")
+          f"{f'; pools.granularity={args.pool_granularity}' if args.pool_granularity else ''}"
+          f"{f' op_granularity_run_buffer={args.op_run_buffer}' if args.op_run_buffer is not None else ''}"
+          f"{f'; dagster dev PYTHONPATH={args.pythonpath}' if args.pythonpath else ''}"
+          f"{'; MODE loop (no dagster dev)' if args.mode == 'loop' else ''}")
     print(f"  CRYPTO_HOME {home}")
     print(f"  load average at start: {load_start}")
 

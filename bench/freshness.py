@@ -95,6 +95,7 @@ import orjson  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEVER_CRON = "0 0 1 1 *"
+LOOP_JOB = "bench_loop_job"  # --mode loop --loop-assets
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -351,7 +352,7 @@ def read_instance(dagster_home: Path):
     other_jobs = Counter()
     for rec in inst.get_run_records():
         run = rec.dagster_run
-        if run.job_name != "incremental_job":
+        if run.job_name not in ("incremental_job", LOOP_JOB):
             other_jobs[f"{run.job_name}:{run.status.value}"] += 1
             continue
         ev: dict = {}
@@ -619,7 +620,7 @@ def sensor_report(ticks, t_from: float, t_to: float, interval_s: int) -> None:
 
 
 # ----------------------------------------------------------------------------- loop mode
-def loop_worker(min_messages: int) -> int:
+def loop_worker(min_messages: int, loop_assets: str | None) -> int:
     """--mode loop: one long-lived process runs incremental_job back to back with
     execute_in_process (same job, resources, checks and instance; no sensor, queue or per-run
     process), whenever the backlog is >= min_messages. Shows what the per-run launch costs."""
@@ -630,9 +631,14 @@ def loop_worker(min_messages: int) -> int:
     from crypto_assets.settings import kafka_resource
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    job = defs.resolve_job_def("incremental_job")
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # Dagster captures it inside a run (that run fails)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # the bench's second signal: leave now
+    if loop_assets:  # a narrower job (with the selected assets' checks), e.g. only the freshness path
+        sub = dg.define_asset_job(LOOP_JOB, selection=dg.AssetSelection.assets(*loop_assets.split(",")),
+                                  executor_def=dg.in_process_executor)
+        job = dg.Definitions.merge(defs, dg.Definitions(jobs=[sub])).resolve_job_def(LOOP_JOB)
+    else:
+        job = defs.resolve_job_def("incremental_job")
     kafka = kafka_resource()
     with dg.DagsterInstance.get() as instance:
         while not stop.is_set():
@@ -675,6 +681,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=["dagster-dev", "loop"], default="dagster-dev",
                     help="loop: instead of dagster dev + sensor, one long-lived process runs incremental_job back to "
                          "back (execute_in_process) while there is a backlog: the floor without per-run launch")
+    ap.add_argument("--loop-assets", default=None,
+                    help="--mode loop: materialize only these assets (comma list, with their checks) per iteration "
+                         "instead of incremental_job, e.g. raw_ticks,clean_ticks,market_features")
     ap.add_argument("--loop-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keep-automation", action="store_true", help="leave RETRAIN_CRON/PREDICTIONS_CRON at their defaults")
     ap.add_argument("--seed", type=int, default=7)
@@ -682,7 +691,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when p95 > 15 s")
     args = ap.parse_args(argv)
     if args.loop_worker:
-        return loop_worker(args.min_messages)
+        return loop_worker(args.min_messages, args.loop_assets)
 
     load_start = load_avg()
     home = Path(tempfile.mkdtemp(prefix="crypto-freshness-"))
@@ -711,7 +720,8 @@ def main(argv=None) -> int:
           f"{f'; pools.granularity={args.pool_granularity}' if args.pool_granularity else ''}"
           f"{f' op_granularity_run_buffer={args.op_run_buffer}' if args.op_run_buffer is not None else ''}"
           f"{f'; dagster dev PYTHONPATH={args.pythonpath}' if args.pythonpath else ''}"
-          f"{'; MODE loop (no dagster dev)' if args.mode == 'loop' else ''}")
+          f"{'; MODE loop (no dagster dev)' if args.mode == 'loop' else ''}"
+          f"{f' assets {args.loop_assets}' if args.loop_assets else ''}")
     print(f"  CRYPTO_HOME {home}")
     print(f"  load average at start: {load_start}")
 
@@ -742,8 +752,19 @@ def main(argv=None) -> int:
     workspace = REPO / "workspace.yaml"
     cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-p", str(port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "crypto_assets.definitions"]
+    cwd = REPO
+    if args.pythonpath:
+        # The code server puts its working directory first on sys.path (default: the cwd, which
+        # would shadow PYTHONPATH with the checkout): point it at the patched copy explicitly.
+        cwd = Path(args.pythonpath).resolve()
+        ws = home / "workspace.yaml"
+        ws.write_text("load_from:\n  - python_module:\n      module_name: crypto_assets.definitions\n"
+                      f"      location_name: crypto_assets\n      working_directory: {cwd}\n")
+        cmd = cmd[:4] + ["-w", str(ws)]
     if args.mode == "loop":
         cmd = [sys.executable, str(Path(__file__).resolve()), "--loop-worker", "--min-messages", str(args.min_messages)]
+        if args.loop_assets:
+            cmd += ["--loop-assets", args.loop_assets]
     log_path = home / "dagster-dev.log"
     log = open(log_path, "ab")
 
@@ -755,7 +776,7 @@ def main(argv=None) -> int:
     old_handlers = {sig: signal.signal(sig, lambda *_: interrupted.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         t0 = time.time()
-        dev = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        dev = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True, env=env)
         print(f"  {'dagster dev' if args.mode != 'loop' else 'loop worker (execute_in_process)'} pid {dev.pid} "
               f"(own process group), port {port}, log {log_path}", flush=True)
@@ -816,7 +837,9 @@ def main(argv=None) -> int:
 
             gc.collect()
         if dev is not None:
-            stop_how = stop_group(dev)
+            # the loop worker's SIGINT lands inside execute_in_process (Dagster captures it and fails
+            # that run); it then stops on SIGTERM, so do not wait 20 s for SIGINT there
+            stop_how = stop_group(dev, sigint_wait=20.0 if args.mode != "loop" else 3.0)
         log.close()
         remove_broker_file(home)
         broker.stop()

@@ -613,12 +613,20 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
     dataset = None
     t1 = time.perf_counter()
     if name != "clusters":  # the coin_clusters asset logs no input dataset
-        dataset = mlf.activate().data.from_spark(df, path=path, name="training_set")
-    parts["from_spark"] = time.perf_counter() - t1
+        from crypto_assets.assets import models as models_mod
+
+        make = getattr(models_mod, "training_dataset", None)  # if the assets build it themselves, use theirs
+        if make is not None:
+            dataset = make(df, path, int(window["data_rows"]))
+        else:  # what assets/models.py does at the time of writing
+            dataset = mlf.activate().data.from_spark(df, path=path, name="training_set")
+    parts["dataset"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     lg = log_model(mlf, asset, t.model, params=dict(t.params), metrics=metrics, tags=tags, dataset=dataset,
                    artifacts=artifacts, register_as=register_as)
     parts["log_model"] = time.perf_counter() - t1
+    if hasattr(t.split, "unpersist"):  # a Split that can release its cache: the asset does so after logging
+        t.split.unpersist()
     return lg, metrics, parts
 
 
@@ -746,7 +754,9 @@ def main() -> int:
     home = root / "home"
     lh = LakehouseResource(home=str(home), coins=list(DEFAULT_COIN_IDS))
     mlf = MlflowResource(home=str(home))
-    print(f"CRYPTO_HOME {home}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs",
+    import crypto_assets as pkg
+
+    print(f"package {Path(pkg.__file__).parent}; CRYPTO_HOME {home}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs",
           flush=True)
     errors: list[str] = []
     hwm: dict[str, int | None] = {}

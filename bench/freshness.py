@@ -2,7 +2,10 @@
 
     .venv/bin/python bench/freshness.py [--rate 100] [--duration 180] [--sensor-interval 5]
                                         [--min-messages 1] [--max-wait 1] [--sample-every 20]
-                                        [--dequeue-interval N] [--keep]
+                                        [--dequeue-interval N] [--pool-granularity op --op-run-buffer 1]
+                                        [--pythonpath DIR] [--mode loop [--loop-assets a,b,c]] [--keep]
+
+About 4-5 minutes per run (dagster dev start-up + warm-up + --duration + drain).
 
 A benchmark, not a test: it prints numbers and PASS/FAIL against the targets (p95 <= 15 s,
 stretch p95 <= 5 s); it exits non-zero only if the stack fails (dagster dev dies, nothing is
@@ -60,6 +63,23 @@ so a tick produced while its run was already launching pays only the rest of it)
                            before the step reports success)
 which add up to the freshness exactly. Grouped: waiting for a run (first two), Dagster launch
 overhead (next four), compute (last two).
+
+EXPERIMENT KNOBS (nothing in the checkout is modified; all go to the temp home / subprocess env):
+  --dequeue-interval N      run_queue.dequeue_interval_seconds in the temp dagster.yaml
+  --pool-granularity op     concurrency.pools.granularity (with --op-run-buffer N:
+                            op_granularity_run_buffer), to let a run launch while another holds the
+                            duckdb_writer pool
+  --pythonpath DIR          dagster dev (code server and run workers) imports crypto_assets from DIR,
+                            a patched copy of the package: a temp workspace.yaml sets
+                            working_directory DIR, because the code server puts its working directory
+                            first on sys.path (the checkout would shadow PYTHONPATH)
+  --mode loop               no dagster dev, sensor or queue: one long-lived subprocess runs
+                            incremental_job back to back with execute_in_process (same job, resources,
+                            checks and DagsterInstance) while measure_backlog() finds a backlog. The
+                            floor without per-run launch cost. In its report the 'sensor' columns
+                            mean: idle = the loop's backlog check; the launch phases are 0.
+  --loop-assets a,b,c       with --mode loop: materialize only these assets (and their checks) per
+                            iteration, e.g. raw_ticks,clean_ticks,market_features
 
 Load average is printed at start and end (2-core machine; other sessions may share it).
 """
@@ -640,8 +660,9 @@ def loop_worker(min_messages: int, loop_assets: str | None) -> int:
     else:
         job = defs.resolve_job_def("incremental_job")
     kafka = kafka_resource()
+    stop_file = Path(os.environ["CRYPTO_HOME"]) / "loop.stop"
     with dg.DagsterInstance.get() as instance:
-        while not stop.is_set():
+        while not stop.is_set() and not stop_file.exists():
             try:
                 lag = measure_backlog(kafka, timeout_s=2.0, with_age=False).lag
             except Exception as exc:  # broker not up yet / going away
@@ -837,8 +858,14 @@ def main(argv=None) -> int:
 
             gc.collect()
         if dev is not None:
-            # the loop worker's SIGINT lands inside execute_in_process (Dagster captures it and fails
-            # that run); it then stops on SIGTERM, so do not wait 20 s for SIGINT there
+            # loop mode stops through a file first; a SIGINT would land inside execute_in_process
+            # (Dagster captures it and fails that run) and the worker only leaves on SIGTERM
+            if args.mode == "loop" and dev.poll() is None:
+                (home / "loop.stop").touch()  # the worker finishes its current run and exits
+                try:
+                    dev.wait(20)
+                except subprocess.TimeoutExpired:
+                    pass
             stop_how = stop_group(dev, sigint_wait=20.0 if args.mode != "loop" else 3.0)
         log.close()
         remove_broker_file(home)
@@ -859,7 +886,7 @@ def main(argv=None) -> int:
 
         meas = [s for s in samples if s.phase == "measure"]
         print()
-        print(f"RESULT (dagster dev stopped with {stop_how}; produced {producer.sent} ticks in {t_end - t0:.0f} s; "
+        print(f"RESULT ({'dagster dev' if args.mode != 'loop' else 'loop worker'} stopped: {stop_how}; produced {producer.sent} ticks in {t_end - t0:.0f} s; "
               f"load average at end: {load_end})")
         acks = [s.acked - s.produced for s in samples if s.acked]
         print(f"  produce->ack (acks=all, linger 20 ms, in-process mock broker): p50 {pct(acks, 50) * 1000:.0f} ms, "

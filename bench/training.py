@@ -29,7 +29,8 @@ MEASURED (the target is (a) + (b) + (c) <= 120 s; Spark session start-up is repo
       `train_clusters` (k=3).
   (c) per model, what the asset does after training before it returns: `load_champion` (a
       registry lookup; there is no champion in a fresh store), `_data_window(df)` (min/max/count
-      of the training set in Spark), `mlflow.data.from_spark(df)` (dataset + digest) and
+      of the training set in Spark), the MLflow input dataset (`mlflow.data.from_spark(df)` as the
+      assets build it, or `assets.models.training_dataset` if the package has one) and
       `crypto_assets.ml.registry.log_model` (params, metrics, lineage tags, input dataset, JSON
       artifacts, `mlflow.spark.log_model` + registration) into a temporary sqlite MLflow
       (`MlflowResource(home=<tmp>)`). The champion gates (`gate_and_promote`) run after that and
@@ -47,8 +48,10 @@ default), features as the predictions asset sees them:
        only pass (transform + `noop` sink) and collected to the driver (one double column,
        Arrow); the collected values are compared with numpy: max abs diff must be <= 1e-9;
   (iii) the RandomForest anomaly model via Spark, the same two ways, plus the predictions
-       asset's own path (polars -> pandas -> `spark.createDataFrame` -> transform -> `toPandas`
-       of the probability vectors -> per-row Python) on --asset-path-rows rows.
+       asset's scoring code (polars -> pandas -> `spark.createDataFrame` -> transform ->
+       `toPandas` of the probability vectors -> per-row Python; copied from assets/predictions.py)
+       and the same with Arrow both ways and p[1] as one double column (`vector_to_array`), on
+       --asset-path-rows rows; the two must give identical values.
   The feature extraction of a prediction run (`feature_rows`, the DuckDB query of the
   predictions asset) over the same N rows is timed as information.
 
@@ -294,7 +297,7 @@ class DuckTimer:
     def _label(self, sql: str) -> str:
         s = " ".join(sql.split())
         if "CREATE OR REPLACE TEMP TABLE training_rows" in s:
-            return "CREATE TEMP TABLE training_rows AS (feature_sql: 8 ASOF joins + anomalies join, ORDER BY)"
+            return "CREATE TEMP TABLE training_rows AS SELECT ... FROM (feature_sql) ORDER BY event_time, coin_id"
         if s.startswith("COPY"):
             return "COPY training_rows TO parquet (zstd)"
         if "count(label_up)" in s:
@@ -711,22 +714,32 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
         out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), vector_to_array("probability")[1].alias("p"))
         _, s_noop, _ = _timed(lambda: out.write.format("noop").mode("overwrite").save())
         _, s_collect, _ = _timed(lambda: out.toPandas())
-        # the predictions asset's own path (assets/predictions.py), on asset_rows rows
+        # the predictions asset's scoring code (copied from assets/predictions.py as of this writing),
+        # and the same with Arrow both ways and one double column back, on asset_rows rows
         sub = rows.head(asset_rows)
 
         def asset_path():
             s = spark.createDataFrame(sub.select(["coin_id", "event_time", *FEATURES]).to_pandas())
             probs = an.model.transform(s).select("coin_id", "event_time", "probability").toPandas()
-            return [float(p[1]) for p in probs["probability"]]
+            return np.array([float(p[1]) for p in probs["probability"]])
+
+        def arrow_path():
+            s = spark.createDataFrame(sub.select(FEATURES).to_pandas())
+            return an.model.transform(s).select(vector_to_array("probability")[1].alias("p")).toPandas()["p"].to_numpy()
 
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, s_asset, _ = _timed(asset_path)
-        results["spark anomaly"] = (s_noop, s_collect, s_asset, sub.height)
+            p_asset, s_asset, _ = _timed(asset_path)
+            p_arrow, s_arrow, _ = _timed(arrow_path)
+        same = bool(np.array_equal(p_asset, p_arrow))
+        if not same:
+            errors.append(f"anomaly: the Arrow scoring path differs from the asset's (max abs diff "
+                          f"{np.max(np.abs(p_asset - p_arrow)):.3e})")
+        results["spark anomaly"] = (s_noop, s_collect, s_asset, s_arrow, sub.height, same)
         print(f"    anomaly RF spark noop {s_noop:.2f} s, spark collect {s_collect:.2f} s, "
-              f"asset path {s_asset:.2f} s for {sub.height:,} rows", flush=True)
+              f"asset path {s_asset:.2f} s / Arrow path {s_arrow:.2f} s for {sub.height:,} rows", flush=True)
     sdf.unpersist()
 
 
@@ -875,7 +888,9 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
         agg[label] += s
         cnt[label] += 1
     for label, s in sorted(agg.items(), key=lambda kv: -kv[1]):
-        print(f"        {s:7.2f} s  {label}")
+        if s >= 0.005:
+            print(f"        {s:7.2f} s  {label}")
+    print(f"        {a - sum(agg.values()):7.2f} s  outside DuckDB statements (Python, Arrow/numpy work between them)")
     b = sum(v for k, v in timings.items() if k.startswith("train ") and isinstance(v, float))
     print(f"  (b) model training (Spark MLlib)                          {b:8.2f} s")
     for k, v in timings.items():
@@ -915,8 +930,9 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
              else ""))
     if "cached" in timings:
         n_c, mem, disk = timings["cached"]
-        print(f"  (info) still cached in Spark after the four models: {n_c} RDDs/DataFrames, {mem / 2**20:,.0f} MB in "
-              f"memory, {disk / 2**20:,.0f} MB on disk (time_split caches train/test and never unpersists)")
+        print(f"  (info) still cached in Spark after the four models (one session, as training_job runs them): {n_c} "
+              f"RDDs/DataFrames, {mem / 2**20:,.0f} MB in memory, {disk / 2**20:,.0f} MB on disk"
+              + ("  -- train/test splits are never unpersisted" if mem + disk > 50 * 2**20 else ""))
 
     # ------------------------------------------------------------------ metrics
     print("\nModel metrics on the time-split holdout (vs the baselines the gates use):")
@@ -962,16 +978,18 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
         print(f"  {'':<10} numpy vs Spark: {rows_:,} rows matched on (coin_id, event_time), max abs diff {diff:.2e}, "
               f"NaN mismatches {nanm}  {verdict(rows_ == n and nanm == 0 and diff <= AGREE_TOL)} (tol {AGREE_TOL:g})")
     if "spark anomaly" in results:
-        s_noop, s_collect, s_asset, n_asset = results["spark anomaly"]
+        s_noop, s_collect, s_asset, s_arrow, n_asset, same = results["spark anomaly"]
         ok_rf = n / s_collect >= TARGET_RATE
         all_ok &= ok_rf
         print(f"  {'anomaly':<10} {'(iii) RF Spark transform -> noop sink (JVM only)':<52} {s_noop:8.2f}s {rate(n, s_noop)}  "
               f"{verdict(n / s_noop >= TARGET_RATE)}")
         print(f"  {'':<10} {'(iii) RF Spark transform -> toPandas (p[1], Arrow)':<52} {s_collect:8.2f}s {rate(n, s_collect)}  "
               f"{verdict(ok_rf)}")
-        print(f"  {'':<10} {f'(iii) predictions asset path, {n_asset:,} rows':<52} {s_asset:8.2f}s {rate(n_asset, s_asset)}  "
+        print(f"  {'':<10} {f'(iii) predictions asset code, {n_asset:,} rows':<52} {s_asset:8.2f}s {rate(n_asset, s_asset)}  "
               f"{verdict(n_asset / s_asset >= TARGET_RATE)}")
         print(f"  {'':<10}   (polars -> pandas -> createDataFrame -> transform -> toPandas of VectorUDT -> per-row p[1])")
+        print(f"  {'':<10} {f'(iii) same rows, Arrow both ways, p[1] as one column':<52} {s_arrow:8.2f}s "
+              f"{rate(n_asset, s_arrow)}  {verdict(n_asset / s_arrow >= TARGET_RATE)}  (identical values: {same})")
     if "feature_rows" in results:
         s_fr, n_fr = results["feature_rows"]
         print(f"  (info) feature_rows() (predictions asset's DuckDB feature query) for {n_fr:,} rows: {s_fr:.2f} s "

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from crypto_assets import settings
-from crypto_assets.resources.kafka import BROKER_FILE, BrokerUnavailable, pid_alive, read_broker_file
+from crypto_assets.procs import pid_alive
+from crypto_assets.resources.kafka import BROKER_FILE, BrokerUnavailable, read_broker_file
 
 
 def _home(args) -> Path:

@@ -10,7 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-from crypto_assets.resources.kafka import pid_alive, read_broker_file
+from crypto_assets.procs import pid_alive
+from crypto_assets.resources.kafka import read_broker_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from crypto_assets.procs import pid_alive
 from crypto_assets.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
 
 BROKER_FILE = "broker.json"
@@ -22,16 +23,6 @@ BROKER_FILE = "broker.json"
 
 class BrokerUnavailable(RuntimeError):
     """Kafka cannot be reached (or no broker is configured); nothing was advanced."""
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_broker_file(home: str | Path) -> dict | None:

@@ -4,7 +4,7 @@ and resource. Cross-cutting policy (automation, executors) is applied here, once
 import dagster as dg
 
 from crypto_assets.assets import alerts, gold, ingest, models, predictions, report, silver
-from crypto_assets.checks import ALL_CHECKS
+from crypto_assets.checks import ALL_CHECKS, schema_change_checks
 from crypto_assets.schedules import build_retraining_schedule
 from crypto_assets.sensors import build_backlog_sensor
 from crypto_assets.settings import automation_settings, build_resources
@@ -16,6 +16,9 @@ INCREMENTAL = dg.AssetSelection.assets(
     "raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies"
 )
 TRAINING = dg.AssetSelection.assets("training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions")
+# Column-schema drift only happens when code changes, and the check reads materialization history
+# (~1 s): it runs hourly with training and in every full run, not in the few-second increments.
+SCHEMA_DRIFT = dg.AssetSelection.checks(*schema_change_checks)
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -27,15 +30,16 @@ ingest_job = dg.define_asset_job(
 # Short runs launched by the backlog sensor: one process, no per-step subprocess start-up.
 incremental_job = dg.define_asset_job(
     "incremental_job",
-    selection=INCREMENTAL,
+    selection=INCREMENTAL - SCHEMA_DRIFT,
     description="The cheap path the backlog sensor launches: raw → clean → features/candles → anomalies.",
     executor_def=dg.in_process_executor,
 )
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=TRAINING,
-    description="Build the training set, retrain the four models (gated promotion), then predict.",
+    selection=TRAINING | SCHEMA_DRIFT,
+    description="Build the training set, retrain the four models (gated promotion), then predict; "
+    "check the bronze/silver/gold column schemas for drift.",
     executor_def=dg.in_process_executor,  # one Spark session for all four models
 )
 

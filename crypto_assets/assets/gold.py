@@ -14,7 +14,7 @@ from crypto_assets.transforms.market import correlations_refresh
 GOLD = dict(group_name="gold", kinds={"duckdb", "parquet"}, owners=["team:data-eng"], pool=DUCKDB_POOL, code_version="1")
 
 
-@dg.asset(deps=["clean_ticks"], **GOLD)
+@dg.asset(deps=["clean_ticks"], op_tags={"dagster/priority": "10"}, **GOLD)  # freshness path first
 def market_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     """One row per clean tick: return, log return, SMA over 1/5/15 minutes of event time,
     EMA(20), 15-minute volatility (population std of log returns), z-score of price against its

@@ -4,7 +4,6 @@ import dagster as dg
 from pydantic import Field
 
 from crypto_assets.assets.ingest import DUCKDB_POOL
-from crypto_assets.report import coin_table, correlation_table, model_table, write_report
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 
@@ -30,6 +29,9 @@ def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig,
     per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); the 24 h / 7 d
     correlation heat-maps; each model's primary metric vs its baseline per MLflow run with the
     champion marked; the key numbers per coin, top correlations and champions in markdown."""
+    # Imported here: matplotlib costs ~2 s, which every run worker would pay at code load.
+    from crypto_assets.report import coin_table, correlation_table, model_table, write_report
+
     with lakehouse.connect() as conn:
         res = write_report(
             conn, mlflow, lakehouse.root, hours=config.hours, dpi=config.dpi,

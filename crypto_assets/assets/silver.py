@@ -23,6 +23,7 @@ class CleanTicksConfig(dg.Config):
     owners=["team:data-eng"],
     pool=DUCKDB_POOL,
     code_version="1",
+    op_tags={"dagster/priority": "10"},  # the freshness path (raw -> clean -> features) runs first
 )
 def clean_ticks(context: dg.AssetExecutionContext, config: CleanTicksConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     """Typed, validated ticks deduplicated on (coin_id, event_time); only raw batches not yet

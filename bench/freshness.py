@@ -90,6 +90,7 @@ import argparse
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -111,6 +112,7 @@ except ImportError:
 
 import duckdb  # noqa: E402
 import orjson  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -682,7 +684,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=100.0, help="ticks per second (all coins)")
     ap.add_argument("--duration", type=float, default=180.0, help="measured window after warm-up (s)")
-    ap.add_argument("--sensor-interval", type=int, default=5, help="SENSOR_INTERVAL_SECONDS")
+    ap.add_argument("--sensor-interval", type=int, default=2, help="SENSOR_INTERVAL_SECONDS")
     ap.add_argument("--min-messages", type=int, default=1, help="BACKLOG_MIN_MESSAGES")
     ap.add_argument("--max-wait", type=float, default=1.0, help="BACKLOG_MAX_WAIT_SECONDS")
     ap.add_argument("--sample-every", type=int, default=20, help="every Nth tick is a sample")
@@ -720,7 +722,12 @@ def main(argv=None) -> int:
     dagster_home.mkdir()
     yaml_text = (REPO / "dagster.yaml").read_text()
     if args.dequeue_interval is not None:
-        yaml_text += f"\n# added by bench/freshness.py --dequeue-interval\nrun_queue:\n  dequeue_interval_seconds: {args.dequeue_interval}\n"
+        if "run_queue:\n  dequeue_interval_seconds:" not in yaml_text:
+            raise SystemExit("dagster.yaml has no 'run_queue: dequeue_interval_seconds' to override")
+        yaml_text = re.sub(r"(run_queue:\n  dequeue_interval_seconds:) *\d+", rf"\g<1> {args.dequeue_interval}", yaml_text)
+    effective = yaml.safe_load(yaml_text)
+    dequeue = (effective.get("run_queue") or {}).get("dequeue_interval_seconds", "default (5)")
+    launcher = (effective.get("run_launcher") or {}).get("class", "DefaultRunLauncher")
     if args.pool_granularity:
         if "    granularity: run\n" not in yaml_text:
             raise SystemExit("dagster.yaml has no '    granularity: run' line to override")
@@ -735,8 +742,7 @@ def main(argv=None) -> int:
     print(f"  rate {args.rate:g} msg/s, 1 sample per {args.sample_every} ticks, measured window {args.duration:g} s, "
           f"DuckDB poll every {args.poll_interval:g} s")
     print(f"  SENSOR_INTERVAL_SECONDS={args.sensor_interval} BACKLOG_MIN_MESSAGES={args.min_messages} "
-          f"BACKLOG_MAX_WAIT_SECONDS={args.max_wait:g} dequeue_interval_seconds="
-          f"{args.dequeue_interval if args.dequeue_interval is not None else 'default (5)'}"
+          f"BACKLOG_MAX_WAIT_SECONDS={args.max_wait:g} dequeue_interval_seconds={dequeue} run_launcher={launcher}"
           f"{'' if args.keep_automation else '; retrain/predictions crons parked'}"
           f"{f'; pools.granularity={args.pool_granularity}' if args.pool_granularity else ''}"
           f"{f' op_granularity_run_buffer={args.op_run_buffer}' if args.op_run_buffer is not None else ''}"

@@ -48,6 +48,10 @@ def cmd_live(args) -> int:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["CRYPTO_HOME"] = str(home)
     os.environ["CRYPTO_AUTOMATION"] = "on"  # sensors and schedules start RUNNING
+    # Live mode favours freshness: any lag starts a run. Runs still batch, because the sensor
+    # waits while one is queued or running; set these in the environment to batch more.
+    os.environ.setdefault("BACKLOG_MIN_MESSAGES", "1")
+    os.environ.setdefault("BACKLOG_MAX_WAIT_SECONDS", "1")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     prepare_home(home)
 

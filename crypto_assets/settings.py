@@ -90,7 +90,7 @@ def automation_settings(env: Mapping[str, str] | None = None) -> dict:
     env = os.environ if env is None else env
     return {
         "default_on": (env.get("CRYPTO_AUTOMATION") or "").lower() in ("1", "on", "true", "yes"),
-        "interval_s": int(env.get("SENSOR_INTERVAL_SECONDS") or 5),
+        "interval_s": int(env.get("SENSOR_INTERVAL_SECONDS") or 2),  # the daemon's sensor loop adds up to 5 s
         "min_messages": int(env.get("BACKLOG_MIN_MESSAGES") or 500),
         "max_wait_seconds": float(env.get("BACKLOG_MAX_WAIT_SECONDS") or 10),
         "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",

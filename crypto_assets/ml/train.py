@@ -20,6 +20,8 @@ from pyspark.ml.regression import LinearRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from crypto_assets.ml.training_set import REGRESSION_HORIZONS
+
 
 @dataclass
 class Split:
@@ -49,14 +51,19 @@ class Trained:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8) -> Split:
-    """One cached copy of the labelled rows; the quantile, both sides' counts, time bounds and
-    label means in two passes over it (was: three Parquet scans and two cached copies)."""
-    df = df.filter(F.col(label).isNotNull()).cache()
+def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8,
+               cache: bool = True) -> Split:
+    """One cached copy of the labelled rows (unless `cache` is False: the input is cached
+    already); the quantile, both sides' counts, time bounds and label means in two passes over
+    it (was: three Parquet scans and two cached copies)."""
+    df = df.filter(F.col(label).isNotNull())
+    if cache:
+        df = df.cache()
     ts = F.col("event_time").cast("double")
     split_s = df.select(F.percentile_approx(ts, train_fraction, 10000).alias("q")).first()["q"]
     if split_s is None:
-        df.unpersist()
+        if cache:
+            df.unpersist()
         raise ValueError(f"no rows with a {label} label: not enough history for this horizon")
     in_train = ts + horizon_minutes * 60 < split_s
     in_test = ts >= split_s
@@ -70,7 +77,7 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
     from datetime import timezone
 
     return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=timezone.utc),
-                 st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df)
+                 st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df if cache else None)
 
 
 def _assembler(features: list[str]) -> list:
@@ -78,6 +85,22 @@ def _assembler(features: list[str]) -> list:
         VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep"),
         StandardScaler(inputCol="raw_features", outputCol="features", withMean=True, withStd=True),
     ]
+
+
+def _fit_on_cached_vectors(train: DataFrame, features: list[str], label: str, head) -> PipelineModel:
+    """Pipeline(VectorAssembler, StandardScaler, head).fit(train), stage by stage, with the scaled
+    vectors cached once for the head: LogisticRegression reads its input twice (summary, then
+    blockify) and would otherwise assemble and scale every row twice more. Same stages, same
+    model as Pipeline.fit."""
+    assembler, scaler = _assembler(features)
+    assembled = assembler.transform(train)
+    scaler_model = scaler.fit(assembled)
+    scaled = scaler_model.transform(assembled).select("features", label).cache()
+    try:
+        head_model = head.fit(scaled)
+    finally:
+        scaled.unpersist()
+    return PipelineModel(stages=[assembler, scaler_model, head_model])
 
 
 def _auc(x: "np.ndarray", y: "np.ndarray") -> float:
@@ -126,7 +149,7 @@ def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params
         regParam=params.get("reg_param", 0.001), elasticNetParam=params.get("elastic_net", 0.0),
         tol=params.get("tol", 1e-6),
     )
-    model = Pipeline(stages=[*_assembler(features), lr]).fit(split.train)
+    model = _fit_on_cached_vectors(split.train, features, "label_up", lr)
     metrics = binary_metrics(model.transform(split.test), "label_up")
     return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_up")})
 
@@ -147,16 +170,36 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
         maxBins=params.get("max_bins", 32), maxMemoryInMB=params.get("max_memory_mb", 256),
         cacheNodeIds=True,  # same trees; each level no longer re-walks every tree from the root (~-40% fit time)
     )
-    model = Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep"), rf]).fit(train)
+    # The (sampled) training rows, assembled and cached once: the forest reads its input several
+    # times (metadata, split candidates, binning), each a sampleBy over all training rows otherwise.
+    assembler = VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep")
+    train = assembler.transform(train).select("raw_features", "label_anomaly").cache()
+    try:
+        used = train.count()
+        model = PipelineModel(stages=[assembler, rf.fit(train)])
+    finally:
+        train.unpersist()
     metrics = binary_metrics(model.transform(split.test), "label_anomaly")
     return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_anomaly"),
-                                                  "train_positives": pos, "train_negatives_used": train.count() - pos})
+                                                  "train_positives": pos, "train_negatives_used": used - pos})
+
+
+def price_frame(df: DataFrame, features: list[str]) -> DataFrame:
+    """What every price horizon reads (features, forward returns, past returns with 0 for
+    missing), cached once for all horizons: the caller unpersists it after the last one."""
+    pasts = [F.coalesce(F.col(f"past_return_{h}"), F.lit(0.0)).alias(f"past_return_{h}") for h in REGRESSION_HORIZONS]
+    return df.select("event_time", *features, *(f"fwd_return_{h}" for h in REGRESSION_HORIZONS), *pasts).cache()
 
 
 def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minutes: int, params: dict) -> Trained:
+    """One horizon. `df` is the training set, or better `price_frame(training set)`, shared by
+    the horizons (then no per-horizon copy is cached)."""
+    from pyspark import StorageLevel
+
     label, past = f"fwd_return_{horizon}", f"past_return_{horizon}"
+    shared = df.storageLevel != StorageLevel.NONE
     df = df.select("event_time", *features, label, F.coalesce(F.col(past), F.lit(0.0)).alias(past))
-    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8))
+    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8), cache=not shared)
     if split.train_rows < params.get("min_train_rows", 200) or split.test_rows < params.get("min_test_rows", 50):
         split.unpersist()
         raise ValueError(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")

@@ -49,10 +49,10 @@ default), features as the predictions asset sees them:
        only pass (transform + `noop` sink) and collected to the driver (one double column,
        Arrow); the collected values are compared with numpy: max abs diff must be <= 1e-9;
   (iii) the RandomForest anomaly model via Spark, the same two ways, plus the predictions
-       asset's scoring code (polars -> pandas -> `spark.createDataFrame` -> transform ->
-       `toPandas` of the probability vectors -> per-row Python; copied from assets/predictions.py)
-       and the same with Arrow both ways and p[1] as one double column (`vector_to_array`), on
-       --asset-path-rows rows; the two must give identical values.
+       asset's first scoring code (polars -> pandas -> `spark.createDataFrame` -> transform ->
+       `toPandas` of the probability vectors -> per-row Python) and its current one (Arrow both
+       ways and p[1] as one double column, `vector_to_array`, as assets/predictions.py does now),
+       on --asset-path-rows rows; the two must give identical values.
   The feature extraction of a prediction run (`feature_rows`, the DuckDB query of the
   predictions asset) over the same N rows is timed as information.
 
@@ -729,8 +729,8 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
         out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), vector_to_array("probability")[1].alias("p"))
         _, s_noop, _ = _timed(lambda: out.write.format("noop").mode("overwrite").save())
         _, s_collect, _ = _timed(lambda: out.toPandas())
-        # the predictions asset's scoring code (copied from assets/predictions.py as of this writing),
-        # and the same with Arrow both ways and one double column back, on asset_rows rows
+        # the predictions asset's first scoring code, and its current one (Arrow both ways and one
+        # double column back, as assets/predictions.py does now), on asset_rows rows
         sub = rows.head(asset_rows)
 
         def asset_path():
@@ -1000,10 +1000,10 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
               f"{verdict(n / s_noop >= TARGET_RATE)}")
         print(f"  {'':<10} {'(iii) RF Spark transform -> toPandas (p[1], Arrow)':<52} {s_collect:8.2f}s {rate(n, s_collect)}  "
               f"{verdict(ok_rf)}")
-        print(f"  {'':<10} {f'(iii) predictions asset code, {n_asset:,} rows':<52} {s_asset:8.2f}s {rate(n_asset, s_asset)}  "
+        print(f"  {'':<10} {f'(iii) first predictions asset code, {n_asset:,} rows':<52} {s_asset:8.2f}s {rate(n_asset, s_asset)}  "
               f"{verdict(n_asset / s_asset >= TARGET_RATE)}")
         print(f"  {'':<10}   (polars -> pandas -> createDataFrame -> transform -> toPandas of VectorUDT -> per-row p[1])")
-        print(f"  {'':<10} {f'(iii) same rows, Arrow both ways, p[1] as one column':<52} {s_arrow:8.2f}s "
+        print(f"  {'':<10} {f'(iii) same rows, Arrow both ways (the asset now)':<52} {s_arrow:8.2f}s "
               f"{rate(n_asset, s_arrow)}  {verdict(n_asset / s_arrow >= TARGET_RATE)}  (identical values: {same})")
     if "feature_rows" in results:
         s_fr, n_fr = results["feature_rows"]

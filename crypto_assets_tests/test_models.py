@@ -148,3 +148,24 @@ def test_predictions_without_champion_produce_nothing(tmp_path, spark, kafka):
     assert out.success
     md = out.asset_materializations_for_node("predictions")[0].metadata
     assert md["predictions"].value == 0 and "no champion" in md["reason"].value
+
+
+def test_binary_metrics_equal_spark_evaluator(spark):
+    """The numpy ROC/PR areas are Spark's BinaryClassificationEvaluator's (exact, numBins=0),
+    ties in the score included; accuracy is the share of prediction == label."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    from pyspark.ml.linalg import Vectors
+
+    from crypto_assets.ml.train import binary_metrics
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    y = (rng.random(n) < 0.2).astype(float)
+    s = np.round(np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1), 2)  # rounded: many tied scores
+    rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y)]
+    pred = spark.createDataFrame(rows, ["probability", "prediction", "label"]).repartition(3)
+    ours = binary_metrics(pred, "label")
+    for metric, key in (("areaUnderROC", "auc_roc"), ("areaUnderPR", "pr_auc")):
+        ev = BinaryClassificationEvaluator(labelCol="label", rawPredictionCol="probability", metricName=metric, numBins=0)
+        assert ours[key] == pytest.approx(ev.evaluate(pred), abs=1e-12), metric
+    assert ours["accuracy"] == pytest.approx(float(np.mean((s >= 0.5) == (y == 1))), abs=1e-12)

@@ -87,9 +87,12 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, la
         )
         if anomaly_model is not None and n:
             spark = pyspark.spark_session
-            sdf = spark.createDataFrame(rows.select(["coin_id", "event_time", *FEATURES]).to_pandas())
-            probs = anomaly_model.transform(sdf).select("coin_id", "event_time", "probability").toPandas()
-            out = out.with_columns(anomaly_prob=pl.Series([float(p[1]) for p in probs["probability"]]))
+            from pyspark.ml.functions import vector_to_array
+
+            # Arrow both ways: one double column back instead of VectorUDT objects unpickled row by row
+            sdf = spark.createDataFrame(rows.select(FEATURES).to_pandas())
+            probs = anomaly_model.transform(sdf).select(vector_to_array("probability")[1].alias("p")).toPandas()
+            out = out.with_columns(anomaly_prob=pl.Series(probs["p"].to_numpy()))
         else:
             out = out.with_columns(anomaly_prob=pl.lit(None, dtype=pl.Float64))
         out = out.with_columns(anomaly_model_version=pl.lit(anomaly_v))

@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.evaluation import BinaryClassificationEvaluator, ClusteringEvaluator, RegressionEvaluator
+from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.ml.regression import LinearRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+
+from crypto_assets.ml.training_set import REGRESSION_HORIZONS
 
 
 @dataclass
@@ -29,6 +32,14 @@ class Split:
     test_rows: int
     train_max_time: datetime | None
     test_min_time: datetime | None
+    train_label_mean: float | None = None
+    test_label_mean: float | None = None
+    cached: DataFrame | None = None
+
+    def unpersist(self) -> None:
+        """Release the cached rows (call when the holdout is no longer needed)."""
+        if self.cached is not None:
+            self.cached.unpersist()
 
 
 @dataclass
@@ -40,19 +51,33 @@ class Trained:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8) -> Split:
+def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8,
+               cache: bool = True) -> Split:
+    """One cached copy of the labelled rows (unless `cache` is False: the input is cached
+    already); the quantile, both sides' counts, time bounds and label means in two passes over
+    it (was: three Parquet scans and two cached copies)."""
     df = df.filter(F.col(label).isNotNull())
+    if cache:
+        df = df.cache()
     ts = F.col("event_time").cast("double")
     split_s = df.select(F.percentile_approx(ts, train_fraction, 10000).alias("q")).first()["q"]
     if split_s is None:
+        if cache:
+            df.unpersist()
         raise ValueError(f"no rows with a {label} label: not enough history for this horizon")
-    train = df.filter(ts + horizon_minutes * 60 < split_s).cache()
-    test = df.filter(ts >= split_s).cache()
-    tr = train.agg(F.count("*").alias("n"), F.max("event_time").alias("t")).first()
-    te = test.agg(F.count("*").alias("n"), F.min("event_time").alias("t")).first()
+    in_train = ts + horizon_minutes * 60 < split_s
+    in_test = ts >= split_s
+    y = F.col(label).cast("double")
+    st = df.agg(
+        F.count(F.when(in_train, 1)).alias("n_tr"), F.max(F.when(in_train, F.col("event_time"))).alias("t_tr"),
+        F.avg(F.when(in_train, y)).alias("y_tr"),
+        F.count(F.when(in_test, 1)).alias("n_te"), F.min(F.when(in_test, F.col("event_time"))).alias("t_te"),
+        F.avg(F.when(in_test, y)).alias("y_te"),
+    ).first()
     from datetime import timezone
 
-    return Split(train, test, datetime.fromtimestamp(split_s, tz=timezone.utc), tr["n"], te["n"], tr["t"], te["t"])
+    return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=timezone.utc),
+                 st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df if cache else None)
 
 
 def _assembler(features: list[str]) -> list:
@@ -62,37 +87,75 @@ def _assembler(features: list[str]) -> list:
     ]
 
 
+def _fit_on_cached_vectors(train: DataFrame, features: list[str], label: str, head) -> PipelineModel:
+    """Pipeline(VectorAssembler, StandardScaler, head).fit(train), stage by stage, with the scaled
+    vectors cached once for the head: LogisticRegression reads its input twice (summary, then
+    blockify) and would otherwise assemble and scale every row twice more. Same stages, same
+    model as Pipeline.fit."""
+    assembler, scaler = _assembler(features)
+    assembled = assembler.transform(train)
+    scaler_model = scaler.fit(assembled)
+    scaled = scaler_model.transform(assembled).select("features", label).cache()
+    try:
+        head_model = head.fit(scaled)
+    finally:
+        scaled.unpersist()
+    return PipelineModel(stages=[assembler, scaler_model, head_model])
+
+
+def _auc(x: "np.ndarray", y: "np.ndarray") -> float:
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
 def binary_metrics(pred: DataFrame, label: str) -> dict[str, float]:
-    pred = pred.cache()
-    auc = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderROC").evaluate(pred)
-    pr = BinaryClassificationEvaluator(labelCol=label, metricName="areaUnderPR").evaluate(pred)
-    acc = pred.select(F.avg((F.col("prediction") == F.col(label)).cast("double"))).first()[0]
-    pred.unpersist()
-    return {"auc_roc": auc, "pr_auc": pr, "accuracy": float(acc)}
+    """ROC-AUC, PR-AUC (trapezoidal, as Spark's BinaryClassificationEvaluator defines them, but
+    exact: no 1000-bin downsampling) and accuracy from one collect of (score, prediction, label):
+    3 doubles per holdout row via Arrow, instead of three Spark passes with two sorts."""
+    from pyspark.ml.functions import vector_to_array
+
+    pdf = pred.select(vector_to_array("probability")[1].alias("s"), F.col("prediction").cast("double").alias("p"),
+                      F.col(label).cast("double").alias("y")).toPandas()
+    s, p, y = (pdf[c].to_numpy(dtype=np.float64) for c in ("s", "p", "y"))
+    order = np.argsort(-s, kind="mergesort")
+    s, yy = s[order], y[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.array([], dtype=int)
+    tp = np.cumsum(yy)[last]
+    fp = np.cumsum(1.0 - yy)[last]
+    pos, neg = (tp[-1], fp[-1]) if len(last) else (0.0, 0.0)
+    tpr = np.r_[0.0, tp / pos if pos else np.zeros_like(tp), 1.0]
+    fpr = np.r_[0.0, fp / neg if neg else np.zeros_like(fp), 1.0]
+    precision = tp / np.maximum(tp + fp, 1.0)
+    recall = tp / pos if pos else np.zeros_like(tp)
+    pr_x = np.r_[0.0, recall]
+    pr_y = np.r_[precision[0] if len(precision) else 1.0, precision]
+    return {"auc_roc": _auc(fpr, tpr), "pr_auc": _auc(pr_x, pr_y), "accuracy": float(np.mean(p == y)) if len(y) else 0.0}
 
 
 def majority_baseline(split: Split, label: str) -> dict[str, float]:
     """Majority class of the training period, scored on the holdout."""
-    p_train = split.train.select(F.avg(F.col(label).cast("double"))).first()[0] or 0.0
+    p_train = split.train_label_mean or 0.0
     majority = 1.0 if p_train >= 0.5 else 0.0
-    p_test = split.test.select(F.avg(F.col(label).cast("double"))).first()[0] or 0.0
+    p_test = split.test_label_mean or 0.0
     acc = p_test if majority == 1.0 else 1.0 - p_test
     # A constant score ranks nothing: ROC-AUC 0.5, PR-AUC = share of positives.
     return {"auc_roc": 0.5, "pr_auc": p_test, "accuracy": acc, "train_positive_rate": p_train}
 
 
 def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params: dict) -> Trained:
+    df = df.select("event_time", *features, "label_up")  # cache only what the model reads
     split = time_split(df, "label_up", horizon_minutes, params.get("train_fraction", 0.8))
     lr = LogisticRegression(
         featuresCol="features", labelCol="label_up", maxIter=params.get("max_iter", 50),
         regParam=params.get("reg_param", 0.001), elasticNetParam=params.get("elastic_net", 0.0),
+        tol=params.get("tol", 1e-6),
     )
-    model = Pipeline(stages=[*_assembler(features), lr]).fit(split.train)
+    model = _fit_on_cached_vectors(split.train, features, "label_up", lr)
     metrics = binary_metrics(model.transform(split.test), "label_up")
     return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_up")})
 
 
 def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
+    df = df.select("event_time", *features, "label_anomaly")  # cache only what the model reads
     split = time_split(df.withColumn("label_anomaly", F.col("label_anomaly").cast("double")), "label_anomaly", 0,
                        params.get("train_fraction", 0.8))
     train = split.train
@@ -104,39 +167,55 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     rf = RandomForestClassifier(
         featuresCol="raw_features", labelCol="label_anomaly", numTrees=params.get("num_trees", 100),
         maxDepth=params.get("max_depth", 10), seed=params.get("seed", 7), subsamplingRate=params.get("subsampling", 1.0),
+        maxBins=params.get("max_bins", 32), maxMemoryInMB=params.get("max_memory_mb", 256),
+        cacheNodeIds=True,  # same trees; each level no longer re-walks every tree from the root (~-40% fit time)
     )
-    model = Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep"), rf]).fit(train)
+    # The (sampled) training rows, assembled and cached once: the forest reads its input several
+    # times (metadata, split candidates, binning), each a sampleBy over all training rows otherwise.
+    assembler = VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep")
+    train = assembler.transform(train).select("raw_features", "label_anomaly").cache()
+    try:
+        used = train.count()
+        model = PipelineModel(stages=[assembler, rf.fit(train)])
+    finally:
+        train.unpersist()
     metrics = binary_metrics(model.transform(split.test), "label_anomaly")
     return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_anomaly"),
-                                                  "train_positives": pos, "train_negatives_used": train.count() - pos})
+                                                  "train_positives": pos, "train_negatives_used": used - pos})
 
 
-def regression_baselines(test: DataFrame, label: str, past: str) -> dict[str, float]:
-    row = test.select(
-        F.sqrt(F.avg(F.col(label) ** 2)).alias("rmse_zero"),
-        F.avg(F.abs(F.col(label))).alias("mae_zero"),
-        F.sqrt(F.avg((F.col(label) - F.coalesce(F.col(past), F.lit(0.0))) ** 2)).alias("rmse_persistence"),
-        F.avg(F.abs(F.col(label) - F.coalesce(F.col(past), F.lit(0.0)))).alias("mae_persistence"),
-    ).first()
-    return {k: float(row[k]) for k in row.asDict()}
+def price_frame(df: DataFrame, features: list[str]) -> DataFrame:
+    """What every price horizon reads (features, forward returns, past returns with 0 for
+    missing), cached once for all horizons: the caller unpersists it after the last one."""
+    pasts = [F.coalesce(F.col(f"past_return_{h}"), F.lit(0.0)).alias(f"past_return_{h}") for h in REGRESSION_HORIZONS]
+    return df.select("event_time", *features, *(f"fwd_return_{h}" for h in REGRESSION_HORIZONS), *pasts).cache()
 
 
 def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minutes: int, params: dict) -> Trained:
+    """One horizon. `df` is the training set, or better `price_frame(training set)`, shared by
+    the horizons (then no per-horizon copy is cached)."""
+    from pyspark import StorageLevel
+
     label, past = f"fwd_return_{horizon}", f"past_return_{horizon}"
-    df = df.withColumn(past, F.coalesce(F.col(past), F.lit(0.0)))
-    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8))
+    shared = df.storageLevel != StorageLevel.NONE
+    df = df.select("event_time", *features, label, F.coalesce(F.col(past), F.lit(0.0)).alias(past))
+    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8), cache=not shared)
     if split.train_rows < params.get("min_train_rows", 200) or split.test_rows < params.get("min_test_rows", 50):
+        split.unpersist()
         raise ValueError(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")
     lr = LinearRegression(featuresCol="features", labelCol=label, regParam=params.get("reg_param", 0.01),
                           maxIter=params.get("max_iter", 50))
     model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
-    pred = model.transform(split.test).cache()
-    metrics = {
-        "rmse": RegressionEvaluator(labelCol=label, metricName="rmse").evaluate(pred),
-        "mae": RegressionEvaluator(labelCol=label, metricName="mae").evaluate(pred),
-    }
-    pred.unpersist()
-    return Trained(model, metrics, params, split, {"baseline": regression_baselines(split.test, label, past)})
+    # model errors and both baselines in one pass over the holdout (was: three)
+    y, p, b = F.col(label), F.col("prediction"), F.coalesce(F.col(past), F.lit(0.0))
+    row = model.transform(split.test).select(
+        F.sqrt(F.avg((y - p) ** 2)).alias("rmse"), F.avg(F.abs(y - p)).alias("mae"),
+        F.sqrt(F.avg(y ** 2)).alias("rmse_zero"), F.avg(F.abs(y)).alias("mae_zero"),
+        F.sqrt(F.avg((y - b) ** 2)).alias("rmse_persistence"), F.avg(F.abs(y - b)).alias("mae_persistence"),
+    ).first()
+    metrics = {"rmse": float(row["rmse"]), "mae": float(row["mae"])}
+    base = {k: float(row[k]) for k in ("rmse_zero", "mae_zero", "rmse_persistence", "mae_persistence")}
+    return Trained(model, metrics, params, split, {"baseline": base})
 
 
 PROFILE_FEATURES = ["avg_volatility", "std_log_return", "avg_abs_return", "avg_abs_volume_change", "avg_momentum_60m"]

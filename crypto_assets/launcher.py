@@ -124,7 +124,8 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         check.inst_param(run, "run", DagsterRun)
         check.invariant(run.job_code_origin is not None, f"run {run.run_id} has no job code origin")
-        multiprocessing.active_children()  # reap finished workers
+        # forget finished workers (the forkserver reaps them; a live session launches thousands)
+        self._processes = {rid: p for rid, p in self._processes.items() if p.is_alive()}
         process = self._context().Process(
             target=run_worker,
             args=(self._instance.get_ref(), run.run_id),

@@ -418,7 +418,7 @@ def setup(conn, wh: Warehouse, batch_rows: int) -> None:
     wh.setup_times["checkpoint"] = time.perf_counter() - t
     wh.setup_times["total"] = time.perf_counter() - t_all
     wh.setup_batches = nb
-    dirty = conn.sql("SELECT count(*) FROM lake_dirty").fetchall()[0][0]
+    dirty = conn.sql("SELECT count(*) FROM lake_pending").fetchall()[0][0]
     if dirty:
         raise SystemExit(f"[{wh.label}] {dirty} partitions still dirty after the setup export")
 
@@ -473,7 +473,7 @@ def check_counts(conn, wh: Warehouse, n_new_total: int) -> list[str]:
             SELECT 'clean_ticks', count(*) FROM clean_ticks UNION ALL
             SELECT 'market_features', count(*) FROM market_features UNION ALL
             SELECT 'quarantine', count(*) FROM quarantine UNION ALL
-            SELECT 'lake_dirty', count(*) FROM lake_dirty
+            SELECT 'lake_pending', count(*) FROM lake_pending
             """
         ).fetchall()
     )
@@ -483,8 +483,8 @@ def check_counts(conn, wh: Warehouse, n_new_total: int) -> list[str]:
         errors.append(f"[{wh.label}] market_features {got['market_features']} != {expect}")
     if got["quarantine"]:
         errors.append(f"[{wh.label}] quarantine holds {got['quarantine']} rows")
-    if got["lake_dirty"]:
-        errors.append(f"[{wh.label}] lake_dirty holds {got['lake_dirty']} rows after export")
+    if got["lake_pending"]:
+        errors.append(f"[{wh.label}] lake_pending holds {got['lake_pending']} rows after export")
     return errors
 
 

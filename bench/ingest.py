@@ -256,7 +256,7 @@ _SQL_LABELS = [
     (r"^CREATE OR REPLACE TEMP TABLE judged", "sql: judge (typing, validation, in-batch dedupe)"),
     (r"^UPDATE judged", "sql: dedupe against history (anti-join raw_ticks)"),
     (r"^INSERT INTO raw_ticks", "sql: INSERT INTO raw_ticks"),
-    (r"^INSERT INTO lake_dirty", "sql: mark Parquet partitions dirty"),
+    (r"^INSERT INTO lake_pending", "sql: mark Parquet partitions dirty"),
     (r"^INSERT INTO quarantine", "sql: INSERT INTO quarantine"),
     (r"^INSERT INTO ingest_offsets", "sql: INSERT INTO ingest_offsets"),
     (r"^INSERT INTO ingest_batches", "sql: INSERT INTO ingest_batches"),
@@ -265,7 +265,7 @@ _SQL_LABELS = [
     (r"^SELECT kafka_partition, next_offset", "setup: read stored offsets"),
     (r"^SELECT kafka_partition, kafka_offset, message_key", "dlq: look for unsent quarantine rows"),
     (r"^COPY", "export: COPY ... TO parquet"),
-    (r"lake_dirty", "export: lake_dirty bookkeeping"),
+    (r"lake_pending", "export: lake_pending bookkeeping"),
     (r"read_parquet", "export: count exported rows"),
 ]
 

@@ -1,10 +1,13 @@
 """Parquet mirrors of warehouse tables, derived from DuckDB and never the other way round.
 
-Partitions to rewrite are recorded in `lake_dirty` inside the same transaction that changed
-the rows. Export rewrites each dirty partition completely into a staging directory, atomically
-renames the file into place and only then clears the marker, so a crash at any point leaves
+Layout: <dataset>/date=YYYY-MM-DD/symbol=<sym>/part-HH.parquet, one file per UTC hour. The
+(hour, symbol) files to rewrite are recorded in `lake_pending` inside the same transaction that
+changed the rows. Export rewrites each pending file completely into a staging directory,
+atomically renames it into place and only then clears the marker, so a crash at any point leaves
 either the old file or the new one, and a marker that makes the next run redo the work.
-One file per (day, symbol) partition: no pile-up of tiny files.
+Hour-sized files keep an export proportional to the new data (a live run rewrites the current
+hour, not the whole day) without a pile-up of tiny files. A day directory written by the older
+whole-day layout (part-0.parquet) is rewritten hour by hour the next time it is touched.
 """
 
 from __future__ import annotations
@@ -28,17 +31,30 @@ class ExportResult:
     files: list[str]
 
 
+LEGACY_DAY_FILE = "part-0.parquet"
+
+
+def hour_file(hour: int) -> str:
+    return f"part-{hour:02d}.parquet"
+
+
 def mark_dirty(conn: duckdb.DuckDBPyConnection, dataset: str, source_sql: str) -> None:
-    """Record (day, symbol) partitions touched by the rows `source_sql` selects (must expose
+    """Record the (hour, symbol) files touched by the rows `source_sql` selects (must expose
     `event_time` and `symbol`). Call inside the transaction that wrote those rows."""
     conn.execute(
         f"""
-        INSERT INTO lake_dirty
-        SELECT DISTINCT ?, CAST(event_time AS DATE), symbol FROM ({source_sql})
+        INSERT INTO lake_pending
+        SELECT DISTINCT ?, date_trunc('hour', CAST(event_time AS TIMESTAMPTZ)), symbol FROM ({source_sql})
         ON CONFLICT DO NOTHING
         """,
         [dataset],
     )
+
+
+def _pending(conn: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple]:
+    return conn.sql(
+        "SELECT hour, symbol FROM lake_pending WHERE dataset = ? ORDER BY hour, symbol", params=[dataset]
+    ).fetchall()
 
 
 def export_dirty(
@@ -49,13 +65,25 @@ def export_dirty(
     time_column: str,
     order_by: str,
 ) -> ExportResult:
-    """Rewrite every dirty partition of `dataset` from `table` into lake_root/dataset/date=/symbol=."""
-    dirty = conn.sql(
-        "SELECT day, symbol FROM lake_dirty WHERE dataset = ? ORDER BY day, symbol", params=[dataset]
-    ).fetchall()
+    """Rewrite every pending (hour, symbol) file of `dataset` from `table`."""
+    dirty = _pending(conn, dataset)
     if not dirty:
         return ExportResult(0, 0, [])
     target = lake_root / dataset
+    legacy = sorted({(h.date(), sym) for h, sym in dirty
+                     if (target / f"date={h.date().isoformat()}" / f"symbol={sym}" / LEGACY_DAY_FILE).exists()})
+    if legacy:
+        # a whole-day file from the older layout: rewrite all 24 hours of its day, then drop it
+        conn.execute(
+            """
+            INSERT INTO lake_pending
+            SELECT $dataset, CAST(d.day AS TIMESTAMPTZ) + to_hours(h), d.symbol
+            FROM (SELECT unnest($days) AS day, unnest($symbols) AS symbol) d, range(24) r(h)
+            ON CONFLICT DO NOTHING
+            """,
+            {"dataset": dataset, "days": [d for d, _ in legacy], "symbols": [sym for _, sym in legacy]},
+        )
+        dirty = _pending(conn, dataset)
     # Staging lives outside the dataset tree so readers globbing the dataset never see it;
     # leftovers of a killed export are removed first (there is only one writer).
     staging_root = lake_root / ".staging"
@@ -68,24 +96,24 @@ def export_dirty(
         conn.execute(
             f"""
             COPY (
-                SELECT t.*, CAST(t.{time_column} AS DATE) AS date
+                SELECT t.*, CAST(t.{time_column} AS DATE) AS date, hour(t.{time_column}) AS hr
                 FROM {table} t
-                SEMI JOIN (SELECT day, symbol FROM lake_dirty WHERE dataset = $dataset) d
-                  ON CAST(t.{time_column} AS DATE) = d.day AND t.symbol = d.symbol
-                WHERE t.{time_column} >= (SELECT min(day) FROM lake_dirty WHERE dataset = $dataset)
+                SEMI JOIN (SELECT hour, symbol FROM lake_pending WHERE dataset = $dataset) d
+                  ON date_trunc('hour', t.{time_column}) = d.hour AND t.symbol = d.symbol
+                WHERE t.{time_column} >= (SELECT min(hour) FROM lake_pending WHERE dataset = $dataset)
                 ORDER BY {order_by}
-            ) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date, symbol),
+            ) TO '{staging}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date, symbol, hr),
                               WRITE_PARTITION_COLUMNS false, OVERWRITE true)
             """,
             {"dataset": dataset},
         )
         files: list[str] = []
-        for day, symbol in dirty:
-            part = f"date={day.isoformat()}/symbol={symbol}"
-            produced = sorted((staging / part).glob("*.parquet"))
+        for hour, symbol in dirty:
+            part = f"date={hour.date().isoformat()}/symbol={symbol}"
+            produced = sorted((staging / part / f"hr={hour.hour}").glob("*.parquet"))
             final_dir = target / part
             final_dir.mkdir(parents=True, exist_ok=True)
-            final = final_dir / "part-0.parquet"
+            final = final_dir / hour_file(hour.hour)
             if produced:
                 if len(produced) > 1:
                     merged = staging / f"merge-{uuid.uuid4().hex[:6]}.parquet"
@@ -95,17 +123,19 @@ def export_dirty(
                 os.replace(produced[0], final)
                 files.append(str(final))
             else:
-                # Every row of the partition is gone (e.g. re-derived elsewhere): drop the file.
+                # Every row of the hour is gone (e.g. re-derived elsewhere): drop the file.
                 final.unlink(missing_ok=True)
             fault_point("during_parquet_export")
+        for day, symbol in legacy:  # its rows now live in the hour files
+            (target / f"date={day.isoformat()}" / f"symbol={symbol}" / LEGACY_DAY_FILE).unlink(missing_ok=True)
         # Clear the markers once every file is in place: one statement (one commit) instead of one
         # per partition. A crash before this leaves them all, and the next run redoes the export.
         conn.execute(
             """
-            DELETE FROM lake_dirty USING (SELECT unnest($days) AS day, unnest($symbols) AS symbol) d
-            WHERE lake_dirty.dataset = $dataset AND lake_dirty.day = d.day AND lake_dirty.symbol = d.symbol
+            DELETE FROM lake_pending USING (SELECT unnest($hours) AS hour, unnest($symbols) AS symbol) d
+            WHERE lake_pending.dataset = $dataset AND lake_pending.hour = d.hour AND lake_pending.symbol = d.symbol
             """,
-            {"dataset": dataset, "days": [d for d, _ in dirty], "symbols": [s for _, s in dirty]},
+            {"dataset": dataset, "hours": [h for h, _ in dirty], "symbols": [sym for _, sym in dirty]},
         )
         rows = scalar(conn, f"SELECT count(*) FROM read_parquet({files!r})" if files else "SELECT 0")
         return ExportResult(len(dirty), int(rows), files)

@@ -79,19 +79,20 @@ CREATE TABLE IF NOT EXISTS ingest_batches (
 )
 """
 
-# Parquet partitions whose DuckDB rows changed and must be (re)exported. Written in the same
-# transaction as the rows, cleared only after the Parquet file is in place: a crash during
-# export leaves the marker behind and the next run redoes the export.
-LAKE_DIRTY_DDL = """
-CREATE TABLE IF NOT EXISTS lake_dirty (
+# Parquet files whose DuckDB rows changed and must be (re)exported: one per (dataset, UTC hour,
+# symbol), i.e. one part-HH.parquet file. Written in the same transaction as the rows, cleared
+# only after the file is in place: a crash during export leaves the marker behind and the next
+# run redoes the export. (Replaces lake_dirty, which marked whole days: see _migrate_lake_dirty.)
+LAKE_PENDING_DDL = """
+CREATE TABLE IF NOT EXISTS lake_pending (
     dataset     VARCHAR NOT NULL,
-    day         DATE NOT NULL,
+    hour        TIMESTAMPTZ NOT NULL,
     symbol      VARCHAR NOT NULL,
-    PRIMARY KEY (dataset, day, symbol)
+    PRIMARY KEY (dataset, hour, symbol)
 )
 """
 
-ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_BATCHES_DDL, LAKE_DIRTY_DDL)
+ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_BATCHES_DDL, LAKE_PENDING_DDL)
 
 
 def _table_names(ddls: tuple[str, ...]) -> list[str]:
@@ -112,6 +113,28 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         pass
     for ddl in ALL_DDL:
         conn.execute(ddl)
+    _migrate_lake_dirty(conn)
+
+
+def _migrate_lake_dirty(conn: duckdb.DuckDBPyConnection) -> None:
+    """Warehouses from before hourly Parquet files mark whole days in lake_dirty: carry each
+    marked day over as its 24 hours (the export then also replaces the day's old part-0 file)."""
+    if not conn.sql("SELECT 1 FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'lake_dirty'").fetchall():
+        return
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            """
+            INSERT INTO lake_pending
+            SELECT dataset, CAST(day AS TIMESTAMPTZ) + to_hours(h), symbol FROM lake_dirty, range(24) r(h)
+            ON CONFLICT DO NOTHING
+            """
+        )
+        conn.execute("DROP TABLE lake_dirty")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # ------------------------------------------------------------------ silver / gold (issue 3)

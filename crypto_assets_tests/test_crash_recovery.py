@@ -53,7 +53,7 @@ def _assert_exactly_once(kafka, lakehouse, produced: int):
         parquet_rows = conn.sql(
             f"SELECT count(*) FROM read_parquet('{lakehouse.lake_path}/bronze/raw_ticks/**/*.parquet')"
         ).fetchall()[0][0]
-        dirty = conn.sql("SELECT count(*) FROM lake_dirty").fetchall()[0][0]
+        dirty = conn.sql("SELECT count(*) FROM lake_pending").fetchall()[0][0]
         rows = conn.sql("SELECT count(*) FROM raw_ticks").fetchall()[0][0]
     assert len(seen) == produced, f"{len(seen)} ingested != {produced} produced"
     assert len(set(seen)) == produced, "duplicate offsets ingested"

@@ -4,7 +4,7 @@ import dagster as dg
 
 from crypto_assets.assets.ingest import DUCKDB_POOL
 from crypto_assets.assets.metadata import markdown_table, table_metadata
-from crypto_assets.lake import export_dirty
+from crypto_assets.lake import export_dirty, mark_dirty
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.transforms.market import anomalies_increment, publish_alerts
 
@@ -22,10 +22,7 @@ def anomalies(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, k
     with rule, severity and values. Each new anomaly is published once to `crypto_alerts`."""
     with lakehouse.connect() as conn:
         res = anomalies_increment(conn)
-        conn.execute(
-            "INSERT INTO lake_dirty SELECT DISTINCT 'gold/anomalies', CAST(event_time AS DATE), symbol FROM anomalies "
-            "WHERE published_at IS NULL ON CONFLICT DO NOTHING"
-        )
+        mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
         published = publish_alerts(conn, kafka)
         export_dirty(conn, lakehouse.lake_path, "gold/anomalies", "anomalies", "event_time", "event_time")
         md = table_metadata(conn, "anomalies", "event_time")

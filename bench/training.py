@@ -30,8 +30,7 @@ MEASURED (the target is (a) + (b) + (c) <= 120 s; Spark session start-up is repo
   (c) per model, what the asset does after training before it returns: `load_champion` (a
       registry lookup; there is no champion in a fresh store), `_data_window` (min/max/count
       of the training set: a Spark job at first, now the Parquet event_time column via pyarrow),
-      the MLflow input dataset (`mlflow.data.from_spark(df)` as the assets build it, or
-      `assets.models.training_dataset` if the package has one) and
+      the MLflow input dataset (`assets.models.training_dataset`) and
       `crypto_assets.ml.registry.log_model` (params, metrics, lineage tags, input dataset, JSON
       artifacts, `mlflow.spark.log_model` + registration) into a temporary sqlite MLflow
       (`MlflowResource(home=<tmp>)`). The champion gates (`gate_and_promote`) run after that and
@@ -89,6 +88,7 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from crypto_assets.assets.models import _data_window, training_dataset  # noqa: E402
 from crypto_assets.contract import DEFAULT_COIN_IDS, coins_for  # noqa: E402
 from crypto_assets.ml.scoring import score_linear  # noqa: E402
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set, feature_rows  # noqa: E402
@@ -467,15 +467,6 @@ def start_spark():
     return spark
 
 
-def _data_window(df, path: str) -> dict[str, str]:  # = crypto_assets.assets.models._data_window
-    import inspect
-
-    from crypto_assets.assets.models import _data_window as dw
-
-    # the assets' helper took the Spark DataFrame at first, the Parquet path later
-    return dw(path) if "path" in inspect.signature(dw).parameters else dw(df)
-
-
 def _with_baseline(metrics, baseline, higher_better):
     from crypto_assets.assets.models import _with_baseline as wb
 
@@ -601,7 +592,7 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
         load_champion(mlf, mlf.registered_name(register_as or asset))
     parts["load_champion"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    window = _data_window(df, path)
+    window = _data_window(path)
     parts["_data_window"] = time.perf_counter() - t1
     tags = {"dagster_run_id": run_id, "asset_key": asset, "code_version": "1", "training_set_path": path,
             "split_time": str(t.split.split_time), "train_rows": str(t.split.train_rows),
@@ -631,13 +622,7 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
     dataset = None
     t1 = time.perf_counter()
     if name != "clusters":  # the coin_clusters asset logs no input dataset
-        from crypto_assets.assets import models as models_mod
-
-        make = getattr(models_mod, "training_dataset", None)  # if the assets build it themselves, use theirs
-        if make is not None:
-            dataset = make(df, path, int(window["data_rows"]))
-        else:  # what assets/models.py does at the time of writing
-            dataset = mlf.activate().data.from_spark(df, path=path, name="training_set")
+        dataset = training_dataset(df, path, window)
     parts["dataset"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     lg = log_model(mlf, asset, t.model, params=dict(t.params), metrics=metrics, tags=tags, dataset=dataset,

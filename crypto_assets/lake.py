@@ -51,6 +51,23 @@ def mark_dirty(conn: duckdb.DuckDBPyConnection, dataset: str, source_sql: str) -
     )
 
 
+def mark_whole_days(conn: duckdb.DuckDBPyConnection, source_sql: str, params: dict | None = None) -> None:
+    """Mark all 24 hours of the (dataset, day, symbol) rows `source_sql` selects: for day-level
+    markers and day files of the older layout."""
+    conn.execute(
+        f"""
+        INSERT INTO lake_pending
+        SELECT dataset, CAST(day AS TIMESTAMPTZ) + to_hours(h), symbol FROM ({source_sql}), range(24) r(h)
+        ON CONFLICT DO NOTHING
+        """,
+        params,
+    )
+
+
+def _day_dir(target: Path, day, symbol: str) -> Path:
+    return target / f"date={day.isoformat()}" / f"symbol={symbol}"
+
+
 def _pending(conn: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple]:
     return conn.sql(
         "SELECT hour, symbol FROM lake_pending WHERE dataset = ? ORDER BY hour, symbol", params=[dataset]
@@ -70,17 +87,13 @@ def export_dirty(
     if not dirty:
         return ExportResult(0, 0, [])
     target = lake_root / dataset
-    legacy = sorted({(h.date(), sym) for h, sym in dirty
-                     if (target / f"date={h.date().isoformat()}" / f"symbol={sym}" / LEGACY_DAY_FILE).exists()})
+    days = {(h.date(), sym) for h, sym in dirty}
+    legacy = sorted(d for d in days if (_day_dir(target, *d) / LEGACY_DAY_FILE).exists())
     if legacy:
         # a whole-day file from the older layout: rewrite all 24 hours of its day, then drop it
-        conn.execute(
-            """
-            INSERT INTO lake_pending
-            SELECT $dataset, CAST(d.day AS TIMESTAMPTZ) + to_hours(h), d.symbol
-            FROM (SELECT unnest($days) AS day, unnest($symbols) AS symbol) d, range(24) r(h)
-            ON CONFLICT DO NOTHING
-            """,
+        mark_whole_days(
+            conn,
+            "SELECT $dataset AS dataset, unnest($days) AS day, unnest($symbols) AS symbol",
             {"dataset": dataset, "days": [d for d, _ in legacy], "symbols": [sym for _, sym in legacy]},
         )
         dirty = _pending(conn, dataset)
@@ -109,7 +122,7 @@ def export_dirty(
         )
         files: list[str] = []
         for hour, symbol in dirty:
-            part = f"date={hour.date().isoformat()}/symbol={symbol}"
+            part = _day_dir(target, hour.date(), symbol).relative_to(target)
             produced = sorted((staging / part / f"hr={hour.hour}").glob("*.parquet"))
             final_dir = target / part
             final_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +140,7 @@ def export_dirty(
                 final.unlink(missing_ok=True)
             fault_point("during_parquet_export")
         for day, symbol in legacy:  # its rows now live in the hour files
-            (target / f"date={day.isoformat()}" / f"symbol={symbol}" / LEGACY_DAY_FILE).unlink(missing_ok=True)
+            (_day_dir(target, day, symbol) / LEGACY_DAY_FILE).unlink(missing_ok=True)
         # Clear the markers once every file is in place: one statement (one commit) instead of one
         # per partition. A crash before this leaves them all, and the next run redoes the export.
         conn.execute(

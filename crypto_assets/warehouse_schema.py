@@ -6,6 +6,8 @@ import re
 
 import duckdb
 
+from crypto_assets.db import transaction
+
 RAW_TICKS_DDL = """
 CREATE TABLE IF NOT EXISTS raw_ticks (
     coin_id              VARCHAR NOT NULL,
@@ -95,19 +97,14 @@ CREATE TABLE IF NOT EXISTS lake_pending (
 ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_BATCHES_DDL, LAKE_PENDING_DDL)
 
 
-def _table_names(ddls: tuple[str, ...]) -> list[str]:
-    return [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", d).group(1) for d in ddls]
-
-
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create missing tables. Every DDL is `CREATE TABLE IF NOT EXISTS`, a no-op when the table
     exists, so when one query that binds every table succeeds (~2-3 ms) the 13 DDL statements
     (~12-17 ms on every connect) are skipped. (A duckdb_tables() lookup costs more than the DDL.)
     Call it outside a transaction (LakehouseResource.connect does, on a fresh connection): a
     failed probe aborts an open transaction."""
-    probe = " UNION ALL ".join(f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in _table_names(ALL_DDL))
     try:
-        conn.execute(probe).fetchall()
+        conn.execute(_PROBE).fetchall()
         return
     except duckdb.CatalogException:
         pass
@@ -119,22 +116,13 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
 def _migrate_lake_dirty(conn: duckdb.DuckDBPyConnection) -> None:
     """Warehouses from before hourly Parquet files mark whole days in lake_dirty: carry each
     marked day over as its 24 hours (the export then also replaces the day's old part-0 file)."""
+    from crypto_assets.lake import mark_whole_days  # lake.py reads these tables: import at use
+
     if not conn.sql("SELECT 1 FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'lake_dirty'").fetchall():
         return
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(
-            """
-            INSERT INTO lake_pending
-            SELECT dataset, CAST(day AS TIMESTAMPTZ) + to_hours(h), symbol FROM lake_dirty, range(24) r(h)
-            ON CONFLICT DO NOTHING
-            """
-        )
+    with transaction(conn):
+        mark_whole_days(conn, "SELECT dataset, day, symbol FROM lake_dirty")
         conn.execute("DROP TABLE lake_dirty")
-        conn.execute("COMMIT")
-    except Exception:
-        conn.execute("ROLLBACK")
-        raise
 
 
 # ------------------------------------------------------------------ silver / gold (issue 3)
@@ -279,3 +267,7 @@ ALL_DDL = ALL_DDL + (
     CORRELATIONS_DDL,
     ANOMALIES_DDL,
 )
+
+# One query that binds every table (see ensure_schema); built once, from the final ALL_DDL.
+_TABLES = [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl).group(1) for ddl in ALL_DDL]
+_PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in _TABLES)

@@ -80,7 +80,7 @@ def _data_window(path: str) -> dict[str, str]:
     return {"data_min_time": str(mm["min"].as_py()), "data_max_time": str(mm["max"].as_py()), "data_rows": str(len(t))}
 
 
-def training_dataset(df, path: str, rows: int | None = None):
+def training_dataset(df, path: str, window: dict[str, str]):
     """The training set as an MLflow Spark dataset (source path, schema, plan digest) without a
     pass over its rows. `mlflow.data.from_spark` profiles the dataset with an RDD countApprox
     through Python workers over every row: log_input waits 5 s for it and the job then keeps
@@ -91,7 +91,7 @@ def training_dataset(df, path: str, rows: int | None = None):
     class _Counted(SparkDataset):
         @property
         def profile(self):
-            return {"approx_count": rows if rows is not None else "unknown"}
+            return {"approx_count": int(window["data_rows"])}  # exact, from _data_window
 
     return _Counted(df=df, source=SparkDatasetSource(path=path), name="training_set")
 
@@ -154,7 +154,7 @@ def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lak
     window = _data_window(path)
     logged = log_model(
         mlflow, "trend_model", t.model, params=params, metrics=metrics,
-        tags=_lineage(context, path, t.split, window), dataset=training_dataset(df, path, int(window["data_rows"])),
+        tags=_lineage(context, path, t.split, window), dataset=training_dataset(df, path, window),
         artifacts={"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": t.extra["baseline"]},
     )
     t.split.unpersist()
@@ -194,7 +194,7 @@ def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig,
     logged = log_model(
         mlflow, "anomaly_model", t.model, params=params, metrics=metrics,
         tags=_lineage(context, path, t.split, window),
-        dataset=training_dataset(df, path, int(window["data_rows"])),
+        dataset=training_dataset(df, path, window),
         artifacts={"baseline.json": t.extra["baseline"],
                    "feature_importances.json": dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))},
     )
@@ -256,7 +256,7 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
             logged = log_model(
                 mlflow, "price_model", t.model, params=params, metrics=metrics,
                 tags=_lineage(context, path, t.split, {**window, "horizon": h}),
-                dataset=training_dataset(df, path, int(window["data_rows"])),
+                dataset=training_dataset(df, path, window),
                 artifacts={"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": base},
                 register_as=f"price_model_{h}",
             )

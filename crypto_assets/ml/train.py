@@ -207,7 +207,7 @@ def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minute
                           maxIter=params.get("max_iter", 50))
     model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
     # model errors and both baselines in one pass over the holdout (was: three)
-    y, p, b = F.col(label), F.col("prediction"), F.coalesce(F.col(past), F.lit(0.0))
+    y, p, b = F.col(label), F.col("prediction"), F.col(past)  # past: 0 where missing (select above)
     row = model.transform(split.test).select(
         F.sqrt(F.avg((y - p) ** 2)).alias("rmse"), F.avg(F.abs(y - p)).alias("mae"),
         F.sqrt(F.avg(y ** 2)).alias("rmse_zero"), F.avg(F.abs(y)).alias("mae_zero"),

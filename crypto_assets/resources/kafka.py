@@ -117,6 +117,10 @@ class KafkaResource(dg.ConfigurableResource):
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            # When the prefetch queue is full librdkafka postpones the next fetch by this much
+            # (default 1 s). A pull drains the queue in well under a second, so the default left
+            # it idle, waiting for data, for up to a second per batch.
+            "fetch.queue.backoff.ms": 10,
             "socket.timeout.ms": int(self.timeout_s * 1000),
         }
         conf.update(overrides)

@@ -112,6 +112,39 @@ def test_duplicate_across_batches_is_quarantined(kafka, lakehouse):
     assert r.messages == 5 and r.rows_written == 0 and r.reasons == {"duplicate": 5}
 
 
+def _raw_ticks(lakehouse) -> list[tuple]:
+    with lakehouse.connect(read_only=True) as conn:
+        return conn.sql(
+            "SELECT coin_id, last_updated_at, kafka_partition, kafka_offset FROM raw_ticks ORDER BY ALL"
+        ).fetchall()
+
+
+def test_only_an_in_batch_duplicate_takes_the_careful_path(kafka, lakehouse):
+    """A batch that is valid except for one repeated tick: the optimistic insert is undone and
+    the batch is judged row by row, so the repeat is quarantined and nothing is written twice."""
+    t = ticks(40)
+    same_instant = dict(t[7], last_updated_at=t[7]["last_updated_at"].replace("Z", "+00:00"))
+    assert same_instant["last_updated_at"] != t[7]["last_updated_at"]  # same time, other spelling
+    produce(kafka, t + [same_instant])
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert (r.messages, r.rows_written, r.reasons) == (41, 40, {"duplicate": 1})
+    rows = _raw_ticks(lakehouse)
+    assert len(rows) == 40 and len({(c, ts) for c, ts, _, _ in rows}) == 40
+    with lakehouse.connect(read_only=True) as conn:
+        assert conn.sql("SELECT count(*) FROM ingest_batches").fetchall() == [(1,)]
+
+
+def test_late_ticks_inside_the_stored_time_range_are_not_duplicates(kafka, lakehouse):
+    """The duplicate check looks at stored rows in the batch's time range: other ticks of that
+    range (late, interleaved) are kept."""
+    produce(kafka, [tick(i, "bitcoin") for i in range(0, 60, 2)])
+    assert pull_raw_ticks(kafka, lakehouse).rows_written == 30
+    produce(kafka, [tick(i, "bitcoin") for i in range(1, 60, 2)] + [tick(i, "ethereum") for i in range(60)])
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert (r.rows_written, r.quarantined) == (90, 0)
+    assert len(_raw_ticks(lakehouse)) == 120
+
+
 def test_out_of_order_ticks_are_kept(kafka, lakehouse):
     t = ticks(30, coins=("bitcoin",))
     produce(kafka, list(reversed(t)))

@@ -17,6 +17,7 @@ exactly what was not committed.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -234,6 +235,9 @@ class _Consumer:
             pass
 
 
+_TS_MS = operator.itemgetter(1)  # Message.timestamp() -> (type, ms)
+
+
 def _consume_batch(
     client: _Consumer, topic: str, plans: list[PartitionPlan], limit: int, cfg: PullConfig
 ) -> tuple[list[int], list[int], list[bytes | None], list[bytes | None], list[int]]:
@@ -242,7 +246,7 @@ def _consume_batch(
     Returns parallel lists (partition, offset, key, value, timestamp_ms). Per partition the
     result is a contiguous prefix, so the next offset of a partition is its last offset + 1.
     """
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
     consumer = client.consumer
     todo = {pl_.partition: pl_ for pl_ in plans if pl_.next_offset < pl_.high}
@@ -255,10 +259,16 @@ def _consume_batch(
         return parts, offs, keys, vals, tss
     consumer.assign([TopicPartition(topic, p, plan.next_offset) for p, plan in todo.items()])
     ends = {p: plan.high for p, plan in todo.items()}
+    # Next offset to arrive per partition. consume(n) waits for n messages or the timeout, so
+    # asking for no more than the snapshot still holds keeps the last chunk of a batch (and every
+    # small live batch) from sitting out the poll timeout.
+    position = {p: plan.next_offset for p, plan in todo.items()}
     last_progress = time.monotonic()
     try:
         while todo and len(offs) < limit:
-            msgs = consumer.consume(min(cfg.consume_chunk, limit - len(offs)), timeout=cfg.poll_timeout_s)
+            below_snapshot = sum(ends[p] - position[p] for p in todo)
+            want = max(1, min(cfg.consume_chunk, limit - len(offs), below_snapshot))
+            msgs = consumer.consume(want, timeout=cfg.poll_timeout_s)
             if not msgs:
                 # Nothing arrived: partitions whose fetch position is past the snapshot are done
                 # (covers offset gaps such as transaction markers).
@@ -276,17 +286,21 @@ def _consume_batch(
                     )
                 continue
             last_progress = time.monotonic()
-            errors = [m for m in msgs if m.error() is not None]
-            if errors:
+            # The per-message work below runs as C-level map()s over Message methods: this loop
+            # is the pull's hot path.
+            if any(map(Message.error, msgs)):
+                errors = [m for m in msgs if m.error() is not None]
                 err = errors[0].error()
                 if err.code() == KafkaError._PARTITION_EOF:
                     msgs = [m for m in msgs if m.error() is None]
                 else:
                     raise _broker_error(client.bootstrap, KafkaException(err))
-            m_parts = [m.partition() for m in msgs]
-            m_offs = [m.offset() for m in msgs]
-            keep = [o < ends[p] for p, o in zip(m_parts, m_offs)]
-            if not all(keep):
+            m_parts = list(map(Message.partition, msgs))
+            m_offs = list(map(Message.offset, msgs))
+            # Within a partition messages arrive in offset order, so the last one seen is the highest.
+            last = dict(zip(m_parts, m_offs))
+            if any(o >= ends[p] for p, o in last.items()):  # past a snapshot end: drop those
+                keep = [o < ends[p] for p, o in zip(m_parts, m_offs)]
                 msgs = [m for m, k in zip(msgs, keep) if k]
                 m_parts = [p for p, k in zip(m_parts, keep) if k]
                 m_offs = [o for o, k in zip(m_offs, keep) if k]
@@ -295,14 +309,12 @@ def _consume_batch(
                 msgs, m_parts, m_offs = msgs[:room], m_parts[:room], m_offs[:room]
             parts.extend(m_parts)
             offs.extend(m_offs)
-            keys.extend([m.key() for m in msgs])
-            vals.extend([m.value() for m in msgs])
-            tss.extend([m.timestamp()[1] for m in msgs])
-            # Mark partitions that reached their snapshot end.
-            seen_last: dict[int, int] = {}
-            for p, o in zip(m_parts, m_offs):
-                seen_last[p] = o
-            for p, o in seen_last.items():
+            keys.extend(map(Message.key, msgs))
+            vals.extend(map(Message.value, msgs))
+            tss.extend(map(_TS_MS, map(Message.timestamp, msgs)))
+            # Partitions that reached their snapshot end are done.
+            for p, o in dict(zip(m_parts, m_offs)).items():
+                position[p] = o + 1
                 if o + 1 >= ends[p]:
                     todo.pop(p, None)
     finally:
@@ -310,15 +322,16 @@ def _consume_batch(
     return parts, offs, keys, vals, tss
 
 
-_JUDGE_SQL = """
-CREATE OR REPLACE TEMP TABLE judged AS
-WITH typed AS (
-    SELECT s.*,
-           try_cast(s.last_updated_at AS TIMESTAMPTZ)      AS event_time,
-           try_cast(s.ingestion_timestamp AS TIMESTAMPTZ)  AS ingest_time
-    FROM staged s
-), reasoned AS (
-    SELECT t.*,
+# Why a staged row is unusable (NULL = valid). One expression shared by the cheap whole-batch
+# check and the row-by-row judgement, so both always agree.
+_TYPED_SQL = """
+SELECT s.*,
+       try_cast(s.last_updated_at AS TIMESTAMPTZ)      AS event_time,
+       try_cast(s.ingestion_timestamp AS TIMESTAMPTZ)  AS ingest_time
+FROM staged s
+"""
+
+_REASON_SQL = """
       CASE
         WHEN schema_version IS NULL THEN 'missing:schema_version'
         WHEN schema_version <> $schema_version THEN 'unsupported_schema_version'
@@ -336,7 +349,12 @@ WITH typed AS (
         WHEN event_time < TIMESTAMPTZ '2009-01-03 00:00:00+00' THEN 'timestamp_too_old'
         WHEN event_time > $now + $max_skew THEN 'timestamp_in_future'
         WHEN ingestion_timestamp IS NOT NULL AND ingest_time IS NULL THEN 'invalid_timestamp'
-      END AS reason
+      END"""
+
+_JUDGE_SQL = f"""
+CREATE OR REPLACE TEMP TABLE judged AS
+WITH typed AS ({_TYPED_SQL}), reasoned AS (
+    SELECT t.*, {_REASON_SQL} AS reason
     FROM typed t
 )
 SELECT r.*,
@@ -347,16 +365,9 @@ SELECT r.*,
 FROM reasoned r
 """
 
-# Same verdicts when the batch holds no two rows with the same (coin_id, last_updated_at):
-# skips the window (a sort of the whole batch), the costliest part of judging.
-_JUDGE_SQL_NO_DUPS = _JUDGE_SQL.replace(
-    """CASE WHEN r.reason IS NULL AND (
-         row_number() OVER (PARTITION BY r.reason IS NULL, r.coin_id, r.event_time
-                            ORDER BY r.kafka_partition, r.kafka_offset) > 1)
-       THEN 'duplicate' ELSE r.reason END AS verdict""",
-    "r.reason AS verdict",
-)
-assert _JUDGE_SQL_NO_DUPS != _JUDGE_SQL
+_RAW_COLUMNS_SQL = """coin_id, symbol, source, schema_version, price_usd, market_cap_usd, volume_24h_usd,
+                   change_24h_pct, change_7d_pct, event_time, ingest_time, $topic, kafka_partition,
+                   kafka_offset, make_timestamptz(kafka_ts_ms * 1000), $batch_id, $now"""
 
 
 def _detail_for(reason: str) -> str:
@@ -374,6 +385,132 @@ def _detail_for(reason: str) -> str:
     }.get(reason, reason.replace(":", " ") if reason.startswith("missing") else reason)
 
 
+def _judge_sql(in_batch_dups: bool) -> str:
+    """Without repeated (coin_id, event_time) keys in the batch the window (a sort of the whole
+    batch, the costliest part of judging) cannot find anything, so it is skipped."""
+    if in_batch_dups:
+        return _JUDGE_SQL
+    return _JUDGE_SQL.replace(_JUDGE_SQL[_JUDGE_SQL.index("  CASE WHEN r.reason IS NULL AND") : _JUDGE_SQL.index("FROM reasoned r")],
+                              "  r.reason AS verdict\n")
+
+
+_COORD_TYPES = {"kafka_partition": pl.Int32, "kafka_offset": pl.Int64, "kafka_ts_ms": pl.Int64}
+
+
+def _stage(
+    consumed: tuple[list[int], list[int], list, list, list[int]], cfg: PullConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse the values and attach their Kafka coordinates: (staged rows, parse rejects with their
+    raw bytes and key)."""
+    parts, offs, keys, vals, tss = consumed
+    parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else vals,
+                          max_bytes=cfg.max_message_bytes)
+    coords = [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
+    if not parsed.rejects.height and parsed.parsed.height == len(offs) and parsed.parsed["idx"].is_sorted():
+        # Every message parsed, in order (the normal case): the coordinates line up row by row.
+        staged = parsed.parsed.with_columns(coords)
+        rejects = parsed.rejects.with_columns(
+            [pl.Series(n, [], dtype=t) for n, t in _COORD_TYPES.items()]
+            + [pl.Series("raw_value", [], dtype=pl.Binary), pl.Series("raw_size", [], dtype=pl.Int64),
+               pl.Series("message_key", [], dtype=pl.Binary)]
+        )
+        return staged, rejects
+    meta = pl.DataFrame(coords).with_row_index("idx")
+    staged = parsed.parsed.join(meta, on="idx", how="left")
+    rejects = parsed.rejects.join(meta, on="idx", how="left")
+    rej_idx = rejects["idx"].to_list()
+    rejects = rejects.with_columns(
+        raw_value=pl.Series("raw_value", [(vals[i] or b"")[: cfg.max_stored_bytes] for i in rej_idx], dtype=pl.Binary),
+        raw_size=pl.Series("raw_size", [len(vals[i] or b"") for i in rej_idx], dtype=pl.Int64),
+        message_key=pl.Series("message_key", [keys[i] for i in rej_idx], dtype=pl.Binary),
+    )
+    return staged, rejects
+
+
+def _insert_clean(conn, topic: str, batch_id: int, now: datetime, rules: dict, expected: int) -> tuple | None:
+    """The normal batch has no bad row and no duplicate: insert it straight from the staged rows,
+    then prove it was clean on the stored, typed columns (cheap: no casts, zone maps on batch_id
+    and event time). Returns (min, max) event time, or None when the batch needs the careful path
+    (the caller rolls back)."""
+    (inserted,) = conn.execute(
+        f"INSERT INTO raw_ticks SELECT {_RAW_COLUMNS_SQL} FROM ({_TYPED_SQL}) WHERE ({_REASON_SQL}) IS NULL",
+        {**rules, "topic": topic, "batch_id": batch_id},
+    ).fetchone()
+    if inserted != expected:
+        return None
+    lo, hi = first(conn, "SELECT min(last_updated_at), max(last_updated_at) FROM raw_ticks WHERE batch_id = ?", [batch_id])
+    if lo is None:
+        return lo, hi
+    # Repeated (coin_id, event time) among the rows in the batch's time range: inside the batch or
+    # against ticks committed earlier. The range keeps the cost proportional to the batch.
+    dups = scalar(
+        conn,
+        "SELECT count(*) - count(DISTINCT (coin_id, last_updated_at)) FROM raw_ticks "
+        "WHERE last_updated_at BETWEEN ? AND ?",
+        [lo, hi],
+    )
+    if dups:
+        return None
+    mark_dirty(
+        conn, BRONZE_DATASET, f"SELECT last_updated_at AS event_time, symbol FROM raw_ticks WHERE batch_id = {int(batch_id)}"
+    )
+    return lo, hi
+
+
+def _write_judged(
+    conn, topic: str, batch_id: int, now: datetime, vals: list[bytes | None], keys: list, in_batch_dups: bool,
+    rules: dict, cfg: PullConfig,
+) -> tuple[int, tuple, dict[str, int]]:
+    """The careful path for a batch with bad rows or duplicates: a verdict per row, valid rows to
+    raw_ticks, the others to quarantine with their raw bytes. Returns (written, (min, max) event
+    time, semantic reasons)."""
+    conn.execute(_judge_sql(in_batch_dups), rules)
+    # Duplicates of ticks committed by earlier batches.
+    conn.execute(
+        """
+        UPDATE judged SET verdict = 'duplicate'
+        FROM (SELECT coin_id, last_updated_at FROM raw_ticks
+              WHERE last_updated_at BETWEEN (SELECT min(event_time) FROM judged WHERE verdict IS NULL)
+                                        AND (SELECT max(event_time) FROM judged WHERE verdict IS NULL)) r
+        WHERE judged.verdict IS NULL AND judged.coin_id = r.coin_id AND judged.event_time = r.last_updated_at
+        """
+    )
+    params = {"topic": topic, "batch_id": batch_id, "now": now}
+    conn.execute(f"INSERT INTO raw_ticks SELECT {_RAW_COLUMNS_SQL} FROM judged WHERE verdict IS NULL", params)
+    written, lo, hi = first(
+        conn, "SELECT count(*), min(event_time), max(event_time) FROM judged WHERE verdict IS NULL"
+    )
+    # Semantic rejects need their raw bytes; fetch them only for the (few) rejected rows.
+    bad = conn.sql("SELECT idx, verdict FROM judged WHERE verdict IS NOT NULL").pl()
+    if bad.height:
+        bad_idx = bad["idx"].to_list()
+        conn.register(
+            "bad_raw",
+            pl.DataFrame(
+                {
+                    "idx": pl.Series(bad_idx, dtype=pl.UInt32),
+                    "raw": pl.Series([(vals[i] or b"")[: cfg.max_stored_bytes] for i in bad_idx], dtype=pl.Binary),
+                    "raw_size": pl.Series([len(vals[i] or b"") for i in bad_idx], dtype=pl.Int64),
+                    "message_key": pl.Series([keys[i] for i in bad_idx], dtype=pl.Binary),
+                    "detail": pl.Series([_detail_for(v) for v in bad["verdict"].to_list()], dtype=pl.String),
+                }
+            ).to_arrow(),
+        )
+        conn.execute(
+            """
+            INSERT INTO quarantine
+            SELECT 'raw_ticks', j.verdict, b.detail, $topic, j.kafka_partition, j.kafka_offset,
+                   b.message_key, b.raw, b.raw_size, j.coin_id, j.event_time, $batch_id, $now, NULL
+            FROM judged j JOIN bad_raw b USING (idx)
+            """,
+            params,
+        )
+    if written:
+        mark_dirty(conn, BRONZE_DATASET, "SELECT event_time, symbol FROM judged WHERE verdict IS NULL")
+    reasons = dict(conn.sql("SELECT verdict, count(*) FROM judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall())
+    return int(written), (lo, hi), reasons
+
+
 def _write_batch(
     conn,
     topic: str,
@@ -385,93 +522,30 @@ def _write_batch(
     cfg: PullConfig,
     started_at: datetime,
 ) -> BatchStats:
-    parts, offs, keys, vals, tss = consumed
+    _parts, offs, keys, vals, _tss = consumed
     n = len(offs)
     now = datetime.now(timezone.utc)
-    safe_vals = [v if v is not None else b"" for v in vals]
-    parsed = parse_values(safe_vals, max_bytes=cfg.max_message_bytes)
-    meta = pl.DataFrame(
-        {
-            "kafka_partition": pl.Series(parts, dtype=pl.Int32),
-            "kafka_offset": pl.Series(offs, dtype=pl.Int64),
-            "kafka_ts_ms": pl.Series(tss, dtype=pl.Int64),
-        }
-    ).with_row_index("idx")
-    staged = parsed.parsed.join(meta, on="idx", how="left")
-    rejects = parsed.rejects.join(meta, on="idx", how="left")
-    rej_raw = [safe_vals[i] for i in rejects["idx"].to_list()]
-    rejects = rejects.with_columns(
-        raw_value=pl.Series("raw_value", [v[: cfg.max_stored_bytes] for v in rej_raw], dtype=pl.Binary),
-        raw_size=pl.Series("raw_size", [len(v) for v in rej_raw], dtype=pl.Int64),
-        message_key=pl.Series("message_key", [keys[i] for i in rejects["idx"].to_list()], dtype=pl.Binary),
-    )
+    staged, rejects = _stage(consumed, cfg)
     conn.register("staged", staged.to_arrow())
     conn.register("rejects_in", rejects.to_arrow())
     fault_point("before_write")
+    rules = {"schema_version": SCHEMA_VERSION, "coins": coins, "now": now, "max_skew": cfg.max_future_skew}
     conn.execute("BEGIN TRANSACTION")
     try:
         batch_id = scalar(conn, "SELECT coalesce(max(batch_id), 0) + 1 FROM ingest_batches")
-        # A hash count is much cheaper than the window; batches with any repeated key
-        # (including keys of rows that will be rejected anyway) still take the window.
-        in_batch_dups = scalar(
-            conn,
-            "SELECT count(*) - count(DISTINCT (coin_id, try_cast(last_updated_at AS TIMESTAMPTZ))) FROM staged",
-        )
-        conn.execute(
-            _JUDGE_SQL if in_batch_dups else _JUDGE_SQL_NO_DUPS,
-            {
-                "schema_version": SCHEMA_VERSION,
-                "coins": coins,
-                "now": now,
-                "max_skew": cfg.max_future_skew,
-            },
-        )
-        # Duplicates of ticks committed by earlier batches: an anti-join restricted to the
-        # batch's event-time range, so the cost tracks the batch, not the history.
-        conn.execute(
-            """
-            UPDATE judged SET verdict = 'duplicate'
-            FROM (SELECT coin_id, last_updated_at FROM raw_ticks
-                  WHERE last_updated_at BETWEEN (SELECT min(event_time) FROM judged WHERE verdict IS NULL)
-                                            AND (SELECT max(event_time) FROM judged WHERE verdict IS NULL)) r
-            WHERE judged.verdict IS NULL AND judged.coin_id = r.coin_id AND judged.event_time = r.last_updated_at
-            """
-        )
-        conn.execute(
-            """
-            INSERT INTO raw_ticks
-            SELECT coin_id, symbol, source, schema_version, price_usd, market_cap_usd, volume_24h_usd,
-                   change_24h_pct, change_7d_pct, event_time, ingest_time, $topic, kafka_partition,
-                   kafka_offset, make_timestamptz(kafka_ts_ms * 1000), $batch_id, $now
-            FROM judged WHERE verdict IS NULL
-            """,
-            {"topic": topic, "batch_id": batch_id, "now": now},
-        )
-        written = scalar(conn, "SELECT count(*) FROM judged WHERE verdict IS NULL")
-        # Semantic rejects need their raw bytes; fetch them only for the (few) rejected rows.
-        bad = conn.sql("SELECT idx, verdict FROM judged WHERE verdict IS NOT NULL").pl()
-        if bad.height:
-            bad_idx = bad["idx"].to_list()
-            conn.register(
-                "bad_raw",
-                pl.DataFrame(
-                    {
-                        "idx": pl.Series(bad_idx, dtype=pl.UInt32),
-                        "raw": pl.Series([safe_vals[i][: cfg.max_stored_bytes] for i in bad_idx], dtype=pl.Binary),
-                        "raw_size": pl.Series([len(safe_vals[i]) for i in bad_idx], dtype=pl.Int64),
-                        "message_key": pl.Series([keys[i] for i in bad_idx], dtype=pl.Binary),
-                        "detail": pl.Series([_detail_for(v) for v in bad["verdict"].to_list()], dtype=pl.String),
-                    }
-                ).to_arrow(),
+        ev = _insert_clean(conn, topic, batch_id, now, rules, staged.height)
+        if ev is not None:
+            written, reasons = staged.height, {}
+        else:
+            # A bad row or a duplicate: undo the optimistic insert and judge row by row.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN TRANSACTION")
+            in_batch_dups = scalar(
+                conn,
+                "SELECT count(*) - count(DISTINCT (coin_id, try_cast(last_updated_at AS TIMESTAMPTZ))) FROM staged",
             )
-            conn.execute(
-                """
-                INSERT INTO quarantine
-                SELECT 'raw_ticks', j.verdict, b.detail, $topic, j.kafka_partition, j.kafka_offset,
-                       b.message_key, b.raw, b.raw_size, j.coin_id, j.event_time, $batch_id, $now, NULL
-                FROM judged j JOIN bad_raw b USING (idx)
-                """,
-                {"topic": topic, "batch_id": batch_id, "now": now},
+            written, ev, reasons = _write_judged(
+                conn, topic, batch_id, now, vals, keys, bool(in_batch_dups), rules, cfg
             )
         if rejects.height:
             conn.execute(
@@ -483,26 +557,28 @@ def _write_batch(
                 """,
                 {"topic": topic, "batch_id": batch_id, "now": now},
             )
+            for reason, count in rejects.group_by("reason").len().iter_rows():
+                reasons[reason] = reasons.get(reason, 0) + count
         ranges: dict[int, tuple[int, int]] = {}
-        if offs:
+        counts: dict[int, int] = {}
+        if n:
             rng = (
-                pl.DataFrame({"p": parts, "o": offs})
-                .group_by("p")
-                .agg(pl.col("o").min().alias("lo"), pl.col("o").max().alias("hi"), pl.len().alias("n"))
+                staged.select("kafka_partition", "kafka_offset")
+                .vstack(rejects.select("kafka_partition", "kafka_offset"))
+                .group_by("kafka_partition")
+                .agg(pl.col("kafka_offset").min().alias("lo"), pl.col("kafka_offset").max().alias("hi"), pl.len())
             )
-            counts = {}
-            for p, lo, hi, cnt in rng.iter_rows():
-                ranges[int(p)] = (int(lo), int(hi) + 1)
+            for p, lo_, hi_, cnt in rng.iter_rows():
+                ranges[int(p)] = (int(lo_), int(hi_) + 1)
                 counts[int(p)] = int(cnt)
-        else:
-            counts = {}
+        offset_rows = []
         for plan in plans:
             if plan.partition in ranges:
-                lo, nxt = ranges[plan.partition]
+                lo_, nxt = ranges[plan.partition]
                 from_offset = plan.next_offset
-                if lo != from_offset:
+                if lo_ != from_offset:
                     raise RuntimeError(
-                        f"partition {plan.partition}: read started at {lo}, expected {from_offset}"
+                        f"partition {plan.partition}: read started at {lo_}, expected {from_offset}"
                     )
                 count = counts[plan.partition]
             elif plan.reset_reason and plan.stored is not None and plan.start == plan.next_offset:
@@ -510,35 +586,16 @@ def _write_batch(
                 count = 0
             else:
                 continue
-            conn.execute(
-                "INSERT INTO ingest_offsets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            offset_rows.append(
                 [
-                    batch_id,
-                    topic,
-                    plan.partition,
-                    from_offset,
-                    nxt,
-                    count,
-                    cluster_id,
-                    plan.reset_reason if plan.start == plan.next_offset else None,
-                    now,
-                ],
+                    batch_id, topic, plan.partition, from_offset, nxt, count, cluster_id,
+                    plan.reset_reason if plan.start == plan.next_offset else None, now,
+                ]
             )
-        if written:
-            mark_dirty(
-                conn,
-                BRONZE_DATASET,
-                "SELECT event_time, symbol FROM judged WHERE verdict IS NULL",
-            )
+        if offset_rows:
+            conn.executemany("INSERT INTO ingest_offsets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", offset_rows)
         quarantined = n - written
-        ev = first(conn, "SELECT min(event_time), max(event_time) FROM judged WHERE verdict IS NULL")
-        reasons = dict(
-            conn.sql(
-                "SELECT verdict, count(*) FROM judged WHERE verdict IS NOT NULL GROUP BY 1 "
-                "UNION ALL SELECT reason, count(*) FROM rejects_in GROUP BY 1"
-            ).fetchall()
-        )
-        nbytes = sum(len(v) for v in safe_vals)
+        nbytes = sum(map(len, filter(None, vals)))
         conn.execute(
             "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [batch_id, run_id, topic, cluster_id, n, written, quarantined, nbytes, ev[0], ev[1], started_at, now],

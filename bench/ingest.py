@@ -14,7 +14,8 @@ files and Parquet trees, all deleted at the end.
 ROUNDS. The embedded broker keeps only ~5 MB per partition (the limit counts the stored, i.e.
 lz4-compressed, batches) and silently drops older messages, like retention. So the N messages
 are not produced up front: they are produced and measured in rounds of C messages (default
-50,000). Each round
+150,000: the busiest of the 4 partitions gets 4 of the 10 coins, i.e. 60,000 messages a round,
+and the log keeps ~73,000 of them). Each round
   1. produces C contract ticks (10 default coins, key = coin_id, event times increasing,
      (coin_id, last_updated_at) unique) through the project's idempotent TickProducer,
   2. checks that the whole round is still in the log (low watermark <= round start),
@@ -643,8 +644,9 @@ def verdict(ok: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000, help="N, total messages (default 1,000,000)")
-    ap.add_argument("--chunk", type=int, default=50_000, help="C, messages per round (default 50,000)")
-    ap.add_argument("--batch-size", type=int, default=100_000, help="PullConfig.batch_size (default 100,000)")
+    ap.add_argument("--chunk", type=int, default=150_000, help="C, messages per round (default 150,000)")
+    ap.add_argument("--batch-size", type=int, default=PullConfig.batch_size,
+                    help=f"PullConfig.batch_size (default {PullConfig.batch_size:,})")
     ap.add_argument("--naive-messages", type=int, default=20_000, help="subset for the naive baseline (default 20,000)")
     ap.add_argument("--no-export-per-round", action="store_true", help="skip (b'), the export-on pull")
     ap.add_argument("--cprofile", nargs="?", const="-", default=None, metavar="FILE",

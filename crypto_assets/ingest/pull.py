@@ -325,8 +325,7 @@ def _consume_batch(
     return parts, offs, keys, vals, tss
 
 
-# Why a staged row is unusable (NULL = valid). One expression shared by the cheap whole-batch
-# check and the row-by-row judgement, so both always agree.
+# The staged rows (parsed JSON + Kafka coordinates) with their timestamps typed.
 _TYPED_SQL = """
 SELECT s.*,
        try_cast(s.last_updated_at AS TIMESTAMPTZ)      AS event_time,
@@ -334,6 +333,8 @@ SELECT s.*,
 FROM staged s
 """
 
+# Why a typed row is unusable (NULL = valid). One expression shared by the optimistic insert of
+# a clean batch and the row-by-row judgement, so both always agree.
 _REASON_SQL = """
       CASE
         WHEN schema_version IS NULL THEN 'missing:schema_version'
@@ -360,13 +361,16 @@ WITH typed AS ({_TYPED_SQL}), reasoned AS (
     SELECT t.*, {_REASON_SQL} AS reason
     FROM typed t
 )
-SELECT r.*,
+SELECT r.*, {{verdict}} AS verdict
+FROM reasoned r
+"""
+
+# The second and later copies of a (coin_id, event time) in the batch are duplicates.
+_IN_BATCH_DUPLICATE_VERDICT = """
   CASE WHEN r.reason IS NULL AND (
          row_number() OVER (PARTITION BY r.reason IS NULL, r.coin_id, r.event_time
                             ORDER BY r.kafka_partition, r.kafka_offset) > 1)
-       THEN 'duplicate' ELSE r.reason END AS verdict
-FROM reasoned r
-"""
+       THEN 'duplicate' ELSE r.reason END"""
 
 _RAW_COLUMNS_SQL = """coin_id, symbol, source, schema_version, price_usd, market_cap_usd, volume_24h_usd,
                    change_24h_pct, change_7d_pct, event_time, ingest_time, $topic, kafka_partition,
@@ -391,10 +395,7 @@ def _detail_for(reason: str) -> str:
 def _judge_sql(in_batch_dups: bool) -> str:
     """Without repeated (coin_id, event_time) keys in the batch the window (a sort of the whole
     batch, the costliest part of judging) cannot find anything, so it is skipped."""
-    if in_batch_dups:
-        return _JUDGE_SQL
-    return _JUDGE_SQL.replace(_JUDGE_SQL[_JUDGE_SQL.index("  CASE WHEN r.reason IS NULL AND") : _JUDGE_SQL.index("FROM reasoned r")],
-                              "  r.reason AS verdict\n")
+    return _JUDGE_SQL.format(verdict=_IN_BATCH_DUPLICATE_VERDICT if in_batch_dups else "r.reason")
 
 
 _COORD_TYPES = {"kafka_partition": pl.Int32, "kafka_offset": pl.Int64, "kafka_ts_ms": pl.Int64}

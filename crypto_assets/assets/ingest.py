@@ -12,9 +12,11 @@ DUCKDB_POOL = "duckdb_writer"
 
 
 class RawTicksConfig(dg.Config):
-    max_messages: int = Field(default=1_000_000, description="Most messages one run reads; the rest waits")
+    max_messages: int = Field(
+        default=PullConfig.max_messages, description="Most messages one run reads; the rest waits"
+    )
     batch_size: int = Field(
-        default=150_000,
+        default=PullConfig.batch_size,
         description="Messages per DuckDB transaction: bounds memory (~1 KB each); above a DuckDB row group "
         "(122,880) a full batch skips the WAL",
     )

@@ -409,18 +409,15 @@ def _stage(
     parts, offs, keys, vals, tss = consumed
     parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else vals,
                           max_bytes=cfg.max_message_bytes)
-    coords = [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
+    coords = pl.DataFrame(
+        [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
+    )
+    meta = coords.with_row_index("idx")
     if not parsed.rejects.height and parsed.parsed.height == len(offs) and parsed.parsed["idx"].is_sorted():
         # Every message parsed, in order (the normal case): the coordinates line up row by row.
-        staged = parsed.parsed.with_columns(coords)
-        rejects = parsed.rejects.with_columns(
-            [pl.Series(n, [], dtype=t) for n, t in _COORD_TYPES.items()]
-            + [pl.Series("raw_value", [], dtype=pl.Binary), pl.Series("raw_size", [], dtype=pl.Int64),
-               pl.Series("message_key", [], dtype=pl.Binary)]
-        )
-        return staged, rejects
-    meta = pl.DataFrame(coords).with_row_index("idx")
-    staged = parsed.parsed.join(meta, on="idx", how="left")
+        staged = parsed.parsed.hstack(coords)
+    else:
+        staged = parsed.parsed.join(meta, on="idx", how="left")
     rejects = parsed.rejects.join(meta, on="idx", how="left")
     rej_idx = rejects["idx"].to_list()
     rejects = rejects.with_columns(

@@ -3,22 +3,22 @@ and resource. Cross-cutting policy (automation, executors) is applied here, once
 
 import dagster as dg
 
-from crypto_assets.assets import alerts, gold, ingest, models, predictions, report, silver
-from crypto_assets.checks import ALL_CHECKS, schema_change_checks
+from crypto_assets.assets import incremental, models, predictions, report
+from crypto_assets.assets.schema_checks import warehouse_schema
 from crypto_assets.schedules import build_retraining_schedule
 from crypto_assets.sensors import build_backlog_sensor
 from crypto_assets.settings import automation_settings, build_resources
 
-ASSET_MODULES = [ingest, silver, gold, alerts, models, predictions, report]
+ASSET_MODULES = [incremental, models, predictions, report]
 AUTOMATION = automation_settings()
 
 INCREMENTAL = dg.AssetSelection.assets(
     "raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies"
 )
 TRAINING = dg.AssetSelection.assets("training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions")
-# Column-schema drift only happens when code changes, and the check reads materialization history
-# (~1 s): it runs hourly with training and in every full run, not in the few-second increments.
-SCHEMA_DRIFT = dg.AssetSelection.checks(*schema_change_checks)
+# Column-schema drift only happens when code changes: it is checked hourly with training and in
+# every full run, not in the incremental runs.
+SCHEMA_DRIFT = dg.AssetSelection.checks(warehouse_schema)
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -27,11 +27,11 @@ ingest_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-# Short runs launched by the backlog sensor: one process, no per-step subprocess start-up.
+# Launched by the backlog sensor: one step that drains the backlog pass after pass.
 incremental_job = dg.define_asset_job(
     "incremental_job",
     selection=INCREMENTAL - SCHEMA_DRIFT,
-    description="The cheap path the backlog sensor launches: raw → clean → features/candles → anomalies.",
+    description="What the backlog sensor launches: raw → clean → features/candles → anomalies, draining the backlog.",
     executor_def=dg.in_process_executor,
 )
 
@@ -62,7 +62,7 @@ assets = [
 
 defs = dg.Definitions(
     assets=assets,
-    asset_checks=[*ALL_CHECKS, *models.MODEL_CHECKS],
+    asset_checks=[warehouse_schema, *models.MODEL_CHECKS],
     jobs=[ingest_job, incremental_job, training_job, demo_job],
     sensors=[
         build_backlog_sensor(
@@ -70,6 +70,7 @@ defs = dg.Definitions(
             interval_s=AUTOMATION["interval_s"],
             min_messages=AUTOMATION["min_messages"],
             max_wait_seconds=AUTOMATION["max_wait_seconds"],
+            drain_seconds=AUTOMATION["drain_seconds"],
             default_on=AUTOMATION["default_on"],
         ),
         dg.AutomationConditionSensorDefinition(

@@ -1,4 +1,4 @@
-"""Sensors: launch a short incremental run when Kafka has a backlog (DESIGN.md §6)."""
+"""Sensors: launch an incremental run that drains the Kafka backlog when one appears."""
 
 import json
 
@@ -11,24 +11,32 @@ ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dagste
           dg.DagsterRunStatus.STARTED]
 
 
+def incremental_run_config(drain_seconds: float) -> dict:
+    """The run config of a sensor-launched incremental run: drain the backlog for this long."""
+    return {"ops": {"incremental": {"config": {"drain_seconds": float(drain_seconds)}}}}
+
+
 def build_backlog_sensor(
     job,
     *,
     interval_s: int = 5,
     min_messages: int = 500,
     max_wait_seconds: float = 10.0,
+    drain_seconds: float = 120.0,
     default_on: bool = False,
 ) -> dg.SensorDefinition:
     """Request ONE run of `job` when lag ≥ min_messages or the oldest pending message is older
-    than max_wait_seconds. The cursor holds the high watermarks last requested, so the same
-    backlog is never requested twice; a queued or running run of the job makes it wait."""
+    than max_wait_seconds; the run keeps draining new messages for `drain_seconds`. The cursor
+    holds the high watermarks last requested, so the same backlog is never requested twice; a
+    queued or running run of the job makes it wait."""
 
     @dg.sensor(
         name="kafka_backlog_sensor",
         job=job,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING if default_on else dg.DefaultSensorStatus.STOPPED,
-        description=f"lag ≥ {min_messages} messages or oldest pending ≥ {max_wait_seconds:.0f}s → one incremental run",
+        description=f"lag ≥ {min_messages} messages or oldest pending ≥ {max_wait_seconds:.0f}s → one incremental run "
+        f"that drains the backlog for {drain_seconds:.0f}s",
     )
     def kafka_backlog_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         try:
@@ -54,6 +62,7 @@ def build_backlog_sensor(
         context.update_cursor(json.dumps({"highs": backlog.highs, "run_key": run_key}))
         return dg.RunRequest(
             run_key=run_key,
+            run_config=incremental_run_config(drain_seconds),
             tags={"trigger": "kafka_backlog", "lag": str(backlog.lag)},
         )
 

@@ -93,6 +93,7 @@ def automation_settings(env: Mapping[str, str] | None = None) -> dict:
         "interval_s": int(env.get("SENSOR_INTERVAL_SECONDS") or 2),  # the daemon's sensor loop adds up to 5 s
         "min_messages": int(env.get("BACKLOG_MIN_MESSAGES") or 500),
         "max_wait_seconds": float(env.get("BACKLOG_MAX_WAIT_SECONDS") or 10),
+        "drain_seconds": float(env.get("INCREMENTAL_DRAIN_SECONDS") or 120),
         "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",
         "predictions_cron": env.get("PREDICTIONS_CRON") or "*/5 * * * *",
     }

@@ -271,3 +271,39 @@ ALL_DDL = ALL_DDL + (
 # One query that binds every table (see ensure_schema); built once, from the final ALL_DDL.
 _TABLES = [re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", ddl).group(1) for ddl in ALL_DDL]
 _PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in _TABLES)
+
+# ------------------------------------------------------------------ declared column schemas
+_COLUMN = re.compile(r"^\s*(\w+)\s+([A-Z]+(?:\([^)]*\))?)([^,-]*?)\s*,?\s*(?:--\s*(.*))?$")
+
+
+def _parse_columns(ddl: str) -> list[tuple[str, str, bool, str | None]]:
+    """(name, type, not null, comment) per column line of a CREATE TABLE statement."""
+    body = ddl[ddl.index("(") + 1: ddl.rindex(")")]
+    out = []
+    for line in body.splitlines():
+        m = _COLUMN.match(line)
+        if m and m.group(1).upper() not in ("PRIMARY", "UNIQUE", "CHECK"):
+            out.append((m.group(1), m.group(2), "NOT NULL" in m.group(3), (m.group(4) or "").strip() or None))
+    return out
+
+
+DDL_BY_TABLE = {name: ddl for name, ddl in zip(_TABLES, ALL_DDL)}
+
+
+def declared_columns(table: str) -> list[tuple[str, str]]:
+    """(name, DuckDB type) as the DDL declares them, for comparing with DESCRIBE."""
+    alias = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}
+    return [(n, alias.get(t, t)) for n, t, _nn, _c in _parse_columns(DDL_BY_TABLE[table])]
+
+
+def column_schema(table: str, descriptions: dict[str, str] | None = None):
+    """The table's columns as a Dagster TableSchema (types, NOT NULL, the DDL's comments as
+    descriptions): definition metadata, so the catalog shows it without any run storing it."""
+    import dagster as dg
+
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name=n, type=t, description=descriptions.get(n) or c,
+                       constraints=dg.TableColumnConstraints(nullable=not nn))
+        for n, t, nn, c in _parse_columns(DDL_BY_TABLE[table])
+    ])

@@ -9,7 +9,7 @@ import orjson
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from crypto_assets.assets import alerts, gold, silver
+from crypto_assets.assets import incremental
 from crypto_assets.resources import LakehouseResource
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 
@@ -48,19 +48,19 @@ def test_spike_alerts_exactly_once(tmp_path, kafka):
     start = datetime.now(timezone.utc) - timedelta(hours=1)
     with lh.connect() as conn:
         insert_raw_batch(conn, _ticks(start, 60, spike_at=40))
-    assets = [silver.clean_ticks, gold.market_features, alerts.anomalies]
+    assets = [incremental.incremental]
     res = {"lakehouse": lh, "kafka": kafka}
-    assert dg.materialize(assets, resources=res, selection="clean_ticks*").success
+    assert dg.materialize(assets, resources=res, selection=["clean_ticks", "market_features", "anomalies"]).success
     first = _alerts(kafka)
     spikes = [a for a in first if a["rule"] == "volume_spike"]
     assert len(spikes) == 1
     assert spikes[0]["_key"] == "bitcoin" and spikes[0]["value"] > 200 and spikes[0]["severity"] == "warning"
 
     # re-run with nothing new, then with new calm data: still exactly one alert for that spike
-    assert dg.materialize(assets, resources=res, selection="clean_ticks*").success
+    assert dg.materialize(assets, resources=res, selection=["clean_ticks", "market_features", "anomalies"]).success
     with lh.connect() as conn:
         insert_raw_batch(conn, _ticks(start + timedelta(minutes=30), 20))
-    assert dg.materialize(assets, resources=res, selection="clean_ticks*").success
+    assert dg.materialize(assets, resources=res, selection=["clean_ticks", "market_features", "anomalies"]).success
     again = _alerts(kafka)
     assert [a["anomaly_id"] for a in again if a["rule"] == "volume_spike"] == [spikes[0]["anomaly_id"]]
     with lh.connect() as conn:

@@ -1,90 +1,56 @@
-"""Gold layer: per-tick features, candles with indicators, hourly stats, correlations."""
+"""Gold layer: per-tick features, candles with indicators, hourly stats, correlations, anomalies."""
+
+from __future__ import annotations
 
 import dagster as dg
 
-from crypto_assets.assets.ingest import DUCKDB_POOL
-from crypto_assets.assets.metadata import table_metadata
-from crypto_assets.lake import export_dirty
-from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
-from crypto_assets.transforms.features import DATASET as FEATURES_DATASET
-from crypto_assets.transforms.features import features_increment
-from crypto_assets.transforms.market import correlations_refresh
-
-GOLD = dict(group_name="gold", kinds={"duckdb", "parquet"}, owners=["team:data-eng"], pool=DUCKDB_POOL, code_version="1")
+from crypto_assets import checks
+from crypto_assets.warehouse_schema import column_schema
 
 
-@dg.asset(deps=["clean_ticks"], op_tags={"dagster/priority": "10"}, **GOLD)  # freshness path first
-def market_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """One row per clean tick: return, log return, SMA over 1/5/15 minutes of event time,
-    EMA(20), 15-minute volatility (population std of log returns), z-score of price against its
-    15-minute window, 24h-volume change %. Incremental; late ticks recompute the affected windows."""
-    with lakehouse.connect() as conn:
-        res = features_increment(conn)
-        export = export_dirty(conn, lakehouse.lake_path, FEATURES_DATASET, "market_features", "event_time", "coin_id, event_time")
-        md = table_metadata(conn, "market_features", "event_time")
-    md.update(
-        {
-            "rows_recomputed": res.rows_written,
-            "coins_touched": res.coins,
-            "recomputed_from": str(res.recomputed_from) if res.recomputed_from else "nothing new",
-            "parquet_partitions_rewritten": export.partitions,
-        }
-    )
-    return dg.MaterializeResult(metadata=md)
+def _gold(key: str, deps: list[str], description: str, kinds: set[str] | None = None) -> dg.AssetSpec:
+    return dg.AssetSpec(key, deps=deps, group_name="gold", kinds=kinds or {"duckdb", "parquet"},
+                        owners=["team:data-eng"], tags={"layer": "gold"}, code_version="2", skippable=True,
+                        description=description, metadata=table_definition_metadata(key))
 
 
-@dg.asset(deps=["clean_ticks"], **GOLD)
-def ohlcv_1m(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """1-minute candles per coin with RSI(14) (Wilder) and Bollinger bands (20, 2σ) on closes,
-    as TA-Lib defines them; the RSI recursion carries its state across runs."""
-    with lakehouse.connect() as conn:
-        res = candles_1m_increment(conn)
-        export = export_dirty(conn, lakehouse.lake_path, "gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute")
-        md = table_metadata(conn, "ohlcv_1m", "minute")
-    md.update({"candles_recomputed": res.rows_written, "parquet_partitions_rewritten": export.partitions})
-    return dg.MaterializeResult(metadata=md)
+def table_definition_metadata(table: str) -> dict:
+    """Definition metadata of a warehouse-table asset: its declared columns (with the DDL's
+    comments as descriptions) and table name, shown in the catalog without any run storing it."""
+    return {"dagster/column_schema": column_schema(table), "dagster/table_name": f"warehouse.main.{table}"}
 
 
-@dg.asset(deps=["clean_ticks"], **GOLD)
-def ohlcv_1h(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Hourly candles per coin (open/high/low/close/volume/tick count)."""
-    with lakehouse.connect() as conn:
-        res = hourly_increment(conn, "ohlcv_1h")
-        export_dirty(conn, lakehouse.lake_path, "gold/ohlcv_1h", "ohlcv_1h", "hour", "coin_id, hour")
-        md = table_metadata(conn, "ohlcv_1h", "hour")
-    md["candles_recomputed"] = res.rows_written
-    return dg.MaterializeResult(metadata=md)
+MARKET_FEATURES = _gold(
+    "market_features", ["clean_ticks"],
+    "One row per clean tick: return, log return, SMA over 1/5/15 minutes of event time, EMA(20), 15-minute "
+    "volatility (population std of log returns), z-score of price against its 15-minute window, 24h-volume "
+    "change %. Incremental; late ticks recompute the affected windows.")
+OHLCV_1M = _gold(
+    "ohlcv_1m", ["clean_ticks"],
+    "1-minute candles per coin with RSI(14) (Wilder) and Bollinger bands (20, 2σ) on closes, as TA-Lib defines "
+    "them; the RSI recursion carries its state across runs.")
+OHLCV_1H = _gold("ohlcv_1h", ["clean_ticks"], "Hourly candles per coin (open/high/low/close/volume/tick count).")
+HOURLY_STATS = _gold("hourly_stats", ["clean_ticks"],
+                     "Per coin and hour: average/min/max/population-std price, average 24h volume, tick count.")
+CORRELATIONS = _gold("correlations", ["ohlcv_1m"],
+                     "Pairwise Pearson correlation of 1-minute returns over the last 24 h and 7 d (rows: coin_a, "
+                     "coin_b, window, corr, n).")
+ANOMALIES = _gold(
+    "anomalies", ["market_features"],
+    "|z| > 3 against the 15-minute window and 24h-volume spikes > 200 % vs the previous tick, with rule, severity "
+    "and values. Each new anomaly is published once to `crypto_alerts`.", kinds={"duckdb", "kafka"})
 
+GOLD_SPECS = [MARKET_FEATURES, ANOMALIES, OHLCV_1M, OHLCV_1H, HOURLY_STATS, CORRELATIONS]
+CHECKS = [checks.FEATURES_FINITE, checks.RSI_RANGE]
 
-@dg.asset(deps=["clean_ticks"], **GOLD)
-def hourly_stats(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Per coin and hour: average/min/max/population-std price, average 24h volume, tick count."""
-    with lakehouse.connect() as conn:
-        res = hourly_increment(conn, "hourly_stats")
-        export_dirty(conn, lakehouse.lake_path, "gold/hourly_stats", "hourly_stats", "hour", "coin_id, hour")
-        md = table_metadata(conn, "hourly_stats", "hour")
-    md["hours_recomputed"] = res.rows_written
-    return dg.MaterializeResult(metadata=md)
-
-
-@dg.asset(deps=["ohlcv_1m"], **GOLD)
-def correlations(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Pairwise Pearson correlation of 1-minute returns over the last 24 h and 7 d (rows:
-    coin_a, coin_b, window, corr, n)."""
-    with lakehouse.connect() as conn:
-        res = correlations_refresh(conn)
-        path = lakehouse.lake_path / "gold" / "correlations"
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "correlations.parquet.tmp"
-        conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) TO '{tmp}' (FORMAT parquet)")
-        import os
-
-        os.replace(tmp, path / "correlations.parquet")
-        md = table_metadata(conn, "correlations", preview_order="corr DESC NULLS LAST")
-        top = conn.sql(
-            "SELECT coin_a, coin_b, round(corr, 3) FROM correlations WHERE window_name = '24h' ORDER BY corr DESC NULLS LAST LIMIT 3"
-        ).fetchall()
-    md["window_end"] = str(res.get("window_end", ""))
-    md["most_correlated_24h"] = ", ".join(f"{a}/{b} {c}" for a, b, c in top)
-    return dg.MaterializeResult(metadata=md)
+# table, time column, sequence column stamped per run (None: rebuilt whole), Parquet dataset, order
+TABLES = {
+    "raw_ticks": ("last_updated_at", "batch_id", "bronze/raw_ticks", "coin_id, last_updated_at"),
+    "clean_ticks": ("event_time", "clean_seq", "silver/clean_ticks", "coin_id, event_time"),
+    "market_features": ("event_time", "feature_seq", "gold/market_features", "coin_id, event_time"),
+    "ohlcv_1m": ("minute", "candle_seq", "gold/ohlcv_1m", "coin_id, minute"),
+    "ohlcv_1h": ("hour", "candle_seq", "gold/ohlcv_1h", "coin_id, hour"),
+    "hourly_stats": ("hour", "stats_seq", "gold/hourly_stats", "coin_id, hour"),
+    "anomalies": ("event_time", None, "gold/anomalies", "event_time"),
+    "correlations": ("window_end", None, None, "corr DESC NULLS LAST"),
+}

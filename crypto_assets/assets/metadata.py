@@ -1,4 +1,10 @@
-"""Metadata every warehouse-table materialization carries, so the UI tells the story."""
+"""Metadata every warehouse-table materialization carries, so the UI tells the story.
+
+What a run's materialization shows is about the rows the run wrote (their count, time range
+and a preview), plus the table's row count: all cheap on any history size
+(DuckDB keeps row counts per row group; the new rows are found through their sequence stamp,
+which row-group zone maps prune to the newest row groups).
+"""
 
 from typing import Any
 
@@ -6,6 +12,9 @@ import dagster as dg
 import duckdb
 
 from crypto_assets.db import first
+
+PREVIEW_ROWS = 3
+PREVIEW_COLUMNS = 8
 
 
 def markdown_table(rows: list[tuple], columns: list[str]) -> str:
@@ -24,24 +33,27 @@ def _fmt(v: Any) -> str:
 
 
 def table_metadata(
-    conn: duckdb.DuckDBPyConnection, table: str, time_column: str | None = None, preview_order: str | None = None
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    time_column: str | None = None,
+    preview_order: str | None = None,
+    new_rows: str | None = None,
 ) -> dict[str, Any]:
-    """Row count, column schema (feeds the schema-change checks), time range and a preview."""
+    """Row count, and the time range and a preview of the rows selected by the `new_rows`
+    predicate (the whole table when None). The column schema is definition metadata
+    (assets/gold.py table_definition_metadata), not repeated in every run's events."""
     cols = conn.sql(f"DESCRIBE {table}").fetchall()
+    where = new_rows or "TRUE"
     md: dict[str, Any] = {
         "dagster/row_count": int(first(conn, f"SELECT count(*) FROM {table}")[0]),
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(name=c[0], type=str(c[1])) for c in cols]
-        ),
-        "dagster/table_name": f"warehouse.main.{table}",
     }
     if time_column:
-        lo, hi = first(conn, f"SELECT min({time_column}), max({time_column}) FROM {table}")
+        lo, hi = first(conn, f"SELECT min({time_column}), max({time_column}) FROM {table} WHERE {where}")
         if lo is not None:
             md["min_time"] = dg.MetadataValue.timestamp(lo)
             md["max_time"] = dg.MetadataValue.timestamp(hi)
     order = preview_order or (f"{time_column} DESC" if time_column else "1")
-    names = [c[0] for c in cols][:10]
-    rows = conn.sql(f"SELECT {', '.join(names)} FROM {table} ORDER BY {order} LIMIT 5").fetchall()
+    names = [c[0] for c in cols][:PREVIEW_COLUMNS]
+    rows = conn.sql(f"SELECT {', '.join(names)} FROM {table} WHERE {where} ORDER BY {order} LIMIT {PREVIEW_ROWS}").fetchall()
     md["preview"] = dg.MetadataValue.md(markdown_table(rows, names))
     return md

@@ -5,6 +5,7 @@ import dagster as dg
 
 from crypto_assets.assets import incremental, models, predictions, report
 from crypto_assets.assets.schema_checks import warehouse_schema
+from crypto_assets.maintenance import build_maintenance_schedule, maintenance_job
 from crypto_assets.schedules import build_retraining_schedule
 from crypto_assets.sensors import build_backlog_sensor
 from crypto_assets.settings import automation_settings, build_resources
@@ -63,7 +64,7 @@ assets = [
 defs = dg.Definitions(
     assets=assets,
     asset_checks=[warehouse_schema, *models.MODEL_CHECKS],
-    jobs=[ingest_job, incremental_job, training_job, demo_job],
+    jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job],
     sensors=[
         build_backlog_sensor(
             incremental_job,
@@ -80,7 +81,10 @@ defs = dg.Definitions(
             minimum_interval_seconds=30,
         ),
     ],
-    schedules=[build_retraining_schedule(training_job, AUTOMATION["retrain_cron"], AUTOMATION["default_on"])],
+    schedules=[
+        build_retraining_schedule(training_job, AUTOMATION["retrain_cron"], AUTOMATION["default_on"]),
+        build_maintenance_schedule(AUTOMATION["maintenance_cron"], AUTOMATION["default_on"]),
+    ],
     resources=build_resources(),
     # Steps are short and share heavy state (DuckDB file, one Spark session): run them in the
     # run's process instead of paying a Python + Dagster start-up per step.

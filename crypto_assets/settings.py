@@ -96,4 +96,5 @@ def automation_settings(env: Mapping[str, str] | None = None) -> dict:
         "drain_seconds": float(env.get("INCREMENTAL_DRAIN_SECONDS") or 120),
         "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",
         "predictions_cron": env.get("PREDICTIONS_CRON") or "*/5 * * * *",
+        "maintenance_cron": env.get("MAINTENANCE_CRON") or "*/30 * * * *",
     }

@@ -18,8 +18,9 @@ from crypto_assets_tests import launcher_jobs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_repo_dagster_yaml_uses_the_forkserver_launcher(tmp_path):
+def test_repo_dagster_yaml_uses_the_forkserver_launcher(tmp_path, monkeypatch):
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert isinstance(instance.run_launcher, ForkserverRunLauncher)
         assert instance.run_coordinator.dequeue_interval_seconds == 1  # short runs: poll the queue often
@@ -57,6 +58,7 @@ def instance(tmp_path, monkeypatch):
     cfg["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
     (home / "dagster.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("LAUNCHER_TEST_OUT", str(tmp_path / "pids.txt"))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the consolidated event log lives in $DAGSTER_HOME
     with dg.DagsterInstance.from_config(str(home)) as inst:
         yield inst
 

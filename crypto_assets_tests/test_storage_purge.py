@@ -1,0 +1,111 @@
+"""The Dagster storage purge on a real instance (the repo's dagster.yaml: consolidated sqlite
+event log): it deletes old finished runs with their events and compute logs, and keeps what the
+catalog and checks pages show, unfinished runs and recent failures."""
+
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from crypto_assets.storage_purge import purge_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dg.asset
+def a() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"n": 1})
+
+
+@dg.asset_check(asset=a)
+def a_ok() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+@dg.asset
+def b() -> None:
+    return None
+
+
+class Boom(dg.Config):
+    fail: bool = False
+
+
+@dg.asset
+def c(config: Boom) -> None:
+    if config.fail:
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the consolidated event log lives in $DAGSTER_HOME
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        yield inst
+
+
+def _run(instance, selection, run_config=None):
+    res = dg.materialize([a, b, c, a_ok], instance=instance, selection=selection, run_config=run_config or {},
+                         raise_on_error=False)
+    return res.run_id
+
+
+def test_purge_keeps_latest_results_and_recent_failures(instance):
+    old_a = _run(instance, ["a"])                     # superseded by latest_a
+    latest_b = _run(instance, ["b"])                  # the only materialization of b
+    latest_a = _run(instance, ["a"])                  # newest a and newest a_ok
+    plain_c = _run(instance, ["c"])
+    failed = _run(instance, ["c"], {"ops": {"c": {"config": {"fail": True}}}})  # a failure; c's latest is plain_c
+    assert instance.get_run_by_id(failed).status == dg.DagsterRunStatus.FAILURE
+    newest_c = _run(instance, ["c"])
+    assert instance.compute_log_manager  # compute logs exist for the old run before the purge
+    keys = [dg.AssetKey("a"), dg.AssetKey("b"), dg.AssetKey("c")]
+    checks = [dg.AssetCheckKey(dg.AssetKey("a"), "a_ok")]
+
+    # nothing is old yet: nothing goes
+    assert purge_runs(instance, keys, checks, keep_hours=24).deleted == []
+
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=later)
+    assert set(res.deleted) == {old_a, plain_c}
+    for run_id in (old_a, plain_c):
+        assert instance.get_run_by_id(run_id) is None
+        assert instance.all_logs(run_id) == []
+    for run_id in (latest_a, latest_b, failed, newest_c):
+        assert instance.get_run_by_id(run_id) is not None
+    assert instance.get_latest_materialization_event(dg.AssetKey("a")).run_id == latest_a
+    assert instance.get_latest_materialization_event(dg.AssetKey("b")).run_id == latest_b
+    assert res.protected_latest == 3 and res.kept_failed == 1
+
+    # once the failure is older than failed_keep_days it goes too; the latest results never do
+    much_later = datetime.now(timezone.utc) + timedelta(days=10)
+    res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=much_later)
+    assert res.deleted == [failed]
+    assert {r.dagster_run.run_id for r in instance.get_run_records()} == {latest_a, latest_b, newest_c}
+
+
+def test_purge_is_bounded_per_call(instance):
+    runs = [_run(instance, ["b"]) for _ in range(4)]
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    keys = [dg.AssetKey("b")]
+    first = purge_runs(instance, keys, [], keep_hours=1, max_deletes=2, now=later)
+    assert first.deleted == runs[:2]  # oldest first
+    second = purge_runs(instance, keys, [], keep_hours=1, max_deletes=2, now=later)
+    assert second.deleted == [runs[2]]  # runs[3] holds b's latest materialization
+    assert [r.dagster_run.run_id for r in instance.get_run_records()] == [runs[3]]
+
+
+def test_maintenance_job_runs_in_definitions():
+    from crypto_assets.definitions import defs
+
+    job = defs.resolve_job_def("maintenance_job")
+    with dg.DagsterInstance.ephemeral() as inst:
+        result = job.execute_in_process(instance=inst)
+    assert result.success
+    assert result.output_for_node("purge_dagster_storage") == 0
+    assert defs.resolve_schedule_def("maintenance_schedule").job_name == "maintenance_job"

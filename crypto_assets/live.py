@@ -81,13 +81,17 @@ def cmd_live(args) -> int:
     print(f"simulator producing {args.rate:g} ticks/s to crypto_raw", flush=True)
     dagster = Path(sys.executable).parent / "dagster"
     log_path = home / "dagster-dev.log"
-    log = open(log_path, "ab")
+    from crypto_assets.procs import RotatingLogPump
+
+    log = RotatingLogPump(log_path)
     repo = Path(__file__).resolve().parents[1]
     workspace = repo / "workspace.yaml"
     cmd = [str(dagster), "dev", "-p", str(args.port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "crypto_assets.definitions"]
-    dev = subprocess.Popen(cmd, cwd=repo if workspace.exists() else None, stdout=log, stderr=subprocess.STDOUT,
+    dev = subprocess.Popen(cmd, cwd=repo if workspace.exists() else None, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+    pump = threading.Thread(target=log.pump, args=(dev.stdout,), name="dagster-dev-log", daemon=True)
+    pump.start()
     print(f"dagster dev (pid {dev.pid}) on http://127.0.0.1:{args.port} — log {log_path}", flush=True)
     print("kafka_backlog_sensor launches incremental runs as ticks arrive; Ctrl-C stops everything", flush=True)
     started = time.monotonic()
@@ -109,6 +113,6 @@ def cmd_live(args) -> int:
         if broker is not None:
             remove_broker_file(home)
             broker.stop()
-        log.close()
+        pump.join(5)
         print("stopped", flush=True)
     return code

@@ -240,6 +240,24 @@ CREATE TABLE IF NOT EXISTS correlations (
 )
 """
 
+# Per (coin pair, UTC hour): sums over the minutes where both coins have a 1-minute return, so a
+# window's Pearson correlation is a sum over at most 169 buckets plus one partial hour of minute
+# rows, however long the history (transforms/market.py correlations_refresh).
+CORR_BUCKETS_DDL = """
+CREATE TABLE IF NOT EXISTS corr_buckets (
+    coin_a  VARCHAR NOT NULL,
+    coin_b  VARCHAR NOT NULL,
+    hour    TIMESTAMPTZ NOT NULL,
+    n       BIGINT NOT NULL,
+    sx      DOUBLE NOT NULL,   -- sum of coin_a's returns
+    sy      DOUBLE NOT NULL,
+    sxx     DOUBLE NOT NULL,
+    syy     DOUBLE NOT NULL,
+    sxy     DOUBLE NOT NULL,
+    PRIMARY KEY (coin_a, coin_b, hour)
+)
+"""
+
 ANOMALIES_DDL = """
 CREATE TABLE IF NOT EXISTS anomalies (
     anomaly_id    VARCHAR PRIMARY KEY,   -- md5(coin_id | event_time | rule): re-runs never duplicate
@@ -265,6 +283,7 @@ ALL_DDL = ALL_DDL + (
     OHLCV_1H_DDL,
     HOURLY_STATS_DDL,
     CORRELATIONS_DDL,
+    CORR_BUCKETS_DDL,
     ANOMALIES_DDL,
 )
 

@@ -109,3 +109,19 @@ def test_maintenance_job_runs_in_definitions():
     assert result.success
     assert result.output_for_node("purge_dagster_storage") == 0
     assert defs.resolve_schedule_def("maintenance_schedule").job_name == "maintenance_job"
+
+
+def test_dagster_dev_log_rotates_and_stays_bounded(tmp_path):
+    import io
+
+    from crypto_assets.procs import RotatingLogPump
+
+    lines = [f"line {i:05d} ".encode() + b"x" * 90 + b"\n" for i in range(1000)]  # 100 bytes each
+    pump = RotatingLogPump(tmp_path / "dev.log", max_bytes=10_000, keep=2)
+    pump.pump(io.BytesIO(b"".join(lines)))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["dev.log", "dev.log.1", "dev.log.2"]
+    assert all((tmp_path / f).stat().st_size <= 10_000 for f in files)
+    # the newest lines are kept, in order, across the rotated files
+    kept = b"".join((tmp_path / f).read_bytes() for f in ["dev.log.2", "dev.log.1", "dev.log"])
+    assert kept == b"".join(lines)[-len(kept):] and kept.endswith(lines[-1])

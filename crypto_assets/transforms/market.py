@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import duckdb
 import orjson
@@ -15,39 +15,81 @@ ZSCORE_CRITICAL = 5.0
 VOLUME_SPIKE_PCT = 200.0
 VOLUME_SPIKE_CRITICAL_PCT = 500.0
 WINDOWS = {"24h": "24 HOUR", "7d": "7 DAY"}
+WINDOW_SPANS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+
+def _ts(t: datetime) -> str:
+    return f"TIMESTAMPTZ '{t.astimezone(timezone.utc).isoformat()}'"
+
+
+_PAIRS_SQL = """
+    SELECT a.coin_id AS coin_a, b.coin_id AS coin_b, {group}
+           count(*) AS n, sum(a.return_pct) AS sx, sum(b.return_pct) AS sy,
+           sum(a.return_pct * a.return_pct) AS sxx, sum(b.return_pct * b.return_pct) AS syy,
+           sum(a.return_pct * b.return_pct) AS sxy
+    FROM m a JOIN m b ON a.minute = b.minute AND a.coin_id < b.coin_id
+    GROUP BY ALL
+"""
+
+
+def _minutes(where: str) -> str:
+    return f"WITH m AS (SELECT coin_id, minute, return_pct FROM ohlcv_1m WHERE return_pct IS NOT NULL AND {where})"
 
 
 def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
     """Pearson correlation of 1-minute close-to-close returns for every coin pair, over the 24 h
-    and 7 d before the newest candle. Work is bounded by the 7-day window, not the history."""
+    and 7 d before the newest candle. Kept incrementally: per (pair, hour) sums in corr_buckets
+    are recomputed only for the hours whose candles changed; a window adds up its whole hours and
+    reads the minutes of its one partial (oldest) hour, so a refresh costs the same on a week of
+    history as on a month."""
     hwm, seq = get_state(conn, "correlations")
     upstream = get_state(conn, "ohlcv_1m")[1]
     if upstream <= hwm:
         return {"rows": 0, "skipped": True}
     with transaction(conn):
         end = first(conn, "SELECT max(minute) FROM ohlcv_1m")[0]
+        if end is None:
+            set_state(conn, "correlations", upstream, seq + 1)
+            return {"rows": 0, "window_end": None, "skipped": False}
+        # bounds as literals, so DuckDB prunes row groups by their minute zone maps
+        horizon = _ts(end - timedelta(days=7, hours=1))  # buckets older than this are not needed
+        rebuild = first(conn, "SELECT count(*) = 0 FROM corr_buckets")[0]  # first refresh: every hour of the window
+        touched = "" if rebuild else f"AND candle_seq > {int(hwm)}"
+        conn.execute(f"""CREATE OR REPLACE TEMP TABLE corr_hours AS SELECT DISTINCT date_trunc('hour', minute) AS hour
+                         FROM ohlcv_1m WHERE minute > {horizon} {touched}""")
+        lo, hi = first(conn, "SELECT min(hour), max(hour) FROM corr_hours")
+        conn.execute("DELETE FROM corr_buckets WHERE hour IN (SELECT hour FROM corr_hours)")
+        if lo is not None:
+            conn.execute(
+                f"""INSERT INTO corr_buckets
+                    {_minutes(f"minute >= {_ts(lo)} AND minute < {_ts(hi + timedelta(hours=1))} AND minute > {horizon} "
+                              "AND date_trunc('hour', minute) IN (SELECT hour FROM corr_hours)")}
+                    {_PAIRS_SQL.format(group="date_trunc('hour', a.minute) AS hour,")}""")
+        conn.execute(f"DELETE FROM corr_buckets WHERE hour <= {horizon}")
         conn.execute("DELETE FROM correlations")
-        # One scan and one self-join for both windows: the 24 h figures are FILTERed aggregates
-        # of the 7 d join (the 24 h window lies inside the 7 d one).
+        parts = []
+        for name, span in WINDOW_SPANS.items():
+            start = end - span
+            start_hour = start.replace(minute=0, second=0, microsecond=0)
+            edge = f"minute > {_ts(start)} AND minute < {_ts(start_hour + timedelta(hours=1))}"
+            parts.append(f"""
+                SELECT coin_a, coin_b, '{name}' AS window_name, n, sx, sy, sxx, syy, sxy FROM corr_buckets
+                WHERE hour > {_ts(start_hour)} AND hour <= {_ts(end)}
+                UNION ALL
+                SELECT * FROM ({_minutes(edge)} {_PAIRS_SQL.format(group=f"'{name}' AS window_name,")})""")
         conn.execute(
             f"""
             INSERT INTO correlations
-            WITH r AS (
-                SELECT coin_id, minute, return_pct FROM ohlcv_1m
-                WHERE minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['7d']} AND minute <= $end::TIMESTAMPTZ AND return_pct IS NOT NULL
-            ), p AS (
-                SELECT a.coin_id AS coin_a, b.coin_id AS coin_b,
-                       corr(a.return_pct, b.return_pct) AS c_7d, count(*)::INTEGER AS n_7d,
-                       corr(a.return_pct, b.return_pct) FILTER (a.minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['24h']}) AS c_24h,
-                       (count(*) FILTER (a.minute > $end::TIMESTAMPTZ - INTERVAL {WINDOWS['24h']}))::INTEGER AS n_24h
-                FROM r a JOIN r b ON a.minute = b.minute AND a.coin_id < b.coin_id
-                GROUP BY a.coin_id, b.coin_id
-            )
-            SELECT coin_a, coin_b, '24h', $end::TIMESTAMPTZ, c_24h, n_24h FROM p WHERE n_24h > 0
-            UNION ALL
-            SELECT coin_a, coin_b, '7d', $end::TIMESTAMPTZ, c_7d, n_7d FROM p
-            """,
-            {"end": end},
+            WITH s AS (SELECT coin_a, coin_b, window_name, sum(n) AS n, sum(sx) AS sx, sum(sy) AS sy,
+                              sum(sxx) AS sxx, sum(syy) AS syy, sum(sxy) AS sxy
+                       FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL)
+            SELECT coin_a, coin_b, window_name, {_ts(end)},
+                   CASE WHEN (n * sxx - sx * sx) > 0 AND (n * syy - sy * sy) > 0
+                        THEN least(1.0, greatest(-1.0, (n * sxy - sx * sy) / sqrt((n * sxx - sx * sx) * (n * syy - sy * sy))))
+                   END,
+                   n::INTEGER
+            FROM s WHERE n > 0
+            """
         )
         rows = first(conn, "SELECT count(*) FROM correlations")[0]
         set_state(conn, "correlations", upstream, seq + 1)

@@ -52,6 +52,8 @@ class IncrementalConfig(dg.Config):
     drain_seconds: float = Field(default=0.0, ge=0, description="keep pulling new messages for this long (the "
                                  "backlog sensor sets it); 0: one pass")
     pass_interval_seconds: float = Field(default=1.0, ge=0, description="while draining, start a pass at most this often")
+    pause_seconds: float = Field(default=0.3, ge=0, description="while draining, leave warehouse.duckdb closed at least "
+                                 "this long after each pass, so other readers and writers get the file lock")
     export_interval_seconds: float = Field(default=30.0, ge=0, description="rewrite Parquet mirrors at most this often "
                                            "while draining (always at the end)")
     max_messages: int = Field(default=PullConfig.max_messages, description="most messages one pass reads")
@@ -266,8 +268,8 @@ def incremental(context: dg.AssetExecutionContext, config: IncrementalConfig, ka
                 last_export = time.monotonic()
             if blocked or probe is None or pull is None:
                 break
-            if not probe.wait_for_messages(pull.plans, not_before=pass_start + config.pass_interval_seconds,
-                                           deadline=deadline):
+            not_before = max(pass_start + config.pass_interval_seconds, time.monotonic() + config.pause_seconds)
+            if not probe.wait_for_messages(pull.plans, not_before=not_before, deadline=deadline):
                 break
     finally:
         if probe is not None:

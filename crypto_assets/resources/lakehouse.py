@@ -53,7 +53,9 @@ class LakehouseResource(dg.ConfigurableResource):
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # short retries: the draining incremental step frees the file for a few hundred ms
+                # between passes, and a waiter polling once a second would mostly miss it
+                delay = min(delay * 2, 0.1)
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -3,16 +3,18 @@ lake compaction), as one job on a schedule, visible and switchable in the UI lik
 
 import dagster as dg
 
-from crypto_assets.storage_purge import purge_dagster_storage
+from crypto_assets.storage_purge import prune_mlflow, purge_dagster_storage
 
 
 @dg.job(
     name="maintenance_job",
     executor_def=dg.in_process_executor,
-    description="Purge old Dagster runs (keeping every asset's latest materialization and check result).",
+    description="Purge old Dagster runs (keeping every asset's latest materialization and check result) and old "
+    "MLflow model versions (keeping the champions).",
 )
 def maintenance_job() -> None:
     purge_dagster_storage()
+    prune_mlflow()
 
 
 def build_maintenance_schedule(cron: str, default_on: bool) -> dg.ScheduleDefinition:

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from crypto_assets.resources.mlflow import MlflowResource
+
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 FAILED = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -120,3 +122,18 @@ def purge_dagster_storage(context: dg.OpExecutionContext, config: PurgeConfig) -
         "kept_latest_results": result.protected_latest, "kept_recent_failures": result.kept_failed,
         "keep_hours": config.keep_hours,
     })
+
+
+class MlflowPruneConfig(dg.Config):
+    keep_versions: int = 5
+
+
+@dg.op(description="Delete registered model versions beyond the newest keep_versions (never the champion), with "
+       "their MLflow runs and artifacts.")
+def prune_mlflow(context: dg.OpExecutionContext, config: MlflowPruneConfig, mlflow: MlflowResource) -> dg.Output[int]:
+    from crypto_assets.ml.retention import prune_model_versions
+
+    result = prune_model_versions(mlflow, config.keep_versions)
+    deleted = sum(len(v) for v in result.versions_deleted.values())
+    return dg.Output(deleted, metadata={"versions_deleted": deleted, "runs_deleted": len(result.runs_deleted),
+                                        "versions_kept": result.versions_kept, "keep_versions": config.keep_versions})

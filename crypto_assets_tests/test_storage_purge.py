@@ -100,12 +100,13 @@ def test_purge_is_bounded_per_call(instance):
     assert [r.dagster_run.run_id for r in instance.get_run_records()] == [runs[3]]
 
 
-def test_maintenance_job_runs_in_definitions():
+def test_maintenance_job_runs_in_definitions(tmp_path):
     from crypto_assets.definitions import defs
+    from crypto_assets.resources.mlflow import MlflowResource
 
     job = defs.resolve_job_def("maintenance_job")
     with dg.DagsterInstance.ephemeral() as inst:
-        result = job.execute_in_process(instance=inst)
+        result = job.execute_in_process(instance=inst, resources={"mlflow": MlflowResource(home=str(tmp_path))})
     assert result.success
     assert result.output_for_node("purge_dagster_storage") == 0
     assert defs.resolve_schedule_def("maintenance_schedule").job_name == "maintenance_job"
@@ -125,3 +126,36 @@ def test_dagster_dev_log_rotates_and_stays_bounded(tmp_path):
     # the newest lines are kept, in order, across the rotated files
     kept = b"".join((tmp_path / f).read_bytes() for f in ["dev.log.2", "dev.log.1", "dev.log"])
     assert kept == b"".join(lines)[-len(kept):] and kept.endswith(lines[-1])
+
+
+def test_mlflow_prune_keeps_newest_and_champion_and_removes_artifacts(tmp_path):
+    from crypto_assets.ml.retention import prune_model_versions
+    from crypto_assets.resources.mlflow import MlflowResource
+
+    mlf = MlflowResource(home=str(tmp_path))
+    mlflow = mlf.activate()
+    client = mlf.client()
+    name = mlf.registered_name("trend_model")
+    client.create_registered_model(name)
+    exp = mlf.experiment_id("trend_model")
+    runs = []
+    for i in range(7):
+        with mlflow.start_run(experiment_id=exp) as run:
+            mlflow.log_dict({"i": i}, "model/coefficients.json")
+        runs.append(run.info.run_id)
+        client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "2")
+    other = client.create_registered_model("someone_else.model")  # not ours: untouched
+    assert other is not None
+
+    res = prune_model_versions(mlf, keep_versions=3)
+    left = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    assert left == [2, 5, 6, 7]
+    assert res.versions_deleted == {name: ["4", "3", "1"]}
+    assert sorted(res.runs_deleted) == sorted([runs[0], runs[2], runs[3]])
+    artifact_root = mlf.artifact_root / "trend_model"
+    for i, run_id in enumerate(runs):
+        present = any(p.is_file() for p in (artifact_root / run_id).rglob("*"))  # gc leaves the empty run dir
+        assert present == (i in (1, 4, 5, 6)), (i, present)
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_registered_model("someone_else.model") is not None

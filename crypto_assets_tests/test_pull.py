@@ -69,3 +69,29 @@ def test_plan_partitions_notices_broker_changes():
     # retention deleted unread data
     p = plan_partitions({0: (20, 30)}, {0: (7, "c1")}, "c1")[0]
     assert p.start == 20 and "13 messages" in p.reset_reason and "retention" in p.reset_reason
+
+
+def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lakehouse):
+    """ingest_positions (read by every pull) equals the last ingest_offsets row per partition;
+    a warehouse without it (older layout) derives it once and resumes exactly where it was."""
+    from crypto_assets.ingest.pull import pull_raw_ticks
+    from crypto_assets_tests.helpers import produce, ticks as make
+
+    produce(kafka, make(40))
+    pull_raw_ticks(kafka, lakehouse)
+    produce(kafka, make(25, start=40))
+    pull_raw_ticks(kafka, lakehouse)
+    last_sql = """SELECT kafka_partition, next_offset FROM ingest_offsets WHERE kafka_topic = ?
+                  QUALIFY row_number() OVER (PARTITION BY kafka_partition ORDER BY batch_id DESC) = 1 ORDER BY 1"""
+    with lakehouse.connect() as conn:
+        positions = conn.sql("SELECT kafka_partition, next_offset FROM ingest_positions WHERE kafka_topic = ? ORDER BY 1",
+                             params=[kafka.raw_topic]).fetchall()
+        assert positions == conn.sql(last_sql, params=[kafka.raw_topic]).fetchall()
+        assert sum(n for _, n in positions) == 65
+        conn.execute("DELETE FROM ingest_positions")  # as a warehouse from before the table
+    produce(kafka, make(10, start=65))
+    pull_raw_ticks(kafka, lakehouse)
+    with lakehouse.connect() as conn:
+        offsets = conn.sql("SELECT kafka_partition, kafka_offset FROM raw_ticks ORDER BY ALL").fetchall()
+        assert len(offsets) == len(set(offsets)) == 75  # no message read twice, none skipped
+        assert conn.sql("SELECT count(*) FROM quarantine").fetchall()[0][0] == 0

@@ -143,13 +143,23 @@ def _broker_error(bootstrap: str, exc: Exception) -> BrokerUnavailable:
 
 def _stored_offsets(conn, topic: str) -> dict[int, tuple[int, str | None]]:
     rows = conn.sql(
-        """
-        SELECT kafka_partition, next_offset, cluster_id FROM ingest_offsets
-        WHERE kafka_topic = ?
-        QUALIFY row_number() OVER (PARTITION BY kafka_partition ORDER BY batch_id DESC) = 1
-        """,
-        params=[topic],
+        "SELECT kafka_partition, next_offset, cluster_id FROM ingest_positions WHERE kafka_topic = ?", params=[topic]
     ).fetchall()
+    if not rows:
+        # a warehouse from before ingest_positions: derive them once from the offsets history
+        conn.execute(
+            """
+            INSERT INTO ingest_positions
+            SELECT kafka_topic, kafka_partition, next_offset, cluster_id, batch_id FROM ingest_offsets
+            WHERE kafka_topic = ?
+            QUALIFY row_number() OVER (PARTITION BY kafka_partition ORDER BY batch_id DESC) = 1
+            ON CONFLICT DO NOTHING
+            """,
+            [topic],
+        )
+        rows = conn.sql(
+            "SELECT kafka_partition, next_offset, cluster_id FROM ingest_positions WHERE kafka_topic = ?", params=[topic]
+        ).fetchall()
     return {int(p): (int(o), c) for p, o, c in rows}
 
 
@@ -595,6 +605,14 @@ def _write_batch(
             )
         if offset_rows:
             conn.executemany("INSERT INTO ingest_offsets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", offset_rows)
+            conn.executemany(
+                """
+                INSERT INTO ingest_positions VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (kafka_topic, kafka_partition) DO UPDATE SET next_offset = excluded.next_offset,
+                    cluster_id = excluded.cluster_id, batch_id = excluded.batch_id
+                """,
+                [[r[1], r[2], r[4], r[6], r[0]] for r in offset_rows],
+            )
         quarantined = n - written
         nbytes = sum(map(len, filter(None, vals)))
         conn.execute(

@@ -10,6 +10,7 @@ recomputation.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -48,12 +49,13 @@ def _finite(expr: pl.Expr) -> pl.Expr:
 
 
 def _pow2_scale(prices: pl.Series) -> float:
-    """The power of two at or below the largest price. Dividing by it is exact (no rounding), so
+    """The power of two at or below the largest price (at least the smallest normal float, whose
+    reciprocal is finite: polars divides by multiplying with it). Dividing by it is exact, so
     windows summed over prices / scale give bit-identical results without overflowing."""
     top = prices.max()
     if top is None or not math.isfinite(top) or top <= 0:
         return 1.0
-    return math.ldexp(1.0, math.frexp(top)[1] - 1)
+    return max(math.ldexp(1.0, math.frexp(top)[1] - 1), sys.float_info.min)
 
 
 def compute_features(ticks: pl.DataFrame, ema_state: dict[str, float]) -> pl.DataFrame:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 
 from crypto_assets.db import first, scalar, transaction
+from crypto_assets.faults import fault_point
 from crypto_assets.lake import mark_dirty
 from crypto_assets.state import get_state, set_state
 from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
@@ -190,6 +191,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             conn.sql("SELECT verdict, count(*) FROM clean_judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall()
         )
         set_state(conn, ASSET, last_batch, new_seq)
+        fault_point("clean_before_commit")
     rows_in, rows_out = int(counts[0]), int(counts[1])
     return CleanResult(
         raw_batches=(hwm + 1, last_batch),

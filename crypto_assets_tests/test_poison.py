@@ -12,6 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from crypto_assets import checks, cli
 
 from crypto_assets.assets import alerts, gold, ingest, silver
 from crypto_assets.checks import ALL_CHECKS
@@ -19,8 +23,9 @@ from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.clean import CleanConfig, clean_increment
 from crypto_assets.transforms.features import features_increment
+from crypto_assets.transforms.pipeline import run_incremental
 from crypto_assets_tests.helpers import produce, tick
-from crypto_assets_tests.silver_helpers import T0, insert_raw_batch
+from crypto_assets_tests.silver_helpers import T0, TABLE_KEYS, insert_raw_batch, make_ticks, table
 
 CFG = CleanConfig()
 
@@ -201,3 +206,39 @@ def test_poison_ticks_through_the_dagster_assets(tmp_path, kafka):
         counts = conn.sql("SELECT (SELECT count(*) FROM clean_ticks), (SELECT count(*) FROM market_features)").fetchall()
     assert {(c, t): r for c, t, r in q} == want and len(q) == len(want)
     assert counts == [(600, 600)]
+
+
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_quarantining_accepted_ticks_by_hand_equals_never_having_them(tmp_path, where):
+    """A bad first tick (nothing can refute it) or, with the guard off, a bad tick in the middle:
+    `crypto-assets quarantine-ticks` takes it out, and the next incremental run leaves every
+    derived table exactly as if the tick had never arrived."""
+    coins = ["bitcoin", "ethereum"]
+    good = make_ticks(200, coins, seed=3)
+    btc = good.filter(pl.col("coin_id") == "bitcoin")
+    t_bad = btc["last_updated_at"][0] - timedelta(seconds=5) if where == "first" else btc["last_updated_at"][100] + timedelta(seconds=1)
+    bad = btc.head(1).with_columns(last_updated_at=pl.lit(t_bad).cast(btc["last_updated_at"].dtype), price_usd=pl.lit(9e-8))
+    cfg = CleanConfig(jump_window=0 if where == "middle" else CFG.jump_window)
+    homes = {}
+    for name, ticks in (("fixed", pl.concat([good, bad]).sort("last_updated_at")), ("never", good)):
+        homes[name] = LakehouseResource(home=str(tmp_path / name), coins=coins)
+        with homes[name].connect() as conn:
+            insert_raw_batch(conn, ticks.head(300))
+            run_incremental(conn, coins, cfg)
+            insert_raw_batch(conn, ticks.slice(300))
+            run_incremental(conn, coins, cfg)
+    with homes["fixed"].connect() as conn:
+        assert conn.sql("SELECT count(*) FROM clean_ticks WHERE price_usd = 9e-8").fetchall() == [(1,)]  # it got in
+    code = cli.main(["quarantine-ticks", "--home", str(tmp_path / "fixed"), "--coin", "bitcoin",
+                     "--from", t_bad.isoformat(), "--detail", "bad first tick"])
+    assert code == 0
+    with homes["fixed"].connect() as conn:
+        run_incremental(conn, coins, cfg)
+        got = {t: table(conn, t) for t in TABLE_KEYS}
+        q = conn.sql("SELECT reason, detail, coin_id, last_updated_at FROM quarantine WHERE reason = 'manual'").fetchall()
+        assert checks.reconciliation(conn).passed
+    with homes["never"].connect() as conn:
+        want = {t: table(conn, t) for t in TABLE_KEYS}
+    for t in TABLE_KEYS:
+        assert_frame_equal(got[t], want[t], check_exact=False, rel_tol=1e-9, abs_tol=1e-9), t
+    assert q == [("manual", "bad first tick", "bitcoin", t_bad)]

@@ -146,8 +146,10 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             """
         )
         judge_jumps(conn, cfg)
-        for reason, detail in _DETAILS.items():
-            conn.execute("UPDATE clean_judged SET detail = ? WHERE verdict = ? AND detail IS NULL", [detail, reason])
+        conn.execute(
+            "UPDATE clean_judged SET detail = map($reasons, $details)[verdict] WHERE verdict IS NOT NULL AND detail IS NULL",
+            {"reasons": list(_DETAILS), "details": list(_DETAILS.values())},
+        )
         conn.execute(
             """
             INSERT INTO clean_ticks

@@ -47,7 +47,7 @@ _ARRIVAL = "batch_id, kafka_partition, kafka_offset"
 
 def ensure_window(conn: duckdb.DuckDBPyConnection, n: int) -> None:
     """Create the window table; a warehouse cleaned before it existed seeds it once with each
-    coin's last accepted ticks (outside any run transaction: the DDL must not abort one)."""
+    coin's last accepted ticks. Call it outside a transaction: a failed probe aborts one."""
     try:
         conn.execute("SELECT 1 FROM clean_price_window LIMIT 0").fetchall()  # cheaper than a catalog lookup
         return

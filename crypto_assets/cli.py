@@ -172,6 +172,30 @@ def cmd_topics(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- quarantine-ticks
+def cmd_quarantine_ticks(args) -> int:
+    """Move clean ticks of one coin to quarantine; the next run recomputes what they fed."""
+    from datetime import datetime, timezone
+
+    from crypto_assets.transforms.repair import quarantine_clean_ticks
+
+    def ts(text: str) -> datetime:
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+    _home(args)
+    start = ts(args.start)
+    end = ts(args.end) if args.end else start
+    with settings.lakehouse_resource().connect() as conn:
+        moved = quarantine_clean_ticks(conn, args.coin, start, end, args.detail)
+    if not moved:
+        print(f"no clean tick of {args.coin} between {start} and {end}", file=sys.stderr)
+        return 1
+    print(f"moved {moved} clean tick(s) of {args.coin} to quarantine (reason manual); the next incremental "
+          f"run recomputes its features, candles, hourly stats and anomalies from there")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crypto-assets", description=__doc__.splitlines()[0])
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
@@ -203,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--home")
     t.add_argument("--replication-factor", type=int, default=1)
     t.set_defaults(func=cmd_topics)
+
+    qt = sub.add_parser("quarantine-ticks", help="move accepted ticks of a coin to quarantine and recompute from there")
+    qt.add_argument("--home")
+    qt.add_argument("--coin", required=True)
+    qt.add_argument("--from", dest="start", required=True, help="event time of the first tick (ISO-8601, UTC if no zone)")
+    qt.add_argument("--to", dest="end", default=None, help="event time of the last tick (default: --from)")
+    qt.add_argument("--detail", default="quarantined by hand", help="why (stored in quarantine.detail)")
+    qt.set_defaults(func=cmd_quarantine_ticks)
 
     from crypto_assets import demo, live, status
 

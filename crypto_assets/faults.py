@@ -2,7 +2,8 @@
 
 `CRYPTO_ASSETS_FAULT=<point>` makes the process SIGKILL itself when it reaches that point, the
 way an OOM kill or a power cut would: no cleanup, no exception handlers. Unset in normal use.
-Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark.
+Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark (the raw pull),
+clean_before_commit (clean_ticks, with rows, quarantine and jump-guard state written).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import string
 
-from crypto_assets.ingest.pull import PullConfig, plan_partitions, pull_raw_ticks
-from crypto_assets_tests.helpers import produce, ticks
+from crypto_assets.ingest.pull import PullConfig, lost_offsets_notice, plan_partitions, pull_raw_ticks
+from crypto_assets_tests.helpers import produce, tick, ticks
 
 
 def _table(lakehouse, sql):
@@ -95,3 +97,46 @@ def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lake
         offsets = conn.sql("SELECT kafka_partition, kafka_offset FROM raw_ticks ORDER BY ALL").fetchall()
         assert len(offsets) == len(set(offsets)) == 75  # no message read twice, none skipped
         assert conn.sql("SELECT count(*) FROM quarantine").fetchall()[0][0] == 0
+
+
+def test_plan_partitions_first_pull_on_a_truncated_log():
+    plans = plan_partitions({0: (250, 300), 1: (0, 10)}, {}, "c1")
+    assert (plans[0].start, plans[0].lost) == (250, 250)
+    assert "first pull" in plans[0].reset_reason and "0..249 (250 messages)" in plans[0].reset_reason
+    assert (plans[1].start, plans[1].lost, plans[1].reset_reason) == (0, 0, None)
+    plans += plan_partitions({2: (40, 50)}, {2: (30, "c1")}, "c1")  # a stored offset behind the log
+    assert lost_offsets_notice(plans) == "260 offsets were deleted by retention before they were read (partition 0: 250, partition 2: 10)."
+    assert lost_offsets_notice(plans[1:2]) is None
+
+
+def test_first_pull_says_how_many_offsets_retention_deleted(kafka, lakehouse):
+    """The embedded broker keeps ~5 MB per partition: 250 ticks padded with 40 KB of random
+    letters (lz4 cannot shrink them) push the oldest out of their partition before the first pull."""
+    rng = random.Random(5)
+    padded = [tick(i, "bitcoin") | {"source": "".join(rng.choices(string.ascii_letters, k=40_000))} for i in range(250)]
+    produce(kafka, padded + ticks(30, coins=("ethereum", "solana", "cardano")))
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "wm-probe"})
+    parts = probe.list_topics(kafka.raw_topic, timeout=5).topics[kafka.raw_topic].partitions
+    marks = {p: probe.get_watermark_offsets(TopicPartition(kafka.raw_topic, p), timeout=5, cached=False) for p in parts}
+    probe.close()
+    truncated = {p: lo for p, (lo, hi) in marks.items() if lo > 0}
+    assert truncated, marks  # bitcoin's partition lost its oldest messages
+
+    r = pull_raw_ticks(kafka, lakehouse)
+    assert r.offsets_lost == truncated
+    for p, low in truncated.items():
+        assert any(f"partition {p}: first pull" in n and f"0..{low - 1} ({low} messages)" in n for n in r.notices), r.notices
+    total = ", ".join(f"partition {p}: {n}" for p, n in sorted(truncated.items()))
+    assert f"{sum(truncated.values())} offsets were deleted by retention before they were read ({total})." in r.notices
+    for p, (lo, hi) in marks.items():  # every partition read from its low watermark, nothing else
+        rows = _table(lakehouse, f"SELECT kafka_offset FROM raw_ticks WHERE kafka_partition = {p} ORDER BY 1")
+        assert [o for (o,) in rows] == list(range(lo, hi)), p
+    resets = _table(lakehouse, "SELECT kafka_partition, from_offset, reset_reason FROM ingest_offsets WHERE reset_reason IS NOT NULL")
+    assert {q: f for q, f, _ in resets} == truncated and len(resets) == len(truncated)
+    assert all("deleted by retention before any pull read them" in reason for _, _, reason in resets)
+    # the next pull starts from the stored offsets: nothing more to say
+    produce(kafka, [tick(1000, "bitcoin")])
+    again = pull_raw_ticks(kafka, lakehouse)
+    assert again.notices == [] and again.offsets_lost == {} and again.messages == 1

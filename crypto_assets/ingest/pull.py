@@ -66,6 +66,7 @@ class PartitionPlan:
     start: int
     reset_reason: str | None = None
     next_offset: int = 0  # advanced as batches commit
+    lost: int = 0  # offsets deleted by retention before they were read
 
     @property
     def lag(self) -> int:
@@ -124,6 +125,11 @@ class PullResult:
         return out
 
     @property
+    def offsets_lost(self) -> dict[int, int]:
+        """partition -> offsets deleted by retention before any pull read them."""
+        return {p.partition: p.lost for p in self.plans if p.lost}
+
+    @property
     def offset_ranges(self) -> dict[int, tuple[int, int]]:
         """partition -> (first offset read, next offset) over the whole run."""
         out: dict[int, tuple[int, int]] = {}
@@ -175,8 +181,16 @@ def plan_partitions(
         low, high = watermarks[p]
         prev = stored.get(p)
         reason = None
+        lost = 0
         if prev is None:
             start = low
+            if low > 0:  # a new partition's log starts at 0: the first `low` offsets are gone
+                lost = low
+                reason = (
+                    f"partition {p}: first pull, and the log already starts at offset {low}: offsets "
+                    f"0..{low - 1} ({low} messages) were deleted by retention before any pull read them. "
+                    f"Starting from the earliest available offset {low}."
+                )
         else:
             offset, prev_cluster = prev
             if prev_cluster and cluster_id and prev_cluster != cluster_id:
@@ -193,6 +207,7 @@ def plan_partitions(
                 )
                 start = low
             elif offset < low:
+                lost = low - offset
                 reason = (
                     f"partition {p}: offsets {offset}..{low - 1} ({low - offset} messages) were deleted "
                     f"by retention before they were read. Resuming from the earliest available offset {low}."
@@ -200,8 +215,17 @@ def plan_partitions(
                 start = low
             else:
                 start = offset
-        plans.append(PartitionPlan(p, low, high, prev[0] if prev else None, start, reason, start))
+        plans.append(PartitionPlan(p, low, high, prev[0] if prev else None, start, reason, start, lost))
     return plans
+
+
+def lost_offsets_notice(plans: list[PartitionPlan]) -> str | None:
+    """One line with the total of offsets retention deleted unread, per partition."""
+    lost = {p.partition: p.lost for p in plans if p.lost}
+    if not lost:
+        return None
+    parts = ", ".join(f"partition {p}: {n}" for p, n in sorted(lost.items()))
+    return f"{sum(lost.values())} offsets were deleted by retention before they were read ({parts})."
 
 
 class _Consumer:
@@ -592,8 +616,8 @@ def _write_batch(
                         f"partition {plan.partition}: read started at {lo_}, expected {from_offset}"
                     )
                 count = counts[plan.partition]
-            elif plan.reset_reason and plan.stored is not None and plan.start == plan.next_offset:
-                from_offset = nxt = plan.start  # record the reset even if nothing was read
+            elif plan.reset_reason and plan.start == plan.next_offset:
+                from_offset = nxt = plan.start  # record the reset even if nothing was read (once: it is stored)
                 count = 0
             else:
                 continue
@@ -727,16 +751,16 @@ def pull_raw_ticks(
         with lakehouse.connect() as conn:
             plans = plan_partitions(watermarks, _stored_offsets(conn, topic), cluster_id)
             result.plans = plans
-            for plan in plans:
-                if plan.reset_reason:
-                    result.notices.append(plan.reset_reason)
-                    logger.warning(plan.reset_reason)
+            summary = lost_offsets_notice(plans)
+            for notice in [p.reset_reason for p in plans if p.reset_reason] + ([summary] if summary else []):
+                result.notices.append(notice)
+                logger.warning(notice)
             budget = cfg.max_messages
             first = True
             while True:
                 limit = min(cfg.batch_size, budget)
                 consumed = _consume_batch(client, topic, plans, limit, cfg)
-                if not consumed[1] and not (first and any(p.reset_reason and p.stored is not None for p in plans)):
+                if not consumed[1] and not (first and any(p.reset_reason for p in plans)):
                     break
                 stats = _write_batch(
                     conn, topic, cluster_id, run_id, plans, consumed, list(lakehouse.coins), cfg, started_at

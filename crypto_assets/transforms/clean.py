@@ -1,4 +1,9 @@
-"""raw_ticks → clean_ticks: typed, validated, deduplicated, lateness-bounded."""
+"""raw_ticks → clean_ticks: typed, validated, deduplicated, lateness-bounded.
+
+Validation guarantees that every accepted tick yields finite features: besides the contract
+rules, prices and 24h volumes must lie within absolute bounds, and a price many times away from
+the coin's recent ones is quarantined as a jump (see plausibility.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 
 from crypto_assets.db import first, scalar, transaction
+from crypto_assets.faults import fault_point
 from crypto_assets.lake import mark_dirty
 from crypto_assets.state import get_state, set_state
+from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
 
 ASSET = "clean_ticks"
 DATASET = "silver/clean_ticks"
@@ -27,6 +34,23 @@ class CleanConfig:
     lateness: timedelta = timedelta(minutes=10)  # older than the coin's newest tick minus this: late
     max_future_skew: timedelta = timedelta(minutes=5)  # ahead of its ingestion time by more: rejected
     horizon: timedelta = timedelta(days=365)  # older than ingestion minus this: rejected
+    # Absolute bounds. Real coins trade from ~1e-8 USD (the smallest meme coins) to ~1e5 USD
+    # (bitcoin); the bounds leave 4 orders of magnitude below and 3 above. Between two accepted
+    # prices the ratio stays within 1e21 (log within ±49) and squares within 1e-24..1e18, far
+    # from float64 overflow, underflow and subnormals, so every feature is finite.
+    min_price_usd: float = 1e-12
+    max_price_usd: float = 1e9
+    # 24h volume: 0 (no trades) or within [min_positive_volume_usd, max_volume_usd]. The largest
+    # coin trades ~1e11 USD a day; a positive volume below a millionth of a dollar is an artefact
+    # (subnormals, unit errors). Volume ratios then stay within 1e19.
+    max_volume_usd: float = 1e13
+    min_positive_volume_usd: float = 1e-6
+    # Jump guard (plausibility.py): a price more than max_jump_ratio away (either way) from most
+    # of the coin's last jump_window candidate ticks within jump_max_age is quarantined. A 50 %
+    # crash or a 2x rally is well inside; unit errors (x100 cents, x1e8 sats, 1e18 wei) are not.
+    max_jump_ratio: float = 10.0
+    jump_window: int = 5  # 0 disables the guard
+    jump_max_age: timedelta = timedelta(hours=6)  # older predecessors do not count (a coin back after a pause)
 
 
 @dataclass
@@ -44,10 +68,13 @@ class CleanResult:
 _DETAILS = {
     "unknown_coin": "coin_id is not in the configured COINS",
     "invalid_price": "price_usd must be finite and > 0",
-    "invalid_volume": "volume_24h_usd must be >= 0",
+    "price_out_of_range": "price_usd is outside the plausible range",
+    "invalid_volume": "volume_24h_usd must be finite and >= 0",
+    "volume_out_of_range": "volume_24h_usd is outside the plausible range",
     "future_timestamp": "last_updated_at is ahead of its ingestion time by more than the allowed skew",
     "too_old": "last_updated_at is older than the configured horizon",
     "late": "arrived after the coin's newest tick minus the lateness window",
+    "price_jump": "price_usd is many times away from the coin's recent prices",
     "duplicate": "same (coin_id, last_updated_at) is already in clean_ticks",
 }
 
@@ -55,6 +82,7 @@ _DETAILS = {
 def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: CleanConfig | None = None) -> CleanResult:
     cfg = cfg or CleanConfig()
     conn.execute(COIN_STATE_DDL)
+    ensure_window(conn, cfg.jump_window)
     hwm, seq = get_state(conn, ASSET)
     # ingest_batches is written in the same transaction as the batch rows: one row per batch, not per tick
     last_batch = scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM ingest_batches")
@@ -79,16 +107,28 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
               CASE
                 WHEN NOT list_contains($coins, i.coin_id) THEN 'unknown_coin'
                 WHEN NOT isfinite(i.price_usd) OR i.price_usd <= 0 THEN 'invalid_price'
-                WHEN i.volume_24h_usd < 0 THEN 'invalid_volume'
+                WHEN i.price_usd < $min_price OR i.price_usd > $max_price THEN 'price_out_of_range'
+                WHEN NOT isfinite(i.volume_24h_usd) OR i.volume_24h_usd < 0 THEN 'invalid_volume'
+                WHEN i.volume_24h_usd > $max_volume OR (i.volume_24h_usd > 0 AND i.volume_24h_usd < $min_volume)
+                  THEN 'volume_out_of_range'
                 WHEN i.last_updated_at > i.ingested_at + $skew THEN 'future_timestamp'
                 WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'too_old'
                 WHEN i.dup_rank > 1 THEN 'duplicate'
                 WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
-              END AS verdict
+              END AS verdict,
+              CASE
+                WHEN verdict = 'price_out_of_range' THEN printf('price_usd %g is outside [%g, %g] USD', i.price_usd, $min_price, $max_price)
+                WHEN verdict = 'volume_out_of_range'
+                  THEN printf('volume_24h_usd %g is neither 0 nor within [%g, %g] USD', i.volume_24h_usd, $min_volume, $max_volume)
+              END AS detail
             FROM clean_in i LEFT JOIN clean_coin_state s USING (coin_id)
             """,
             {
                 "coins": coins,
+                "min_price": cfg.min_price_usd,
+                "max_price": cfg.max_price_usd,
+                "min_volume": cfg.min_positive_volume_usd,
+                "max_volume": cfg.max_volume_usd,
                 "skew": cfg.max_future_skew,
                 "horizon": cfg.horizon,
                 "lateness": cfg.lateness,
@@ -105,6 +145,11 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
               AND clean_judged.last_updated_at = c.event_time
             """
         )
+        judge_jumps(conn, cfg)
+        conn.execute(
+            "UPDATE clean_judged SET detail = map($reasons, $details)[verdict] WHERE verdict IS NOT NULL AND detail IS NULL",
+            {"reasons": list(_DETAILS), "details": list(_DETAILS.values())},
+        )
         conn.execute(
             """
             INSERT INTO clean_ticks
@@ -118,17 +163,12 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
         conn.execute(
             """
             INSERT INTO quarantine
-            SELECT 'clean_ticks', verdict, NULL, kafka_topic, kafka_partition, kafka_offset, NULL, NULL, NULL,
+            SELECT 'clean_ticks', verdict, detail, kafka_topic, kafka_partition, kafka_offset, NULL, NULL, NULL,
                    coin_id, last_updated_at, batch_id, $now, $now
             FROM clean_judged WHERE verdict IS NOT NULL
             """,
             {"now": now},
         )
-        for reason, detail in _DETAILS.items():
-            conn.execute(
-                "UPDATE quarantine SET detail = ? WHERE stage = 'clean_ticks' AND reason = ? AND detail IS NULL",
-                [detail, reason],
-            )
         conn.execute(
             """
             INSERT INTO clean_coin_state
@@ -153,6 +193,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             conn.sql("SELECT verdict, count(*) FROM clean_judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall()
         )
         set_state(conn, ASSET, last_batch, new_seq)
+        fault_point("clean_before_commit")
     rows_in, rows_out = int(counts[0]), int(counts[1])
     return CleanResult(
         raw_batches=(hwm + 1, last_batch),

@@ -9,6 +9,8 @@ recomputation.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,30 +43,56 @@ class FeaturesResult:
     seq: int = 0
 
 
+def _finite(expr: pl.Expr) -> pl.Expr:
+    """A ratio that is not representable in float64 (an overflow) is undefined: null."""
+    return pl.when(expr.is_finite()).then(expr).otherwise(None)
+
+
+def _pow2_scale(prices: pl.Series) -> float:
+    """The power of two at or below the largest price (at least the smallest normal float, whose
+    reciprocal is finite: polars divides by multiplying with it). Dividing by it is exact, so
+    windows summed over prices / scale give bit-identical results without overflowing."""
+    top = prices.max()
+    if top is None or not math.isfinite(top) or top <= 0:
+        return 1.0
+    return max(math.ldexp(1.0, math.frexp(top)[1] - 1), sys.float_info.min)
+
+
 def compute_features(ticks: pl.DataFrame, ema_state: dict[str, float]) -> pl.DataFrame:
     """Features for one or more coins. `ticks` has coin_id, symbol, event_time, price_usd,
     volume_24h_usd, is_target (False for context rows); only target rows are returned.
-    `ema_state[coin]` is the EMA at the last tick before the first target (absent: start fresh)."""
+    `ema_state[coin]` is the EMA at the last tick before the first target (absent: start fresh).
+
+    Finite input yields finite (or null) output even at float64's extremes: windows and the EMA
+    run on prices scaled by a power of two, the log return falls back to ln p - ln p_prev when
+    the ratio overflows, and a return, z-score or volume change that is not representable is
+    null. clean_ticks' bounds keep all of this far from the edge; this is the second line."""
     if ticks.height == 0:
         return pl.DataFrame(schema={c: pl.Float64 for c in FEATURE_COLUMNS})
     out = []
     for part in ticks.sort("coin_id", "event_time").partition_by("coin_id", maintain_order=True):
         coin = part["coin_id"][0]
+        scale = _pow2_scale(part["price_usd"])
         p = pl.col("price_usd")
+        ps = pl.col("scaled")
+        ratio = p / pl.col("prev_price")
         f = part.with_columns(
+            scaled=p / scale,
             prev_price=p.shift(1),
             prev_volume=pl.col("volume_24h_usd").shift(1),
         ).with_columns(
-            return_pct=(p / pl.col("prev_price") - 1.0) * 100.0,
-            log_return=(p / pl.col("prev_price")).log(),
+            return_pct=_finite((ratio - 1.0) * 100.0),
+            log_return=pl.when(ratio.is_finite() & (ratio > 0))
+            .then(ratio.log())
+            .otherwise(p.log() - pl.col("prev_price").log()),
             volume_change_pct=pl.when(pl.col("prev_volume") > 0)
-            .then((pl.col("volume_24h_usd") / pl.col("prev_volume") - 1.0) * 100.0)
+            .then(_finite((pl.col("volume_24h_usd") / pl.col("prev_volume") - 1.0) * 100.0))
             .otherwise(None),
         ).with_columns(
-            sma_1m=p.rolling_mean_by("event_time", "1m"),
-            sma_5m=p.rolling_mean_by("event_time", "5m"),
-            sma_15m=p.rolling_mean_by("event_time", "15m"),
-            price_std_15m=p.rolling_std_by("event_time", "15m", ddof=0),
+            sma_1m=ps.rolling_mean_by("event_time", "1m"),
+            sma_5m=ps.rolling_mean_by("event_time", "5m"),
+            sma_15m=ps.rolling_mean_by("event_time", "15m"),
+            price_std_15m=ps.rolling_std_by("event_time", "15m", ddof=0),
             volatility_15m=pl.col("log_return").rolling_std_by("event_time", "15m", ddof=0),
         )
         # ticks in (t - 15m, t]: difference of cumulative counts via a range search
@@ -73,17 +101,20 @@ def compute_features(ticks: pl.DataFrame, ema_state: dict[str, float]) -> pl.Dat
         f = f.with_columns(ticks_15m=(pl.Series(range(1, f.height + 1)) - idx_start).cast(pl.Int32))
         f = f.with_columns(
             zscore_15m=pl.when(pl.col("price_std_15m") > 0)
-            .then((p - pl.col("sma_15m")) / pl.col("price_std_15m"))
+            .then(_finite((ps - pl.col("sma_15m")) / pl.col("price_std_15m")))
             .otherwise(None),
         )
         targets = f.filter(pl.col("is_target"))
-        prices = targets["price_usd"]
+        prices = targets["scaled"]
         if coin in ema_state and ema_state[coin] is not None:
-            seeded = pl.concat([pl.Series([ema_state[coin]], dtype=pl.Float64), prices])
+            seeded = pl.concat([pl.Series([ema_state[coin] / scale], dtype=pl.Float64), prices])
             ema = seeded.ewm_mean(alpha=EMA_ALPHA, adjust=False).slice(1)
         else:
             ema = prices.ewm_mean(alpha=EMA_ALPHA, adjust=False)
-        out.append(targets.with_columns(ema_20=ema).select(FEATURE_COLUMNS))
+        targets = targets.with_columns(ema_20=ema).with_columns(
+            _finite(pl.col(c) * scale).alias(c) for c in ("sma_1m", "sma_5m", "sma_15m", "ema_20")
+        )
+        out.append(targets.select(FEATURE_COLUMNS))
     return pl.concat(out)
 
 

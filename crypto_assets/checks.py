@@ -1,8 +1,10 @@
 """Asset-check rules: plain functions of a DuckDB connection, tested directly, evaluated by the
 incremental step on the rows a pass wrote (crypto_assets/assets/incremental.py).
 
-Every rule takes an optional scope: the sequence number its asset stamped on the rows of this
-pass (`clean_seq`, `feature_seq`, `candle_seq`) or the raw batch ids it committed. A scoped rule
+Every rule takes an optional scope: the sequence numbers its asset stamped on rows
+(`clean_seq`, `feature_seq`, `candle_seq`) that the assets downstream have not consumed yet (so
+a blocking check that failed keeps failing until the rows are repaired, and nothing consumes
+them meanwhile), or the raw batch ids a pass committed. A scoped rule
 reads only those rows plus the look-back it needs, so a check costs in proportion to the new
 data, not to the history (a month at 100 msg/s is ~260M ticks). Properties of the whole table
 hold by construction and are checked where they can break: uniqueness, for instance, can only
@@ -38,8 +40,15 @@ def _n(conn: duckdb.DuckDBPyConnection, sql: str, params=None) -> int:
     return int(rows[0][0] or 0)
 
 
-def _scope(column: str, seq: int | None) -> str:
-    return "TRUE" if seq is None else f"{column} = {int(seq)}"
+Seqs = int | tuple[int, int] | None  # one sequence number, (after, up to and including), or all rows
+
+
+def _scope(column: str, seq: Seqs) -> str:
+    if seq is None:
+        return "TRUE"
+    if isinstance(seq, tuple):
+        return f"({column} > {int(seq[0])} AND {column} <= {int(seq[1])})"
+    return f"{column} = {int(seq)}"
 
 
 def _offenders(conn, sql: str, columns: list[str]) -> str:
@@ -48,13 +57,13 @@ def _offenders(conn, sql: str, columns: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- silver
-def unique_ticks(conn, seq: int | None = None) -> Verdict:
+def unique_ticks(conn, seq: Seqs = None) -> Verdict:
     """(coin_id, event_time) unique: the keys this pass inserted, looked up in the table."""
     if seq is None:
         dups_sql = "SELECT coin_id, event_time, count(*) AS n FROM clean_ticks GROUP BY ALL HAVING count(*) > 1"
     else:
         dups_sql = f"""
-            WITH n AS (SELECT coin_id, event_time FROM clean_ticks WHERE clean_seq = {int(seq)})
+            WITH n AS (SELECT coin_id, event_time FROM clean_ticks WHERE {_scope('clean_seq', seq)})
             SELECT c.coin_id, c.event_time, count(*) AS n FROM clean_ticks c SEMI JOIN n USING (coin_id, event_time)
             WHERE c.event_time >= (SELECT min(event_time) FROM n) AND c.event_time <= (SELECT max(event_time) FROM n)
             GROUP BY ALL HAVING count(*) > 1"""
@@ -65,7 +74,7 @@ def unique_ticks(conn, seq: int | None = None) -> Verdict:
     return Verdict(dups == 0, md, f"{dups} duplicated (coin_id, event_time) keys")
 
 
-def positive_prices(conn, seq: int | None = None) -> Verdict:
+def positive_prices(conn, seq: Seqs = None) -> Verdict:
     where = f"{_scope('clean_seq', seq)} AND (NOT (price_usd > 0) OR NOT isfinite(price_usd) OR volume_24h_usd < 0)"
     bad = _n(conn, f"SELECT count(*) FROM clean_ticks WHERE {where}")
     md: dict = {"bad_rows": bad}
@@ -163,7 +172,7 @@ FEATURE_NUMERIC = ("return_pct", "log_return", "sma_1m", "sma_5m", "sma_15m", "e
                    "zscore_15m", "volume_change_pct")
 
 
-def features_finite(conn, seq: int | None = None) -> Verdict:
+def features_finite(conn, seq: Seqs = None) -> Verdict:
     bad_expr = " OR ".join(f"({c} IS NOT NULL AND NOT isfinite({c}))" for c in FEATURE_NUMERIC)
     scope = _scope("feature_seq", seq)
     counts_sql = ", ".join(f"count(*) FILTER ({c} IS NOT NULL AND NOT isfinite({c}))" for c in FEATURE_NUMERIC)
@@ -180,7 +189,7 @@ def features_finite(conn, seq: int | None = None) -> Verdict:
     return Verdict(not bad and neg_vol == 0, md, f"NaN/Inf in {bad}" if bad else "all defined values finite")
 
 
-def rsi_in_range(conn, seq: int | None = None) -> Verdict:
+def rsi_in_range(conn, seq: Seqs = None) -> Verdict:
     scope = _scope("candle_seq", seq)
     bad_rsi = "rsi_14 IS NOT NULL AND (NOT isfinite(rsi_14) OR rsi_14 < 0 OR rsi_14 > 100)"
     bad_bb = "bb_upper < bb_lower OR NOT isfinite(bb_middle)"

@@ -101,3 +101,35 @@ def test_failing_blocking_check_stops_downstream_in_same_run(tmp_path, kafka):
     assert "market_features" not in materialized and "anomalies" not in materialized
     with lh.connect() as conn:
         assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == features_before
+
+
+def test_failed_blocking_check_holds_until_the_rows_are_repaired(tmp_path, kafka):
+    """The clean_ticks checks judge the rows no downstream asset has consumed yet: a later run with
+    nothing new fails again and still computes nothing from them; once the bad row is gone, the
+    next run passes and catches up."""
+    lh = LakehouseResource(home=str(tmp_path / "h"), coins=COINS)
+    with lh.connect() as conn:
+        insert_raw_batch(conn, make_ticks(200, COINS, start=datetime.now(timezone.utc) - timedelta(hours=1), seed=4))
+        run_incremental(conn, COINS)
+        next_seq = conn.sql("SELECT seq + 1 FROM asset_state WHERE asset = 'clean_ticks'").fetchall()[0][0]
+        conn.execute("INSERT INTO clean_ticks SELECT * REPLACE (-1.0 AS price_usd, ? AS clean_seq, "
+                     "event_time - INTERVAL 1 DAY AS event_time) FROM clean_ticks WHERE rowid = 1", [next_seq])
+        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(timezone.utc) - timedelta(minutes=5), seed=5))
+        features_before = conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0]
+    res = {"lakehouse": lh, "kafka": kafka}
+    selection = ["clean_ticks", "market_features", "anomalies"]
+    for _ in range(2):  # the second run has nothing new to clean: the pending rows fail again
+        result = dg.materialize([incremental.incremental], resources=res, selection=selection, raise_on_error=False)
+        evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert evals["clean_ticks_positive_price"].passed is False and not result.success
+        assert "-1" in evals["clean_ticks_positive_price"].metadata["offending_rows"].value
+        with lh.connect() as conn:
+            assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == features_before
+    with lh.connect() as conn:
+        conn.execute("DELETE FROM clean_ticks WHERE price_usd < 0")  # the repair (quarantine-ticks does it properly)
+    result = dg.materialize([incremental.incremental], resources=res, selection=selection)
+    assert result.success
+    with lh.connect() as conn:
+        clean = set(conn.sql("SELECT coin_id, event_time FROM clean_ticks").fetchall())
+        assert set(conn.sql("SELECT coin_id, event_time FROM market_features").fetchall()) == clean
+        assert len(clean) > features_before

@@ -17,8 +17,7 @@ from polars.testing import assert_frame_equal
 
 from crypto_assets import checks, cli
 
-from crypto_assets.assets import alerts, gold, ingest, silver
-from crypto_assets.checks import ALL_CHECKS
+from crypto_assets.assets import incremental
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.clean import CleanConfig, clean_increment
@@ -177,7 +176,7 @@ def test_poison_ticks_through_the_dagster_assets(tmp_path, kafka):
     ticks; both runs succeed, market_features_finite passes, each poison is quarantined once."""
     lh = LakehouseResource(home=str(tmp_path / "w"), coins=["bitcoin", "ethereum", "cardano"])
     base = (datetime.now(timezone.utc) - timedelta(minutes=10)).replace(microsecond=0)  # fresh: every check can pass
-    defs = dg.Definitions(assets=dg.load_assets_from_modules([ingest, silver, gold, alerts]), asset_checks=ALL_CHECKS,
+    defs = dg.Definitions(assets=[incremental.incremental],
                           resources={"lakehouse": lh, "kafka": kafka})
     job = dg.define_asset_job(
         "poison", selection=dg.AssetSelection.assets("raw_ticks", "clean_ticks", "market_features")

@@ -36,6 +36,7 @@ from crypto_assets.assets.metadata import markdown_table, table_metadata
 from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
 from crypto_assets.lake import export_dirty
 from crypto_assets.resources import KafkaResource, LakehouseResource
+from crypto_assets.state import get_state
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets.transforms.features import features_increment
@@ -108,6 +109,13 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def _unconsumed(conn, seq: int, consumers: list[str]) -> tuple[int, int] | None:
+    """(after, up to) of the sequence numbers an asset stamped that some consumer has not processed
+    yet: what its blocking checks must judge before anything downstream reads it."""
+    consumed = min(get_state(conn, c)[0] for c in consumers)
+    return (consumed, seq) if consumed < seq else None
+
+
 def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaResource, lakehouse: LakehouseResource,
           run: _Run, selected: set[str], checks_on: set[dg.AssetCheckKey]) -> tuple[bool, Any]:
     """One micro-batch through every selected member. Returns (blocked, pull result)."""
@@ -139,14 +147,15 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
                                           "quarantined": res.quarantined,
                                           **{f"quarantine_reasons/{k}": v for k, v in res.reasons.items()}},
                     seq=res.seq, changed=changed)
-            if changed:
+            if changed and checks.RECONCILIATION.key in checks_on:
+                run.judge(checks.RECONCILIATION, checks.reconciliation, conn, res.raw_batches)
+            pending = _unconsumed(conn, res.seq, ["market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats"])
+            if pending is not None:
                 ok = True
                 if checks.CLEAN_UNIQUE.key in checks_on:
-                    ok &= run.judge(checks.CLEAN_UNIQUE, checks.unique_ticks, conn, res.seq)
+                    ok &= run.judge(checks.CLEAN_UNIQUE, checks.unique_ticks, conn, pending)
                 if checks.CLEAN_POSITIVE.key in checks_on:
-                    ok &= run.judge(checks.CLEAN_POSITIVE, checks.positive_prices, conn, res.seq)
-                if checks.RECONCILIATION.key in checks_on:
-                    run.judge(checks.RECONCILIATION, checks.reconciliation, conn, res.raw_batches)
+                    ok &= run.judge(checks.CLEAN_POSITIVE, checks.positive_prices, conn, pending)
                 if not ok:
                     ctx.log.error("a blocking clean_ticks check failed: nothing downstream runs in this pass")
                     return True, pull
@@ -156,8 +165,9 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             changed = res.recomputed_from is not None
             run.add("market_features", secs, {"rows_recomputed": res.rows_written}, seq=res.seq, changed=changed,
                     coins_touched=res.coins)
-            if changed and checks.FEATURES_FINITE.key in checks_on:
-                blocked |= not run.judge(checks.FEATURES_FINITE, checks.features_finite, conn, res.seq)
+            pending = _unconsumed(conn, res.seq, ["anomalies"])
+            if pending is not None and checks.FEATURES_FINITE.key in checks_on:
+                blocked |= not run.judge(checks.FEATURES_FINITE, checks.features_finite, conn, pending)
         if "anomalies" in selected and not blocked:
             res, secs = _timed(anomalies_increment, conn)
             published, psecs = _timed(publish_alerts, conn, kafka)
@@ -167,8 +177,9 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             res, secs = _timed(candles_1m_increment, conn)
             changed = res.rows_written > 0
             run.add("ohlcv_1m", secs, {"candles_recomputed": res.rows_written}, seq=res.seq, changed=changed)
-            if changed and checks.RSI_RANGE.key in checks_on:
-                blocked |= not run.judge(checks.RSI_RANGE, checks.rsi_in_range, conn, res.seq)
+            pending = _unconsumed(conn, res.seq, ["correlations"])
+            if pending is not None and checks.RSI_RANGE.key in checks_on:
+                blocked |= not run.judge(checks.RSI_RANGE, checks.rsi_in_range, conn, pending)
         for asset in ("ohlcv_1h", "hourly_stats"):
             if asset in selected:
                 res, secs = _timed(hourly_increment, conn, asset)

@@ -41,6 +41,7 @@ def pull_numbers(result: PullResult) -> dict[str, Any]:
         "quarantined": result.quarantined,
         "bytes_read": result.bytes,
         "dlq_published": result.dlq_published,
+        "offsets_lost_to_retention": sum(result.offsets_lost.values()),
         **{f"quarantine_reasons/{k}": v for k, v in result.reasons.items()},
     }
 

@@ -97,12 +97,15 @@ def stack_roles(root_pid: int) -> dict[str, list[int]]:
     for p in procs:
         try:
             cmd = " ".join(p.cmdline())
+            parent = " ".join(p.parent().cmdline()) if p.parent() else ""
         except psutil.Error:
             continue
         role = ("dev" if p.pid == root_pid else "daemon" if "dagster-daemon" in cmd or "daemon run" in cmd
                 else "webserver" if "dagster-webserver" in cmd or "dagster_webserver" in cmd
                 else "code_server" if "grpc" in cmd or "code-server" in cmd
-                else "forkserver" if "forkserver" in cmd else "other")
+                else "run_worker" if "forkserver" in cmd and "forkserver" in parent  # a fork keeps the cmdline
+                else "forkserver" if "forkserver" in cmd else "resource_tracker" if "resource_tracker" in cmd
+                else "other")
         roles.setdefault(role, []).append(p.pid)
     return roles
 

@@ -248,6 +248,7 @@ def _build(root: Path, params: dict, log) -> dict:
     t_gen = t_inc = t_exp = 0.0
     t_start = time.perf_counter()
     with lh.connect() as conn:
+        conn.execute("SET enable_progress_bar = false")  # DuckDB draws one for statements > 2 s, even into a file
         for i0 in range(0, n_ticks, params["chunk_ticks"]):
             i1 = min(i0 + params["chunk_ticks"], n_ticks)
             t0 = time.perf_counter()

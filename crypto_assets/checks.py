@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
-from crypto_assets.assets.ingest import DUCKDB_POOL
 from crypto_assets.resources import LakehouseResource
 
 WARN = dg.AssetCheckSeverity.WARN
@@ -149,7 +148,7 @@ CLEAN_GATE = [
 ]
 
 
-@dg.multi_asset_check(specs=[spec for spec, _ in CLEAN_GATE], name="clean_ticks_gate", pool=DUCKDB_POOL, op_tags=GATE)
+@dg.multi_asset_check(specs=[spec for spec, _ in CLEAN_GATE], name="clean_ticks_gate", op_tags=GATE)
 def clean_ticks_gate(lakehouse: LakehouseResource):
     """Blocking: market_features and the candles read clean_ticks only after these pass."""
     with lakehouse.connect() as conn:
@@ -173,7 +172,7 @@ OFFSET_CONTIGUITY = dg.AssetCheckSpec("raw_ticks_offset_contiguity", asset="raw_
 
 
 @dg.multi_asset_check(specs=[FRESHNESS, RECONCILIATION, QUARANTINE_RATE, OFFSET_CONTIGUITY],
-                      name="ingest_health", pool=DUCKDB_POOL, can_subset=True)
+                      name="ingest_health", can_subset=True)
 def ingest_health(context: dg.AssetCheckExecutionContext, config: IngestHealthConfig, lakehouse: LakehouseResource):
     """Non-blocking: warnings and bookkeeping errors that do not stop the run."""
     rules = [
@@ -189,13 +188,13 @@ def ingest_health(context: dg.AssetCheckExecutionContext, config: IngestHealthCo
                 yield _result(rule(conn), severity, spec)
 
 
-@dg.asset_check(asset="market_features", blocking=True, pool=DUCKDB_POOL, description="no NaN/Inf where a value is defined")
+@dg.asset_check(asset="market_features", blocking=True, description="no NaN/Inf where a value is defined")
 def market_features_finite(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
     with lakehouse.connect() as conn:
         return _result(features_finite(conn))
 
 
-@dg.asset_check(asset="ohlcv_1m", blocking=True, pool=DUCKDB_POOL, description="RSI in [0, 100], sane OHLC and bands")
+@dg.asset_check(asset="ohlcv_1m", blocking=True, description="RSI in [0, 100], sane OHLC and bands")
 def ohlcv_1m_rsi_range(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
     with lakehouse.connect() as conn:
         return _result(rsi_in_range(conn))

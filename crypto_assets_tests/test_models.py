@@ -21,7 +21,7 @@ from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import spark_config
 from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
 from crypto_assets.transforms.pipeline import run_incremental
-from crypto_assets_tests.silver_helpers import insert_raw_batch
+from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
@@ -38,6 +38,7 @@ def _market(lh: LakehouseResource, days: float = 1.5) -> None:
     with lh.connect() as conn:
         insert_raw_batch(conn, df)
         run_incremental(conn, COINS)
+        export_gold_mirrors(conn, lh.lake_path)  # the training set reads the Parquet mirrors
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Models: a Parquet training set and four Spark MLlib models tracked in MLflow.
 
+The training set is built from the Parquet gold mirrors on an in-memory DuckDB, so retraining
+never opens warehouse.duckdb (nor takes the duckdb_writer pool) that the live pipeline holds.
 Each model asset trains on a time split, evaluates itself, its naive baseline and the current
 champion on the same holdout, logs everything with lineage tags, and registers a version. The
 blocking gate check next to it decides whether the `champion` alias moves.
@@ -11,13 +13,15 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from crypto_assets.assets.ingest import DUCKDB_POOL
+from crypto_assets.lake_views import lake_reader
 from crypto_assets.ml.registry import gate_and_promote, load_champion, log_model
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.transforms.features import DATASET as FEATURES_DATASET
 
 MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"], code_version="1")
+TRAINING_INPUTS = (FEATURES_DATASET, "gold/ohlcv_1m", "gold/anomalies")  # lake datasets, views named like the tables
 
 
 class TrainingSetConfig(dg.Config):
@@ -29,17 +33,19 @@ class TrainingSetConfig(dg.Config):
     group_name="models",
     kinds={"duckdb", "parquet"},
     owners=["team:ml"],
-    pool=DUCKDB_POOL,
     code_version="1",
 )
 def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     """Features (backward-looking only) and labels (direction over the horizon, forward returns at
-    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/."""
-    with lakehouse.connect() as conn:
+    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/, read from the
+    gold Parquet mirrors (market_features, ohlcv_1m, anomalies), not from warehouse.duckdb."""
+    with lake_reader(lakehouse.lake_path, TRAINING_INPUTS, threads=lakehouse.duckdb_threads,
+                     memory_limit=lakehouse.duckdb_memory_limit, temp_directory=lakehouse.root / "tmp" / "training_set") as (conn, files):
         info = build_training_set(conn, lakehouse.lake_path / "training", config.horizon_minutes)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(info.path)),
+            "lake_files_read": files,
             "dagster/row_count": info.rows,
             "min_event_time": dg.MetadataValue.timestamp(info.min_time) if info.min_time else "none",
             "max_event_time": dg.MetadataValue.timestamp(info.max_time) if info.max_time else "none",

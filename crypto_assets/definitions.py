@@ -62,7 +62,7 @@ assets = [
 
 defs = dg.Definitions(
     assets=assets,
-    asset_checks=[*ALL_CHECKS, *models.MODEL_CHECKS],
+    asset_checks=ALL_CHECKS,
     jobs=[ingest_job, incremental_job, training_job, demo_job],
     sensors=[
         build_backlog_sensor(

@@ -25,6 +25,9 @@ from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_b
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
+RUN_CONFIG = {"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
+                      "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}}
+GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clusters_gate"]
 
 
 def _market(lh: LakehouseResource, days: float = 1.5) -> None:
@@ -50,18 +53,22 @@ def trained(tmp_path_factory, spark, request):
     resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
     assets = [models.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
     result = dg.materialize(
-        [*assets, *models.MODEL_CHECKS], resources=resources,
-        run_config={"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
-                            "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}},
+        assets, resources=resources, run_config=RUN_CONFIG,
     )
     return {"home": home, "lh": lh, "mlf": mlf, "resources": resources, "result": result, "assets": assets}
+
+
+def _gates(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
 def test_training_run_succeeds_and_promotes(trained):
     result = trained["result"]
     assert result.success
-    gates = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    gates = _gates(result)
+    assert set(gates) == set(GATES)
     assert gates["trend_model_gate"].passed, gates["trend_model_gate"].description
+    assert gates["trend_model_gate"].metadata["outcome"].value == "promoted"
     mlf = trained["mlf"]
     assert champion_version(mlf, mlf.registered_name("trend_model")) == "1"
     md = result.asset_materializations_for_node("trend_model")[0].metadata
@@ -97,20 +104,58 @@ def test_time_split_has_no_overlap(trained, spark):
     assert s.train_max_time + timedelta(minutes=15) < s.test_min_time + timedelta(seconds=1)  # label embargo
 
 
-def test_worse_model_is_rejected_and_champion_unchanged(trained):
+def test_worse_model_is_rejected_the_run_stays_green_and_predictions_use_the_champion(trained, kafka):
     mlf = trained["mlf"]
     name = mlf.registered_name("trend_model")
     before = champion_version(mlf, name)
     worse = dg.materialize(
-        [models.trend_model, models.trend_model_gate], resources=trained["resources"],
+        [models.trend_model, predictions.predictions], resources=dict(trained["resources"], kafka=kafka),
         run_config={"ops": {"trend_model": {"config": {"max_iter": 0}}}},  # zero coefficients: a coin toss
-        raise_on_error=False,
     )
-    gate = {e.check_name: e for e in worse.get_asset_check_evaluations()}["trend_model_gate"]
-    assert not gate.passed
+    assert worse.success  # a rejection is news, not a failure
+    gate = _gates(worse)["trend_model_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.metadata["outcome"].value == "rejected" and gate.metadata["promoted"].value is False
+    assert "does not beat the baseline" in gate.description
     assert champion_version(mlf, name) == before
     latest = max(mlf.client().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert latest.version != before and latest.tags["gate"] == "rejected"
+    md = worse.asset_materializations_for_node("predictions")[0].metadata  # not blocked by the rejection
+    assert md["trend_model_version"].value == before
+
+
+def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):
+    """The fixture's run promoted the first versions; a second run on the same data reproduces
+    them: every gate passes as a tie (or a promotion), nothing fails, no run turns red."""
+    mlf = trained["mlf"]
+    names = {m: mlf.registered_name(m) for m in ("trend_model", "anomaly_model", "price_model_1h", "price_model_4h")}
+    before = {m: champion_version(mlf, n) for m, n in names.items()}
+    again = dg.materialize(trained["assets"], resources=trained["resources"], run_config=RUN_CONFIG)
+    assert again.success
+    gates = _gates(again)
+    assert set(gates) == set(GATES)
+    for g in GATES:
+        assert gates[g].passed, f"{g}: {gates[g].description}"
+    for m in ("trend_model", "anomaly_model"):
+        gate = gates[f"{m}_gate"]
+        assert gate.metadata["outcome"].value == "tied", gate.description
+        assert champion_version(mlf, names[m]) == before[m]
+        assert gate.metadata["champion_after"].value == before[m]
+    for h in ("1h", "4h"):
+        assert gates["price_model_gate"].metadata[f"{h}_outcome"].value == "tied", gates["price_model_gate"].description
+        assert champion_version(mlf, names[f"price_model_{h}"]) == before[f"price_model_{h}"]
+
+
+def test_no_price_model_trained_is_green(trained):
+    mlf = trained["mlf"]
+    before = champion_version(mlf, mlf.registered_name("price_model_1h"))
+    res = dg.materialize([models.price_model], resources=trained["resources"],
+                         run_config={"ops": {"price_model": {"config": {"horizons": ["1h"], "min_train_rows": 10**9}}}})
+    assert res.success
+    gate = _gates(res)["price_model_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.description.startswith("no price model was trained in this run")
+    assert champion_version(mlf, mlf.registered_name("price_model_1h")) == before
 
 
 def test_predictions_use_champions(trained, kafka):

@@ -3,12 +3,15 @@ and predictions from champions. One small deterministic market, trained once per
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import numpy as np
+import orjson
 import polars as pl
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
 from crypto_assets.assets import models, predictions
@@ -158,19 +161,76 @@ def test_no_price_model_trained_is_green(trained):
     assert champion_version(mlf, mlf.registered_name("price_model_1h")) == before
 
 
-def test_predictions_use_champions(trained, kafka):
-    res = dict(trained["resources"], kafka=kafka)
+def _published(kafka) -> list[dict]:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "predictions-check", "enable.auto.commit": False})
+    md = c.list_topics(kafka.predictions_topic, timeout=5)
+    c.assign([TopicPartition(kafka.predictions_topic, p, 0) for p in md.topics[kafka.predictions_topic].partitions])
+    out, idle = [], 0
+    while idle < 3:
+        batch = [m for m in c.consume(500, timeout=0.5) if m.error() is None]
+        idle = idle + 1 if not batch else 0
+        out.extend(batch)
+    c.close()
+    return [orjson.loads(m.value()) | {"_key": m.key().decode()} for m in out]
+
+
+def _fresh_copy(trained, tmp_path) -> LakehouseResource:
+    """The trained warehouse with no predictions yet, in its own home (the champions stay in the
+    fixture's MLflow store)."""
+    lh = LakehouseResource(home=str(tmp_path / "copy"), coins=COINS)
+    lh.root.mkdir(parents=True)
+    shutil.copy(trained["lh"].duckdb_path, lh.duckdb_path)
+    with lh.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS predictions")
+        conn.execute("DELETE FROM asset_state WHERE asset = 'predictions'")
+    return lh
+
+
+def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
+    lh = _fresh_copy(trained, tmp_path)
+    res = dict(trained["resources"], kafka=kafka, lakehouse=lh)
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
     mlf = trained["mlf"]
-    with trained["lh"].connect() as conn:
+    with lh.connect() as conn:
         rows = conn.sql("SELECT trend_model_version, anomaly_model_version, count(*), min(trend_prob_up), max(trend_prob_up), "
-                        "count(forecast_return_1h) FROM predictions GROUP BY ALL").fetchall()
+                        "count(forecast_return_1h), count(published_at) FROM predictions GROUP BY ALL").fetchall()
+        keys = conn.sql("SELECT coin_id, event_time FROM predictions").fetchall()
     assert len(rows) == 1
-    tv, av, n, lo, hi, n1h = rows[0]
+    tv, av, n, lo, hi, n1h, n_pub = rows[0]
     assert tv == champion_version(mlf, mlf.registered_name("trend_model"))
     assert av == champion_version(mlf, mlf.registered_name("anomaly_model"))
-    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n
+    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n and n_pub == n
+    sent = _published(kafka)
+    assert sorted((m["_key"], m["event_time"]) for m in sent) == sorted(
+        (c, t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")) for c, t in keys)
+    again = dg.materialize([predictions.predictions], resources=res)  # nothing new: nothing scored or sent
+    md = again.asset_materializations_for_node("predictions")[0].metadata
+    assert md["predictions"].value == 0 and md["published"].value == 0
+    assert len(_published(kafka)) == len(sent)
+
+
+def test_predictions_write_only_if_the_high_water_mark_did_not_move(trained, tmp_path):
+    """Two scorings of the same batch (two predictions runs side by side): the first write wins,
+    the second finds the state moved and writes nothing; the next read has nothing left."""
+    lh = _fresh_copy(trained, tmp_path)
+    champs = predictions._champions(trained["mlf"], trained["resources"]["pyspark"])
+    a = predictions._read_batch(lh, 24.0)
+    b = predictions._read_batch(lh, 24.0)
+    assert a.rows.height > 0 and (a.hwm, a.seq) == (b.hwm, b.seq)
+    out_b = predictions._score(b.rows, champs, trained["resources"]["pyspark"])
+    assert predictions._write(lh, b, out_b)
+    out_a = predictions._score(a.rows, champs, trained["resources"]["pyspark"])
+    assert out_a["predicted_at"][0] != out_b["predicted_at"][0]
+    assert not predictions._write(lh, a, out_a)
+    with lh.connect() as conn:
+        stamps = conn.sql("SELECT DISTINCT predicted_at FROM predictions").fetchall()
+        state = conn.sql("SELECT hwm, seq FROM asset_state WHERE asset = 'predictions'").fetchall()
+        n = conn.sql("SELECT count(*) FROM predictions").fetchall()[0][0]
+    assert stamps == [(out_b["predicted_at"][0],)] and n == out_b.height  # only b's rows
+    assert state == [(b.upstream, b.seq + 1)]
+    c = predictions._read_batch(lh, 24.0)
+    assert c.rows.height == 0 and c.hwm == c.upstream
 
 
 def test_numpy_scoring_agrees_with_spark(trained, spark):

@@ -23,6 +23,7 @@ from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.settings import automation_settings
 from crypto_assets.state import get_state, set_state
 
 PREDICTIONS_DDL = """
@@ -46,6 +47,26 @@ CREATE TABLE IF NOT EXISTS predictions (
 """
 OUTBOX_COLUMNS = ["coin_id", "event_time", "trend_prob_up", "trend_model_version", "anomaly_prob", "anomaly_model_version",
                   "forecast_return_1h", "forecast_return_4h", "forecast_return_24h", "price_model_versions"]
+
+
+def predictions_condition(cron: str, tz: str = "UTC") -> dg.AutomationCondition:
+    """At most once per `cron` tick, and only when there is something new: a tick has passed AND
+    features or a model have been updated since predictions were last requested, and no
+    predictions run is in progress. (`on_cron` waits for ALL deps to update after the tick, i.e.
+    for a retrain.) Both flags reset when the request is made. The update flag is built from
+    `newly_updated` directly (not `any_deps_updated()`, whose AND drops the timestamps), so an
+    update that lands between a request and the next evaluation outlives that reset; a training
+    run's own model updates therefore trigger one more (cheap) predictions run."""
+    requested = dg.AutomationCondition.newly_requested().with_label("predictions requested")
+    tick = dg.AutomationCondition.cron_tick_passed(cron, tz).since(requested).with_label(
+        f"a '{cron}' ({tz}) tick passed since the last request")
+    news = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).since(requested).with_label(
+        "new features or a retrained model since the last request")
+    idle = (~dg.AutomationCondition.in_progress()).with_label("no predictions run in progress")
+    return (tick & news & idle).with_label(f"every '{cron}' tick with new features or models")
+
+
+PREDICTIONS_CRON = automation_settings()["predictions_cron"]
 
 
 class PredictionsConfig(dg.Config):
@@ -81,6 +102,7 @@ class Champions:
     kinds={"duckdb", "kafka", "mlflow"},
     owners=["team:ml"],
     code_version="1",
+    automation_condition=predictions_condition(PREDICTIONS_CRON),
 )
 def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
                 kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:

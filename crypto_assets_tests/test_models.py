@@ -131,7 +131,8 @@ def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):
     """The fixture's run promoted the first versions; a second run on the same data reproduces
     them: every gate passes as a tie (or a promotion), nothing fails, no run turns red."""
     mlf = trained["mlf"]
-    names = {m: mlf.registered_name(m) for m in ("trend_model", "anomaly_model", "price_model_1h", "price_model_4h")}
+    names = {m: mlf.registered_name(m) for m in ("trend_model", "anomaly_model", "coin_clusters", "price_model_1h",
+                                                  "price_model_4h")}
     before = {m: champion_version(mlf, n) for m, n in names.items()}
     again = dg.materialize(trained["assets"], resources=trained["resources"], run_config=RUN_CONFIG)
     assert again.success
@@ -139,7 +140,7 @@ def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):
     assert set(gates) == set(GATES)
     for g in GATES:
         assert gates[g].passed, f"{g}: {gates[g].description}"
-    for m in ("trend_model", "anomaly_model"):
+    for m in ("trend_model", "anomaly_model", "coin_clusters"):
         gate = gates[f"{m}_gate"]
         assert gate.metadata["outcome"].value == "tied", gate.description
         assert champion_version(mlf, names[m]) == before[m]

@@ -354,7 +354,7 @@ class ClustersConfig(dg.Config):
 
 
 @dg.asset(deps=["training_set"], check_specs=[_gate_spec("coin_clusters", "silhouette beats random clusters by "
-          "the margin; promotes")], **MODELS)
+          "the margin and the champion's on the same coin profiles; promotes")], **MODELS)
 def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lakehouse: LakehouseResource,
                   pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusters."""
@@ -365,6 +365,13 @@ def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lak
     t = train_clusters(df, {"k": config.k, "seed": 7})
     metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": t.extra["baseline"]["silhouette"],
                "lift_silhouette": t.metrics["silhouette"] - t.extra["baseline"]["silhouette"]}
+    champ_version, champ = load_champion(mlflow, mlflow.registered_name("coin_clusters"))
+    if champ is not None:  # the champion's clusters of the same coin profiles
+        from pyspark.ml.evaluation import ClusteringEvaluator
+
+        ev = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
+        metrics.update({f"champion_{k}": v for k, v in _champion_metrics(
+            context, champ_version, lambda: {"silhouette": ev.evaluate(champ.transform(t.split.test))}).items()})
     logged = log_model(
         mlflow, "coin_clusters", t.model, params={"k": t.params["k"]}, metrics=metrics,
         tags={**_lineage(context, path, t.split, _data_window(path))},
@@ -374,8 +381,9 @@ def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lak
     groups: dict[int, list[str]] = {}
     for coin, c in t.extra["assignment"].items():
         groups.setdefault(c, []).append(coin)
+    clusters = "\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items()))
     return dg.MaterializeResult(
-        metadata=_md(logged, metrics, {"gate": verdict.outcome, "clusters": dg.MetadataValue.md(
-            "\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items())))}),
+        metadata=_md(logged, metrics, {"gate": verdict.outcome, "champion_version_before": champ_version or "none",
+                                       "clusters": dg.MetadataValue.md(clusters)}),
         check_results=[_gate_result(verdict)],
     )

@@ -4,6 +4,7 @@
                                         [--min-messages 1] [--max-wait 1] [--sample-every 20]
                                         [--dequeue-interval N] [--pool-granularity op --op-run-buffer 1]
                                         [--pythonpath DIR] [--mode loop [--loop-assets a,b,c]] [--keep]
+                                        [--retrain-cron "*/3 * * * *"] [--predictions-cron "*/1 * * * *"]
 
 About 4-5 minutes per run (dagster dev start-up + warm-up + --duration + drain).
 
@@ -20,7 +21,9 @@ BACKLOG_MAX_WAIT_SECONDS). DAGSTER_HOME=<home>/dagster holds a copy of the repo'
 file is not touched) to measure the queued run coordinator's polling. The retraining schedule
 and the predictions cron are pushed to 1 January (RETRAIN_CRON / PREDICTIONS_CRON env) so a
 training or predictions run cannot take the duckdb_writer pool mid-benchmark; --keep-automation
-leaves them at their defaults. The process group is always stopped at the end (SIGINT, then
+leaves them at their defaults; --retrain-cron / --predictions-cron CRON set them (e.g. "*/3 * * * *")
+so retraining (training_job) and predictions run inside the measured window, to measure what they
+cost the freshness path (their runs are counted under "other runs"). The process group is always stopped at the end (SIGINT, then
 SIGTERM, then SIGKILL), also on errors and Ctrl-C.
 
 PRODUCER. Instead of the simulator, this process produces contract ticks itself (TickProducer,
@@ -121,6 +124,34 @@ LOOP_JOB = "bench_loop_job"  # --mode loop --loop-assets
 
 
 # ----------------------------------------------------------------------------- helpers
+def cron_arg(value: str) -> str:
+    """argparse type: a cron string Dagster accepts (5 fields)."""
+    import dagster as dg
+
+    try:
+        dg.AutomationCondition.cron_tick_passed(value)
+    except Exception as exc:  # noqa: BLE001 - dagster raises a CheckError for an invalid schedule
+        raise argparse.ArgumentTypeError(f"not a cron schedule: {value!r}") from exc
+    return value
+
+
+def automation_env(retrain_cron: str | None, predictions_cron: str | None, keep_automation: bool) -> dict[str, str]:
+    """RETRAIN_CRON / PREDICTIONS_CRON for dagster dev: the given cron, else the package default
+    with --keep-automation, else parked on 1 January (no training or predictions run at all)."""
+    env = {}
+    for var, cron in (("RETRAIN_CRON", retrain_cron), ("PREDICTIONS_CRON", predictions_cron)):
+        if cron:
+            env[var] = cron
+        elif not keep_automation:
+            env[var] = NEVER_CRON
+    return env
+
+
+def automation_note(env: dict[str, str]) -> str:
+    parts = [f"{k}={'parked' if v == NEVER_CRON else repr(v)}" for k, v in env.items()]
+    return "; " + " ".join(parts) if parts else "; retrain/predictions crons at their defaults"
+
+
 def pct(values, q: float) -> float:
     """Nearest-rank percentile (q in 0..100); nan for no values."""
     v = sorted(values)
@@ -680,7 +711,7 @@ def loop_worker(min_messages: int, loop_assets: str | None) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=100.0, help="ticks per second (all coins)")
     ap.add_argument("--duration", type=float, default=180.0, help="measured window after warm-up (s)")
@@ -709,12 +740,21 @@ def main(argv=None) -> int:
                          "instead of incremental_job, e.g. raw_ticks,clean_ticks,market_features")
     ap.add_argument("--loop-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--keep-automation", action="store_true", help="leave RETRAIN_CRON/PREDICTIONS_CRON at their defaults")
+    ap.add_argument("--retrain-cron", type=cron_arg, default=None,
+                    help="RETRAIN_CRON for the run, e.g. '*/3 * * * *': retraining inside the measured window")
+    ap.add_argument("--predictions-cron", type=cron_arg, default=None,
+                    help="PREDICTIONS_CRON for the run, e.g. '*/1 * * * *': predictions inside the measured window")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep the temp CRYPTO_HOME (path printed)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when p95 > 15 s")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.loop_worker:
         return loop_worker(args.min_messages, args.loop_assets)
+    cron_env = automation_env(args.retrain_cron, args.predictions_cron, args.keep_automation)
 
     load_start = load_avg()
     home = Path(tempfile.mkdtemp(prefix="crypto-freshness-"))
@@ -743,7 +783,7 @@ def main(argv=None) -> int:
           f"DuckDB poll every {args.poll_interval:g} s")
     print(f"  SENSOR_INTERVAL_SECONDS={args.sensor_interval} BACKLOG_MIN_MESSAGES={args.min_messages} "
           f"BACKLOG_MAX_WAIT_SECONDS={args.max_wait:g} dequeue_interval_seconds={dequeue} run_launcher={launcher}"
-          f"{'' if args.keep_automation else '; retrain/predictions crons parked'}"
+          f"{automation_note(cron_env)}"
           f"{f'; pools.granularity={args.pool_granularity}' if args.pool_granularity else ''}"
           f"{f' op_granularity_run_buffer={args.op_run_buffer}' if args.op_run_buffer is not None else ''}"
           f"{f'; dagster dev PYTHONPATH={args.pythonpath}' if args.pythonpath else ''}"
@@ -772,9 +812,7 @@ def main(argv=None) -> int:
     })
     if args.pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(args.pythonpath).resolve()), env.get("PYTHONPATH")) if p)
-    if not args.keep_automation:
-        env["RETRAIN_CRON"] = NEVER_CRON
-        env["PREDICTIONS_CRON"] = NEVER_CRON
+    env.update(cron_env)
     port = free_port()
     workspace = REPO / "workspace.yaml"
     cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-p", str(port)]

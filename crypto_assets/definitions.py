@@ -51,19 +51,11 @@ demo_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-# predictions follow new features and new champions, at most every few minutes: declarative
-# automation shows the condition and its evaluations on the asset's page in the UI.
 assets = dg.load_assets_from_modules(ASSET_MODULES)
-assets = [
-    a.with_attributes(
-        automation_condition=dg.AutomationCondition.on_cron(AUTOMATION["predictions_cron"])
-    ) if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("predictions") in a.keys else a
-    for a in assets
-]
 
 defs = dg.Definitions(
     assets=assets,
-    asset_checks=[warehouse_schema, *models.MODEL_CHECKS],
+    asset_checks=[warehouse_schema],
     jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job],
     sensors=[
         build_backlog_sensor(

@@ -95,3 +95,20 @@ TABLE_KEYS = {
 def table(conn, name: str) -> pl.DataFrame:
     keys, drop = TABLE_KEYS[name]
     return conn.sql(f"SELECT * FROM {name}").pl().drop(drop).sort(keys)
+
+
+GOLD_MIRRORS = [  # (dataset, table, time column, order by): as assets/gold.py and assets/alerts.py export them
+    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
+    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
+    ("gold/anomalies", "anomalies", "event_time", "event_time"),
+]
+
+
+def export_gold_mirrors(conn, lake_root) -> None:
+    """What the gold assets do after run_incremental's transforms: the Parquet mirrors the
+    training set reads (anomalies are marked by the anomalies asset, not by the transform)."""
+    from crypto_assets.lake import export_dirty, mark_dirty
+
+    mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
+    for dataset, tbl, tcol, order in GOLD_MIRRORS:
+        export_dirty(conn, lake_root, dataset, tbl, tcol, order)

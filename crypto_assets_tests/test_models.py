@@ -3,12 +3,15 @@ and predictions from champions. One small deterministic market, trained once per
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import numpy as np
+import orjson
 import polars as pl
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
 from crypto_assets.assets import models, predictions
@@ -21,10 +24,13 @@ from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import spark_config
 from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
 from crypto_assets.transforms.pipeline import run_incremental
-from crypto_assets_tests.silver_helpers import insert_raw_batch
+from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
+RUN_CONFIG = {"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
+                      "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}}
+GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clusters_gate"]
 
 
 def _market(lh: LakehouseResource, days: float = 1.5) -> None:
@@ -38,6 +44,7 @@ def _market(lh: LakehouseResource, days: float = 1.5) -> None:
     with lh.connect() as conn:
         insert_raw_batch(conn, df)
         run_incremental(conn, COINS)
+        export_gold_mirrors(conn, lh.lake_path)  # the training set reads the Parquet mirrors
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +56,22 @@ def trained(tmp_path_factory, spark, request):
     resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
     assets = [models.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
     result = dg.materialize(
-        [*assets, *models.MODEL_CHECKS], resources=resources,
-        run_config={"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
-                            "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}},
+        assets, resources=resources, run_config=RUN_CONFIG,
     )
     return {"home": home, "lh": lh, "mlf": mlf, "resources": resources, "result": result, "assets": assets}
+
+
+def _gates(result) -> dict:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
 def test_training_run_succeeds_and_promotes(trained):
     result = trained["result"]
     assert result.success
-    gates = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    gates = _gates(result)
+    assert set(gates) == set(GATES)
     assert gates["trend_model_gate"].passed, gates["trend_model_gate"].description
+    assert gates["trend_model_gate"].metadata["outcome"].value == "promoted"
     mlf = trained["mlf"]
     assert champion_version(mlf, mlf.registered_name("trend_model")) == "1"
     md = result.asset_materializations_for_node("trend_model")[0].metadata
@@ -96,35 +107,131 @@ def test_time_split_has_no_overlap(trained, spark):
     assert s.train_max_time + timedelta(minutes=15) < s.test_min_time + timedelta(seconds=1)  # label embargo
 
 
-def test_worse_model_is_rejected_and_champion_unchanged(trained):
+def test_worse_model_is_rejected_the_run_stays_green_and_predictions_use_the_champion(trained, kafka):
     mlf = trained["mlf"]
     name = mlf.registered_name("trend_model")
     before = champion_version(mlf, name)
     worse = dg.materialize(
-        [models.trend_model, models.trend_model_gate], resources=trained["resources"],
+        [models.trend_model, predictions.predictions], resources=dict(trained["resources"], kafka=kafka),
         run_config={"ops": {"trend_model": {"config": {"max_iter": 0}}}},  # zero coefficients: a coin toss
-        raise_on_error=False,
     )
-    gate = {e.check_name: e for e in worse.get_asset_check_evaluations()}["trend_model_gate"]
-    assert not gate.passed
+    assert worse.success  # a rejection is news, not a failure
+    gate = _gates(worse)["trend_model_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.metadata["outcome"].value == "rejected" and gate.metadata["promoted"].value is False
+    assert "does not beat the baseline" in gate.description
     assert champion_version(mlf, name) == before
     latest = max(mlf.client().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     assert latest.version != before and latest.tags["gate"] == "rejected"
+    md = worse.asset_materializations_for_node("predictions")[0].metadata  # not blocked by the rejection
+    assert md["trend_model_version"].value == before
 
 
-def test_predictions_use_champions(trained, kafka):
-    res = dict(trained["resources"], kafka=kafka)
+def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):
+    """The fixture's run promoted the first versions; a second run on the same data reproduces
+    them: every gate passes as a tie (or a promotion), nothing fails, no run turns red."""
+    mlf = trained["mlf"]
+    names = {m: mlf.registered_name(m) for m in ("trend_model", "anomaly_model", "coin_clusters", "price_model_1h",
+                                                  "price_model_4h")}
+    before = {m: champion_version(mlf, n) for m, n in names.items()}
+    again = dg.materialize(trained["assets"], resources=trained["resources"], run_config=RUN_CONFIG)
+    assert again.success
+    gates = _gates(again)
+    assert set(gates) == set(GATES)
+    for g in GATES:
+        assert gates[g].passed, f"{g}: {gates[g].description}"
+    for m in ("trend_model", "anomaly_model", "coin_clusters"):
+        gate = gates[f"{m}_gate"]
+        assert gate.metadata["outcome"].value == "tied", gate.description
+        assert champion_version(mlf, names[m]) == before[m]
+        assert gate.metadata["champion_after"].value == before[m]
+    for h in ("1h", "4h"):
+        assert gates["price_model_gate"].metadata[f"{h}_outcome"].value == "tied", gates["price_model_gate"].description
+        assert champion_version(mlf, names[f"price_model_{h}"]) == before[f"price_model_{h}"]
+
+
+def test_no_price_model_trained_is_green(trained):
+    mlf = trained["mlf"]
+    before = champion_version(mlf, mlf.registered_name("price_model_1h"))
+    res = dg.materialize([models.price_model], resources=trained["resources"],
+                         run_config={"ops": {"price_model": {"config": {"horizons": ["1h"], "min_train_rows": 10**9}}}})
+    assert res.success
+    gate = _gates(res)["price_model_gate"]
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.description.startswith("no price model was trained in this run")
+    assert champion_version(mlf, mlf.registered_name("price_model_1h")) == before
+
+
+def _published(kafka) -> list[dict]:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "predictions-check", "enable.auto.commit": False})
+    md = c.list_topics(kafka.predictions_topic, timeout=5)
+    c.assign([TopicPartition(kafka.predictions_topic, p, 0) for p in md.topics[kafka.predictions_topic].partitions])
+    out, idle = [], 0
+    while idle < 3:
+        batch = [m for m in c.consume(500, timeout=0.5) if m.error() is None]
+        idle = idle + 1 if not batch else 0
+        out.extend(batch)
+    c.close()
+    return [orjson.loads(m.value()) | {"_key": m.key().decode()} for m in out]
+
+
+def _fresh_copy(trained, tmp_path) -> LakehouseResource:
+    """The trained warehouse with no predictions yet, in its own home (the champions stay in the
+    fixture's MLflow store)."""
+    lh = LakehouseResource(home=str(tmp_path / "copy"), coins=COINS)
+    lh.root.mkdir(parents=True)
+    shutil.copy(trained["lh"].duckdb_path, lh.duckdb_path)
+    with lh.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS predictions")
+        conn.execute("DELETE FROM asset_state WHERE asset = 'predictions'")
+    return lh
+
+
+def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
+    lh = _fresh_copy(trained, tmp_path)
+    res = dict(trained["resources"], kafka=kafka, lakehouse=lh)
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
     mlf = trained["mlf"]
-    with trained["lh"].connect() as conn:
+    with lh.connect() as conn:
         rows = conn.sql("SELECT trend_model_version, anomaly_model_version, count(*), min(trend_prob_up), max(trend_prob_up), "
-                        "count(forecast_return_1h) FROM predictions GROUP BY ALL").fetchall()
+                        "count(forecast_return_1h), count(published_at) FROM predictions GROUP BY ALL").fetchall()
+        keys = conn.sql("SELECT coin_id, event_time FROM predictions").fetchall()
     assert len(rows) == 1
-    tv, av, n, lo, hi, n1h = rows[0]
+    tv, av, n, lo, hi, n1h, n_pub = rows[0]
     assert tv == champion_version(mlf, mlf.registered_name("trend_model"))
     assert av == champion_version(mlf, mlf.registered_name("anomaly_model"))
-    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n
+    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n and n_pub == n
+    sent = _published(kafka)
+    assert sorted((m["_key"], m["event_time"]) for m in sent) == sorted(
+        (c, t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")) for c, t in keys)
+    again = dg.materialize([predictions.predictions], resources=res)  # nothing new: nothing scored or sent
+    md = again.asset_materializations_for_node("predictions")[0].metadata
+    assert md["predictions"].value == 0 and md["published"].value == 0
+    assert len(_published(kafka)) == len(sent)
+
+
+def test_predictions_write_only_if_the_high_water_mark_did_not_move(trained, tmp_path):
+    """Two scorings of the same batch (two predictions runs side by side): the first write wins,
+    the second finds the state moved and writes nothing; the next read has nothing left."""
+    lh = _fresh_copy(trained, tmp_path)
+    champs = predictions._champions(trained["mlf"], trained["resources"]["pyspark"])
+    a = predictions._read_batch(lh, 24.0)
+    b = predictions._read_batch(lh, 24.0)
+    assert a.rows.height > 0 and (a.hwm, a.seq) == (b.hwm, b.seq)
+    out_b = predictions._score(b.rows, champs, trained["resources"]["pyspark"])
+    assert predictions._write(lh, b, out_b)
+    out_a = predictions._score(a.rows, champs, trained["resources"]["pyspark"])
+    assert out_a["predicted_at"][0] != out_b["predicted_at"][0]
+    assert not predictions._write(lh, a, out_a)
+    with lh.connect() as conn:
+        stamps = conn.sql("SELECT DISTINCT predicted_at FROM predictions").fetchall()
+        state = conn.sql("SELECT hwm, seq FROM asset_state WHERE asset = 'predictions'").fetchall()
+        n = conn.sql("SELECT count(*) FROM predictions").fetchall()[0][0]
+    assert stamps == [(out_b["predicted_at"][0],)] and n == out_b.height  # only b's rows
+    assert state == [(b.upstream, b.seq + 1)]
+    c = predictions._read_batch(lh, 24.0)
+    assert c.rows.height == 0 and c.hwm == c.upstream
 
 
 def test_numpy_scoring_agrees_with_spark(trained, spark):

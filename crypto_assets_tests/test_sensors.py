@@ -95,7 +95,16 @@ def test_duckdb_writers_share_a_pool_of_one():
     assert cfg["concurrency"]["pools"]["default_limit"] == 1
     graph = defs.resolve_asset_graph()
     writers = ["raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
-               "correlations", "anomalies", "training_set", "predictions"]
+               "correlations", "anomalies"]
     for key in writers:
         node = graph.get(dg.AssetKey(key))
         assert node.pools == {"duckdb_writer"}, key
+    # Steps that only read DuckDB (or never open it) hold no writer slot; predictions writes in
+    # one short transaction and relies on the file lock (see assets/predictions.py).
+    for key in ["training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions",
+                "market_report"]:
+        assert not graph.get(dg.AssetKey(key)).pools, key
+    from crypto_assets.checks import ALL_CHECKS
+
+    for chk in ALL_CHECKS:
+        assert chk.node_def.pool is None, chk.node_def.name

@@ -66,3 +66,58 @@ def test_lookups_match_asof_joins(horizon, where):
         assert len(ours) == 9000  # one row per distinct (coin, time): the duplicate is not doubled
         assert any(r[cols.index("r24h_t")] is None for r in ours)  # the end has no 24h label
         assert any(r[cols.index("m60_t")] is None for r in ours)  # the start has no 60 min history
+
+
+# ------------------------------------------------------------------ bounded lookups (predictions)
+def _gappy_market(conn) -> None:
+    """Two coins; solana pauses for 30 hours right before the rows scored, so a backward lookup
+    (momentum) reaches a tick far older than any lookup window."""
+    conn.execute(MARKET_FEATURES_DDL)
+    t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    rows, seq = [], 0
+    for coin, gap_at in (("bitcoin", None), ("solana", 2500)):
+        t = t0
+        for i in range(3000):
+            t += timedelta(seconds=60 + (i * 7) % 13, hours=30 if i == gap_at else 0)
+            rows.append((coin, coin[:3].upper(), t, 100 + ((i * 31) % 17) / 10, seq))
+            seq += 1
+    coin, sym, t, price, seq = zip(*sorted(rows, key=lambda r: r[2]))
+    conn.register("ticks_in", pa.table({"coin_id": coin, "symbol": sym, "event_time": pa.array(t, pa.timestamp("us", "UTC")),
+                                       "price_usd": price, "feature_seq": np.arange(len(t))}))
+    conn.execute("INSERT INTO market_features (coin_id, symbol, event_time, price_usd, feature_seq) "
+                 "SELECT coin_id, symbol, event_time, price_usd, feature_seq FROM ticks_in")
+    conn.unregister("ticks_in")
+
+
+@pytest.mark.parametrize("where", [
+    # solana after its gap only: the tick before the pause is older than the whole lookup window
+    "f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL 10 HOUR",
+    "f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL 36 HOUR",
+    "f.feature_seq BETWEEN 2000 AND 2100",  # a slice in the middle: labels look past its end
+    "f.feature_seq > 5990",  # the newest rows
+    "FALSE",
+])
+def test_bounded_lookups_give_the_same_features(where):
+    from crypto_assets.ml.training_set import feature_sql
+    from crypto_assets.warehouse_schema import ANOMALIES_DDL, OHLCV_1M_DDL
+
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    _gappy_market(conn)
+    conn.execute(OHLCV_1M_DDL)
+    conn.execute(ANOMALIES_DDL)
+    out = {}
+    for bounded in (False, True):
+        _register_lookups(conn, 15, where, bounded=bounded)
+        try:
+            rel = conn.sql(f"SELECT * FROM ({feature_sql(15, where)}) ORDER BY coin_id, event_time")
+            cols = [d[0] for d in rel.description]
+            out[bounded] = rel.fetchall()
+        finally:
+            conn.unregister("feature_lookups")
+    assert out[True] == out[False]
+    if where != "FALSE":
+        assert out[True], "the filter selects rows"
+    if "10 HOUR" in where:  # solana's first tick after the gap: its momentum reaches back over the 30 h pause
+        assert {r[0] for r in out[True]} == {"solana"}
+        assert out[True][0][cols.index("momentum_60m")] != 0

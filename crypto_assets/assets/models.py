@@ -1,23 +1,32 @@
 """Models: a Parquet training set and four Spark MLlib models tracked in MLflow.
 
+The training set is built from the Parquet gold mirrors on an in-memory DuckDB, so retraining
+never opens warehouse.duckdb (nor takes the duckdb_writer pool) that the live pipeline holds.
 Each model asset trains on a time split, evaluates itself, its naive baseline and the current
-champion on the same holdout, logs everything with lineage tags, and registers a version. The
-blocking gate check next to it decides whether the `champion` alias moves.
+champion on the same holdout, logs everything with lineage tags, registers a version, and in
+the same step runs its champion gate (a blocking check spec): only a version that beats the
+baseline by the margin and the champion moves the `champion` alias. A rejected version or a tie
+keeps the champion and the run green (a WARN check result: the UI shows the rejection, nothing
+downstream is blocked, predictions go on with the old champion); only a broken gate (metrics
+missing) fails with ERROR and blocks.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from crypto_assets.assets.ingest import DUCKDB_POOL
-from crypto_assets.ml.registry import gate_and_promote, load_champion, log_model
+from crypto_assets.lake_views import lake_reader
+from crypto_assets.ml.registry import ERROR, GateVerdict, Logged, gate_and_promote, load_champion, log_model
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.transforms.features import DATASET as FEATURES_DATASET
 
 MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"], code_version="1")
+TRAINING_INPUTS = (FEATURES_DATASET, "gold/ohlcv_1m", "gold/anomalies")  # lake datasets, views named like the tables
 
 
 class TrainingSetConfig(dg.Config):
@@ -29,17 +38,19 @@ class TrainingSetConfig(dg.Config):
     group_name="models",
     kinds={"duckdb", "parquet"},
     owners=["team:ml"],
-    pool=DUCKDB_POOL,
     code_version="1",
 )
 def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     """Features (backward-looking only) and labels (direction over the horizon, forward returns at
-    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/."""
-    with lakehouse.connect() as conn:
+    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/, read from the
+    gold Parquet mirrors (market_features, ohlcv_1m, anomalies), not from warehouse.duckdb."""
+    with lake_reader(lakehouse.lake_path, TRAINING_INPUTS, threads=lakehouse.duckdb_threads,
+                     memory_limit=lakehouse.duckdb_memory_limit, temp_directory=lakehouse.root / "tmp" / "training_set") as (conn, files):
         info = build_training_set(conn, lakehouse.lake_path / "training", config.horizon_minutes)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(info.path)),
+            "lake_files_read": files,
             "dagster/row_count": info.rows,
             "min_event_time": dg.MetadataValue.timestamp(info.min_time) if info.min_time else "none",
             "max_event_time": dg.MetadataValue.timestamp(info.max_time) if info.max_time else "none",
@@ -123,6 +134,48 @@ def _read(pyspark: LazyPySparkResource, path: str):
     return pyspark.spark_session.read.parquet(path)
 
 
+# ----------------------------------------------------------------------------- champion gates
+def _gate_spec(asset: str, description: str) -> dg.AssetCheckSpec:
+    """Evaluated in the model's own step. Blocking, but only an ERROR (a broken gate) blocks:
+    a rejection is a WARN result, so the run stays green and predictions use the old champion."""
+    return dg.AssetCheckSpec(f"{asset}_gate", asset=asset, blocking=True, description=description)
+
+
+def _severity(verdicts: list[GateVerdict]) -> dg.AssetCheckSeverity:
+    return dg.AssetCheckSeverity.ERROR if any(v.outcome == ERROR for v in verdicts) else dg.AssetCheckSeverity.WARN
+
+
+def _gate(context: dg.AssetExecutionContext, mlflow: MlflowResource, logged: Logged, metric: str,
+          higher_is_better: bool, margin: float) -> GateVerdict:
+    v = gate_and_promote(mlflow, logged.registered_name, context.run.run_id, metric, higher_is_better, margin,
+                         version=logged.version)
+    (context.log.info if v.passed else context.log.warning)(f"{logged.registered_name} v{v.version}: {v.outcome}: {v.reason}")
+    return v
+
+
+def _gate_result(v: GateVerdict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=v.passed,
+        severity=_severity([v]),
+        description=v.reason,
+        metadata={"outcome": v.outcome, "promoted": v.promoted, "version": v.version or "none", "metric": v.metric,
+                  "value": v.value, "baseline": v.baseline, "champion_value": v.champion,
+                  "champion_before": v.champion_version or "none",
+                  "champion_after": v.version if v.promoted else (v.champion_version or "none")},
+    )
+
+
+def _champion_metrics(context: dg.AssetExecutionContext, champ_version: str | None,
+                      score: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The champion's metrics on this run's holdout (the gate compares on the same rows)."""
+    try:
+        return score()
+    except Exception as exc:  # noqa: BLE001 - e.g. the feature set changed
+        context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
+        return {}
+
+
+# ----------------------------------------------------------------------------- models
 class TrendModelConfig(dg.Config):
     horizon_minutes: int = 15
     max_iter: int = Field(default=50, description="LogisticRegression iterations")
@@ -131,7 +184,8 @@ class TrendModelConfig(dg.Config):
     gate_margin: float = Field(default=0.01, description="AUC must exceed the baseline's by this much")
 
 
-@dg.asset(deps=["training_set"], **MODELS)
+@dg.asset(deps=["training_set"], check_specs=[_gate_spec("trend_model", "AUC beats the majority baseline by the "
+          "margin and the champion on the same holdout; promotes")], **MODELS)
 def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lakehouse: LakehouseResource,
                 pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """LogisticRegression (+ StandardScaler) on the direction of the next 15 minutes."""
@@ -143,14 +197,10 @@ def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lak
               "horizon_minutes": config.horizon_minutes, "features": ",".join(FEATURES)}
     t = train_trend(df, FEATURES, config.horizon_minutes, params)
     metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
-    name = mlflow.registered_name("trend_model")
-    champ_version, champ = load_champion(mlflow, name)
+    champ_version, champ = load_champion(mlflow, mlflow.registered_name("trend_model"))
     if champ is not None:
-        try:
-            cm = binary_metrics(champ.transform(t.split.test), "label_up")
-            metrics.update({f"champion_{k}": v for k, v in cm.items()})
-        except Exception as exc:  # noqa: BLE001 - e.g. the feature set changed
-            context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
+        cm = _champion_metrics(context, champ_version, lambda: binary_metrics(champ.transform(t.split.test), "label_up"))
+        metrics.update({f"champion_{k}": v for k, v in cm.items()})
     window = _data_window(path)
     logged = log_model(
         mlflow, "trend_model", t.model, params=params, metrics=metrics,
@@ -159,8 +209,12 @@ def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lak
     )
     t.split.unpersist()
     context.log.info(f"trend_model v{logged.version}: AUC {t.metrics['auc_roc']:.4f} vs baseline 0.5")
-    return dg.MaterializeResult(metadata=_md(logged, metrics, {"champion_version_before": champ_version or "none",
-                                                                 "train_rows": t.split.train_rows, "test_rows": t.split.test_rows}))
+    verdict = _gate(context, mlflow, logged, "auc_roc", True, config.gate_margin)
+    return dg.MaterializeResult(
+        metadata=_md(logged, metrics, {"champion_version_before": champ_version or "none", "gate": verdict.outcome,
+                                       "train_rows": t.split.train_rows, "test_rows": t.split.test_rows}),
+        check_results=[_gate_result(verdict)],
+    )
 
 
 class AnomalyModelConfig(dg.Config):
@@ -168,10 +222,11 @@ class AnomalyModelConfig(dg.Config):
     max_depth: int = 10
     negatives_per_positive: int = Field(default=20, description="negatives sampled per anomaly when training")
     train_fraction: float = 0.8
-    gate_margin: float = 0.01
+    gate_margin: float = Field(default=0.01, description="PR-AUC must exceed the baseline's by this much")
 
 
-@dg.asset(deps=["training_set"], **MODELS)
+@dg.asset(deps=["training_set"], check_specs=[_gate_spec("anomaly_model", "PR-AUC beats the majority baseline by "
+          "the margin and the champion on the same holdout; promotes")], **MODELS)
 def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig, lakehouse: LakehouseResource,
                   pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """RandomForestClassifier learning the anomaly labels (100 trees, depth 10 by default)."""
@@ -183,13 +238,10 @@ def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig,
               "negatives_per_positive": config.negatives_per_positive, "features": ",".join(FEATURES)}
     t = train_anomaly(df, FEATURES, params)
     metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
-    name = mlflow.registered_name("anomaly_model")
-    champ_version, champ = load_champion(mlflow, name)
+    champ_version, champ = load_champion(mlflow, mlflow.registered_name("anomaly_model"))
     if champ is not None:
-        try:
-            metrics.update({f"champion_{k}": v for k, v in binary_metrics(champ.transform(t.split.test), "label_anomaly").items()})
-        except Exception as exc:  # noqa: BLE001
-            context.log.warning(f"champion v{champ_version} could not score this holdout: {exc}")
+        cm = _champion_metrics(context, champ_version, lambda: binary_metrics(champ.transform(t.split.test), "label_anomaly"))
+        metrics.update({f"champion_{k}": v for k, v in cm.items()})
     window = _data_window(path)
     logged = log_model(
         mlflow, "anomaly_model", t.model, params=params, metrics=metrics,
@@ -199,8 +251,12 @@ def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig,
                    "feature_importances.json": dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))},
     )
     t.split.unpersist()
-    return dg.MaterializeResult(metadata=_md(logged, metrics, {"train_positives": t.extra["train_positives"],
-                                                                 "champion_version_before": champ_version or "none"}))
+    verdict = _gate(context, mlflow, logged, "pr_auc", True, config.gate_margin)
+    return dg.MaterializeResult(
+        metadata=_md(logged, metrics, {"train_positives": t.extra["train_positives"], "gate": verdict.outcome,
+                                       "champion_version_before": champ_version or "none"}),
+        check_results=[_gate_result(verdict)],
+    )
 
 
 class PriceModelConfig(dg.Config):
@@ -211,7 +267,8 @@ class PriceModelConfig(dg.Config):
     gate_margin: float = Field(default=0.0, description="relative RMSE improvement required over persistence")
 
 
-@dg.asset(deps=["training_set"], **MODELS)
+@dg.asset(deps=["training_set"], check_specs=[_gate_spec("price_model", "each trained horizon beats persistence "
+          "RMSE by the margin and its champion; promotes")], **MODELS)
 def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lakehouse: LakehouseResource,
                 pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """LinearRegression forecasting the return at 1h/4h/24h, one registered model per horizon,
@@ -224,7 +281,8 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
     path = str(lakehouse.lake_path / "training" / "training_set.parquet")
     df = _read(pyspark, path)
     md: dict[str, Any] = {}
-    trained = []
+    verdicts: dict[str, GateVerdict] = {}
+    skipped: dict[str, str] = {}
     window = _data_window(path)  # once, not per horizon
     frame = price_frame(df, FEATURES)  # read and cached once for all horizons
     try:
@@ -235,7 +293,7 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
                 t = train_price(frame, FEATURES, h, REGRESSION_HORIZONS[h], params)
             except ValueError as exc:
                 context.log.info(f"price model {h} skipped: {exc}")
-                md[f"{h}_skipped"] = str(exc)
+                md[f"{h}_skipped"] = skipped[h] = str(exc)
                 continue
             base = t.extra["baseline"]
             metrics = dict(t.metrics)
@@ -245,14 +303,11 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
                             "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
                             "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
                             "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]})
-            name = mlflow.registered_name(f"price_model_{h}")
-            champ_version, champ = load_champion(mlflow, name)
+            champ_version, champ = load_champion(mlflow, mlflow.registered_name(f"price_model_{h}"))
             if champ is not None:
-                try:
-                    metrics["champion_rmse"] = RegressionEvaluator(labelCol=f"fwd_return_{h}", metricName="rmse").evaluate(
-                        champ.transform(t.split.test))
-                except Exception as exc:  # noqa: BLE001
-                    context.log.warning(f"champion {h} v{champ_version} could not score this holdout: {exc}")
+                ev = RegressionEvaluator(labelCol=f"fwd_return_{h}", metricName="rmse")
+                metrics.update({f"champion_{k}": v for k, v in _champion_metrics(
+                    context, champ_version, lambda: {"rmse": ev.evaluate(champ.transform(t.split.test))}).items()})
             logged = log_model(
                 mlflow, "price_model", t.model, params=params, metrics=metrics,
                 tags=_lineage(context, path, t.split, {**window, "horizon": h}),
@@ -261,22 +316,45 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
                 register_as=f"price_model_{h}",
             )
             t.split.unpersist()
-            trained.append(h)
+            verdicts[h] = _gate(context, mlflow, logged, "rmse", False, config.gate_margin)
             md.update({f"{h}_{k}": round(v, 8) for k, v in metrics.items()})
-            md[f"{h}_model_version"] = logged.version
-            md[f"{h}_mlflow_run_id"] = logged.run_id
+            md.update({f"{h}_model_version": logged.version, f"{h}_mlflow_run_id": logged.run_id,
+                       f"{h}_gate": verdicts[h].outcome})
     finally:
         frame.unpersist()
-    md["horizons_trained"] = trained
-    return dg.MaterializeResult(metadata=md)
+    md["horizons_trained"] = list(verdicts)
+    return dg.MaterializeResult(metadata=md, check_results=[_price_gate_result(verdicts, skipped)])
+
+
+def _price_gate_result(verdicts: dict[str, GateVerdict], skipped: dict[str, str]) -> dg.AssetCheckResult:
+    """One check over the horizons: passed when every trained horizon passed; nothing trained
+    (too little history) is a WARN, not an error: the champions stay and the run goes on."""
+    if not verdicts:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN,
+            description="no price model was trained in this run (not enough history); champions unchanged"
+            + "".join(f"; {reason}" for reason in skipped.values()),
+            metadata={"horizons_trained": [], "horizons_skipped": sorted(skipped)},
+        )
+    md: dict[str, Any] = {"horizons_trained": list(verdicts), "horizons_skipped": sorted(skipped)}
+    for h, v in verdicts.items():
+        md.update({f"{h}_outcome": v.outcome, f"{h}_promoted": v.promoted, f"{h}_version": v.version or "none",
+                   f"{h}_champion_after": v.version if v.promoted else (v.champion_version or "none")})
+    return dg.AssetCheckResult(
+        passed=all(v.passed for v in verdicts.values()),
+        severity=_severity(list(verdicts.values())),
+        description="; ".join(f"{h} v{v.version}: {v.outcome}: {v.reason}" for h, v in verdicts.items()),
+        metadata=md,
+    )
 
 
 class ClustersConfig(dg.Config):
     k: int = Field(default=3, description="clusters; capped at the number of coins - 1")
-    gate_margin: float = 0.05
+    gate_margin: float = Field(default=0.05, description="silhouette must exceed random clusters' by this much")
 
 
-@dg.asset(deps=["training_set"], **MODELS)
+@dg.asset(deps=["training_set"], check_specs=[_gate_spec("coin_clusters", "silhouette beats random clusters by "
+          "the margin and the champion's on the same coin profiles; promotes")], **MODELS)
 def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lakehouse: LakehouseResource,
                   pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusters."""
@@ -287,75 +365,25 @@ def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lak
     t = train_clusters(df, {"k": config.k, "seed": 7})
     metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": t.extra["baseline"]["silhouette"],
                "lift_silhouette": t.metrics["silhouette"] - t.extra["baseline"]["silhouette"]}
+    champ_version, champ = load_champion(mlflow, mlflow.registered_name("coin_clusters"))
+    if champ is not None:  # the champion's clusters of the same coin profiles
+        from pyspark.ml.evaluation import ClusteringEvaluator
+
+        ev = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
+        metrics.update({f"champion_{k}": v for k, v in _champion_metrics(
+            context, champ_version, lambda: {"silhouette": ev.evaluate(champ.transform(t.split.test))}).items()})
     logged = log_model(
         mlflow, "coin_clusters", t.model, params={"k": t.params["k"]}, metrics=metrics,
         tags={**_lineage(context, path, t.split, _data_window(path))},
         artifacts={"assignment.json": t.extra["assignment"]},
     )
+    verdict = _gate(context, mlflow, logged, "silhouette", True, config.gate_margin)
     groups: dict[int, list[str]] = {}
     for coin, c in t.extra["assignment"].items():
         groups.setdefault(c, []).append(coin)
-    return dg.MaterializeResult(metadata=_md(logged, metrics, {
-        "clusters": dg.MetadataValue.md("\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items())))}))
-
-
-# ----------------------------------------------------------------------------- champion gates
-def _gate_result(v) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=v.passed,
-        description=v.reason,
-        metadata={"version": v.version or "none", "metric": v.metric, "value": v.value, "baseline": v.baseline,
-                  "champion_before": v.champion, "promoted_to_champion": v.promoted},
+    clusters = "\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items()))
+    return dg.MaterializeResult(
+        metadata=_md(logged, metrics, {"gate": verdict.outcome, "champion_version_before": champ_version or "none",
+                                       "clusters": dg.MetadataValue.md(clusters)}),
+        check_results=[_gate_result(verdict)],
     )
-
-
-@dg.asset_check(asset=trend_model, blocking=True, description="beats majority baseline by the margin and the champion; promotes")
-def trend_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
-    margin = _config_margin(context, "trend_model", 0.01)
-    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("trend_model"), context.run.run_id, "auc_roc", True, margin))
-
-
-@dg.asset_check(asset=anomaly_model, blocking=True, description="beats majority baseline by the margin and the champion; promotes")
-def anomaly_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
-    margin = _config_margin(context, "anomaly_model", 0.01)
-    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("anomaly_model"), context.run.run_id, "pr_auc", True, margin))
-
-
-@dg.asset_check(asset=price_model, blocking=True, description="each trained horizon beats persistence RMSE and its champion; promotes")
-def price_model_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
-    margin = _config_margin(context, "price_model", 0.0)
-    verdicts = []
-    for h in REGRESSION_HORIZONS:
-        name = mlflow.registered_name(f"price_model_{h}")
-        try:
-            mlflow.client().get_registered_model(name)
-        except Exception:  # noqa: BLE001 - never trained (not enough history)
-            continue
-        v = gate_and_promote(mlflow, name, context.run.run_id, "rmse", False, margin)
-        if v.version is not None:
-            verdicts.append((h, v))
-    if not verdicts:
-        return dg.AssetCheckResult(passed=False, description="no price model was trained in this run")
-    return dg.AssetCheckResult(
-        passed=all(v.passed for _, v in verdicts),
-        description="; ".join(f"{h}: {v.reason}" for h, v in verdicts),
-        metadata={f"{h}_promoted": v.promoted for h, v in verdicts},
-    )
-
-
-@dg.asset_check(asset=coin_clusters, blocking=True, description="silhouette beats random clusters by the margin; promotes")
-def coin_clusters_gate(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource) -> dg.AssetCheckResult:
-    margin = _config_margin(context, "coin_clusters", 0.05)
-    return _gate_result(gate_and_promote(mlflow, mlflow.registered_name("coin_clusters"), context.run.run_id, "silhouette", True, margin))
-
-
-def _config_margin(context: dg.AssetCheckExecutionContext, asset: str, default: float) -> float:
-    """The gate margin is part of the model asset's run config (one place to set it)."""
-    try:
-        ops = context.run.run_config.get("ops", {})
-        return float(ops.get(asset, {}).get("config", {}).get("gate_margin", default))
-    except Exception:  # noqa: BLE001
-        return default
-
-
-MODEL_CHECKS = [trend_model_gate, anomaly_model_gate, price_model_gate, coin_clusters_gate]

@@ -3,7 +3,6 @@
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.assets.ingest import DUCKDB_POOL
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 
@@ -20,7 +19,6 @@ class MarketReportConfig(dg.Config):
     group_name="report",
     kinds={"duckdb", "mlflow", "matplotlib"},
     owners=["team:data-eng"],
-    pool=DUCKDB_POOL,
     code_version="1",
 )
 def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,

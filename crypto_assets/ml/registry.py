@@ -103,16 +103,55 @@ def champion_artifact(mlf: MlflowResource, registered_name: str, filename: str) 
         return version, json.loads(Path(path).read_text())
 
 
+TIE_RTOL = 1e-6
+"""Relative difference under which a new version ties with the champion: retraining on unchanged
+data reproduces the champion up to floating-point noise, which must neither promote nor reject."""
+
+PROMOTED, TIED, REJECTED, ERROR = "promoted", "tied", "rejected", "error"
+
+
 @dataclass
 class GateVerdict:
-    passed: bool
-    promoted: bool
+    outcome: str  # PROMOTED | TIED | REJECTED | ERROR
     version: str | None
     metric: str
     value: float | None
     baseline: float | None
-    champion: float | None
+    champion: float | None  # the champion's metric on the same holdout
+    champion_version: str | None  # the champion before this gate
     reason: str
+
+    @property
+    def passed(self) -> bool:
+        """Beats its baseline by the margin and is no worse than the champion (promoted or tied)."""
+        return self.outcome in (PROMOTED, TIED)
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == PROMOTED
+
+
+def judge(metric: str, value: float | None, base: float | None, champ: float | None, higher_is_better: bool,
+          margin: float, champion_version: str | None = None, rtol: float = TIE_RTOL) -> tuple[str, str]:
+    """(outcome, reason) of the gate: beat the baseline by `margin` (absolute for higher-is-better
+    metrics, relative for errors), then beat the champion on the same holdout. Within `rtol` of
+    the champion it is a tie and the champion stays."""
+    if value is None or base is None:
+        return ERROR, f"{metric} or its baseline is missing from the MLflow run"
+    beats = value >= base + margin if higher_is_better else value <= base * (1 - margin)
+    if not beats:
+        return REJECTED, f"{metric} {value:.6g} does not beat the baseline {base:.6g} by the margin {margin:g}"
+    if champ is None:
+        return PROMOTED, f"{metric} {value:.6g} beats the baseline {base:.6g}; no champion to compare with"
+    who = f"champion v{champion_version}" if champion_version else "champion"
+    diff = value - champ if higher_is_better else champ - value  # > 0: better than the champion
+    if abs(diff) <= rtol * max(abs(value), abs(champ)):
+        return TIED, (f"{metric} {value:.6g} ties with the {who} ({champ:.6g}, |difference| {abs(diff):.2g} within "
+                      f"{rtol:g} relative); the {who} stays")
+    if diff < 0:
+        return REJECTED, (f"{metric} {value:.6g} is worse than the {who}'s {champ:.6g} by {-diff:.2g} on the same "
+                          "holdout; the champion stays")
+    return PROMOTED, f"{metric} {value:.6g} beats the baseline {base:.6g} and the {who}'s {champ:.6g} by {diff:.2g}"
 
 
 def gate_and_promote(
@@ -122,38 +161,31 @@ def gate_and_promote(
     metric: str,
     higher_is_better: bool,
     margin: float,
+    *,
+    version: str | None = None,
+    rtol: float = TIE_RTOL,
 ) -> GateVerdict:
-    """The champion gate. The version this Dagster run registered must beat its baseline by
-    `margin` (absolute for higher-is-better metrics, relative for errors) and be no worse than
-    the current champion on the same holdout; only then the `champion` alias moves to it."""
+    """The champion gate for `version` (default: the newest version this Dagster run registered),
+    judged on the metrics of its MLflow run (model, `baseline_<metric>`, `champion_<metric>`):
+    only a promotion moves the `champion` alias. The verdict is tagged on the version."""
     client = mlf.client()
-    versions = client.search_model_versions(f"name='{registered_name}'")
-    mine = [v for v in versions if (v.tags or {}).get("dagster_run_id") == dagster_run_id]
-    if not mine:
-        return GateVerdict(False, False, None, metric, None, None, None, "this run registered no version")
-    mv = max(mine, key=lambda v: int(v.version))
+    if version is None:
+        versions = client.search_model_versions(f"name='{registered_name}'")
+        mine = [v for v in versions if (v.tags or {}).get("dagster_run_id") == dagster_run_id]
+        if not mine:
+            return GateVerdict(ERROR, None, metric, None, None, None, None, "this run registered no version")
+        version = str(max(int(v.version) for v in mine))
+    mv = client.get_model_version(registered_name, version)
     m = client.get_run(mv.run_id).data.metrics
     value, base, champ = m.get(metric), m.get(f"baseline_{metric}"), m.get(f"champion_{metric}")
-    if value is None or base is None:
-        return GateVerdict(False, False, mv.version, metric, value, base, champ, "metric or baseline missing")
-    if higher_is_better:
-        beats = value >= base + margin
-        not_worse = champ is None or value >= champ
-    else:
-        beats = value <= base * (1 - margin)
-        not_worse = champ is None or value <= champ
-    passed = beats and not_worse
-    if not beats:
-        reason = f"{metric} {value:.5f} does not beat baseline {base:.5f} by margin {margin}"
-    elif not not_worse:
-        reason = f"{metric} {value:.5f} is worse than the champion's {champ:.5f} on the same holdout"
-    else:
-        reason = f"{metric} {value:.5f} beats baseline {base:.5f}" + (f" and champion {champ:.5f}" if champ is not None else "")
-    if passed:
+    before = champion_version(mlf, registered_name)
+    outcome, reason = judge(metric, value, base, champ, higher_is_better, margin, before, rtol)
+    if outcome == PROMOTED:
         client.set_registered_model_alias(registered_name, CHAMPION, mv.version)
-    client.set_model_version_tag(registered_name, mv.version, "gate", "passed" if passed else "rejected")
+    tag = {PROMOTED: "passed", TIED: "tied", REJECTED: "rejected", ERROR: "error"}[outcome]
+    client.set_model_version_tag(registered_name, mv.version, "gate", tag)
     client.set_model_version_tag(registered_name, mv.version, "gate_reason", reason)
-    return GateVerdict(passed, passed, mv.version, metric, value, base, champ, reason)
+    return GateVerdict(outcome, str(mv.version), metric, value, base, champ, before, reason)
 
 
 PRIMARY_METRIC = {"trend_model": "auc_roc", "anomaly_model": "pr_auc", "price_model": "rmse", "coin_clusters": "silhouette"}

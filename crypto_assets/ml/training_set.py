@@ -42,14 +42,39 @@ def _lookup_specs(horizon_minutes: int) -> list[tuple[str, int]]:
             + [(f"p{k}", -m) for k, m in REGRESSION_HORIZONS.items()])
 
 
-def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, where: str) -> None:
+def _ticks_sql(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, where: str) -> str:
+    """The ticks the lookups of the rows matching `where` can reach: those from the furthest
+    backward target of the oldest row to the furthest forward horizon (+ its 5-minute tolerance)
+    of the newest row, plus each coin's last tick before that window. A backward lookup's answer
+    is in the window or is that last tick; a forward answer beyond the window is later than any
+    label accepts (feature_sql), so the features are the same as over the whole table, at a cost
+    in proportion to the rows scored rather than to the history."""
+    lo, hi = conn.sql(f"SELECT min(f.event_time), max(f.event_time) FROM market_features f WHERE {where}").fetchall()[0]
+    if lo is None:
+        return "SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features WHERE FALSE"
+    specs = _lookup_specs(horizon_minutes)
+    back = max(-m for _, m in specs if m < 0)
+    fwd = max(m for _, m in specs if m > 0) + 5
+    start, end = f"TIMESTAMPTZ '{lo.isoformat()}' - INTERVAL {back} MINUTE", f"TIMESTAMPTZ '{hi.isoformat()}' + INTERVAL {fwd} MINUTE"
+    return f"""
+        SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features
+        WHERE event_time >= {start} AND event_time <= {end}
+        UNION ALL
+        SELECT coin_id, epoch_us(max(event_time)), arg_max(price_usd, event_time) FROM market_features
+        WHERE event_time < {start} GROUP BY coin_id
+    """
+
+
+def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, where: str, bounded: bool = False) -> None:
     """Per market_features row matching `where` (alias f): event time and price of the tick a
     given number of minutes before/after it, as the view `feature_lookups`. The same matches as
     `ASOF LEFT JOIN market_features` (>= for forward, <= for backward, per coin), found with one
     numpy searchsorted per coin and lookup over the coin's sorted ticks; ten ASOF joins sorted
-    the whole table (and the ever wider left side) ten times, for 10 new rows as for 1M."""
-    ticks = conn.sql("SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features "
-                     "ORDER BY coin_id, event_time").fetchnumpy()
+    the whole table (and the ever wider left side) ten times, for 10 new rows as for 1M.
+    `bounded`: search only the ticks the rows can reach (`_ticks_sql`; for a few new rows)."""
+    source = (_ticks_sql(conn, horizon_minutes, where) if bounded
+              else "SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features")
+    ticks = conn.sql(f"SELECT * FROM ({source}) ORDER BY coin_id, t").fetchnumpy()
     # DISTINCT: one lookup row per (coin, time), so a duplicated tick cannot multiply the join
     probes = conn.sql(f"SELECT DISTINCT coin_id, epoch_us(f.event_time) AS t FROM market_features f WHERE {where} "
                       "ORDER BY coin_id, t").fetchnumpy()
@@ -129,7 +154,7 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, hwm: int, upstream_seq: int, m
         f"f.feature_seq > {int(hwm)} AND f.feature_seq <= {int(upstream_seq)} AND "
         f"f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL {float(max_age_hours) * 3600} SECOND"
     )
-    _register_lookups(conn, 15, where)
+    _register_lookups(conn, 15, where, bounded=True)
     try:
         return conn.sql(f"SELECT * FROM ({feature_sql(15, where)}) ORDER BY event_time, coin_id").pl()
     finally:

@@ -1,0 +1,98 @@
+"""The training set is built from the Parquet gold mirrors, never from warehouse.duckdb, and is
+the same set the warehouse tables give."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+
+from crypto_assets.assets import models
+from crypto_assets.lake_views import lake_reader, lake_views
+from crypto_assets.ml.training_set import build_training_set
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
+from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
+
+COINS = ["bitcoin", "ethereum", "solana"]
+
+
+def _warehouse(lh: LakehouseResource, days: float = 1.2) -> None:
+    start = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=5), int(days * 1440), start, "60s")
+    df = pl.DataFrame(ticks, infer_schema_length=None).select(
+        "coin_id", "symbol", pl.col("last_updated_at").str.to_datetime(time_zone="UTC"), "price_usd", "volume_24h_usd")
+    with lh.connect() as conn:
+        insert_raw_batch(conn, df)
+        run_incremental(conn, COINS)
+        export_gold_mirrors(conn, lh.lake_path)
+
+
+def _columns(conn, table: str) -> list[tuple]:
+    return [(r[0], r[1]) for r in conn.sql(f"DESCRIBE {table}").fetchall()]
+
+
+def test_views_have_the_tables_columns_and_rows(tmp_path):
+    lh = LakehouseResource(home=str(tmp_path / "w"), coins=COINS)
+    _warehouse(lh, days=0.3)
+    lake = lh.lake_path
+    # a compacted day file and an hour file side by side (any *.parquet in the symbol directory)
+    btc = next((lake / "gold" / "market_features").glob("date=*/symbol=btc"))
+    hours = sorted(btc.glob("part-*.parquet"))
+    day = pl.concat([pl.read_parquet(p) for p in hours[:-1]])
+    day.write_parquet(btc / "day.parquet")
+    for p in hours[:-1]:
+        p.unlink()
+    # an older file without a column added since: the column reads as NULL
+    eth = next((lake / "gold" / "ohlcv_1m").glob("date=*/symbol=eth"))
+    old = sorted(eth.glob("*.parquet"))[0]
+    pl.read_parquet(old).drop("bb_lower").write_parquet(old)
+    with lh.connect() as wh:
+        want = {t: _columns(wh, t) for t in ("market_features", "ohlcv_1m", "anomalies")}
+        wh_rows = {t: wh.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("market_features", "anomalies")}
+        wh_candles = wh.sql("SELECT coin_id, minute, close FROM ohlcv_1m ORDER BY ALL").fetchall()
+        old_minutes = wh.sql(f"SELECT minute FROM read_parquet('{old}')").fetchall()
+    with lake_reader(lake, models.TRAINING_INPUTS) as (conn, files):
+        for t in want:
+            assert [c[0] for c in _columns(conn, t)] == [c[0] for c in want[t]], t
+            assert [c[1] for c in _columns(conn, t)] == [c[1] for c in want[t]], t
+        assert files["market_features"] == sum(1 for _ in (lake / "gold" / "market_features").rglob("*.parquet"))
+        for t, rows in wh_rows.items():
+            assert conn.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() == rows, t
+        assert conn.sql("SELECT coin_id, minute, close FROM ohlcv_1m ORDER BY ALL").fetchall() == wh_candles
+        nulls = conn.sql("SELECT minute FROM ohlcv_1m WHERE bb_lower IS NULL AND coin_id = 'ethereum'").fetchall()
+        assert set(old_minutes) <= set(nulls)
+
+
+def test_a_dataset_without_files_is_an_empty_view_of_its_table(tmp_path):
+    conn = duckdb.connect()
+    assert lake_views(conn, tmp_path / "lake", ["gold/anomalies"]) == {"anomalies": 0}
+    assert conn.sql("SELECT count(*) FROM anomalies").fetchall() == [(0,)]
+    assert [c[0] for c in _columns(conn, "anomalies")][:4] == ["anomaly_id", "coin_id", "symbol", "event_time"]
+
+
+def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
+    lh = LakehouseResource(home=str(tmp_path / "w"), coins=COINS)
+    _warehouse(lh)
+    with lh.connect() as conn:
+        assert conn.sql("SELECT count(*) FROM anomalies").fetchall()[0][0] > 0  # the anomaly labels are exercised
+        ref = build_training_set(conn, tmp_path / "ref")
+    # a home with the lake only: the asset must not need (nor create) warehouse.duckdb
+    lake_only = LakehouseResource(home=str(tmp_path / "l"), coins=COINS)
+    shutil.copytree(lh.lake_path, lake_only.lake_path)
+    res = dg.materialize([models.training_set], resources={"lakehouse": lake_only})
+    assert res.success
+    assert not lake_only.duckdb_path.exists()
+    md = res.asset_materializations_for_node("training_set")[0].metadata
+    assert md["dagster/row_count"].value == ref.rows
+    assert md["lake_files_read"].data["anomalies"] > 0
+    got = pq.read_table(lake_only.lake_path / "training" / "training_set.parquet")
+    want = pq.read_table(ref.path)
+    assert got.schema == want.schema
+    assert got.equals(want)  # the same rows in the same order, value for value
+    assert ref.labelled["24h"] > 0

@@ -151,21 +151,31 @@ def read_lock(lake_root: Path, datasets: Iterable[str] | None = None,
 
 def dataset_glob(lake_root: Path, dataset: str) -> str:
     """A glob matching every data file of a dataset: day files, hour files and legacy part-0
-    files; staging (<lake>/.staging) and locks stay outside it."""
+    files; staging (<lake>/.staging) and locks stay outside it. Exact under `read_lock`, except
+    after a compaction or export killed between writing a day file and deleting the hour files
+    beside it, until the next run of either: `list_dataset_files` is exact then too."""
     return str(Path(lake_root) / dataset / "date=*" / "symbol=*" / "*.parquet")
 
 
 def list_dataset_files(lake_root: Path, dataset: str) -> list[Path]:
-    """The dataset's data files, sorted (call under `read_lock` for a consistent list)."""
-    root = Path(lake_root) / dataset
-    return sorted(root.glob("date=*/symbol=*/*.parquet")) if root.is_dir() else []
+    """The dataset's data files, sorted (call under `read_lock` for a consistent list). A day
+    file supersedes any hour file beside it (the leftovers of a killed run hold no row it lacks)."""
+    out: list[Path] = []
+    for leaf in sorted((Path(lake_root) / dataset).glob("date=*/symbol=*")):
+        names = sorted(n for n in os.listdir(leaf) if n.endswith(".parquet"))
+        out += [leaf / n for n in ([DAY_FILE] if DAY_FILE in names else names)]
+    return out
 
 
 def duckdb_source(lake_root: Path, dataset: str) -> str:
-    """A read_parquet(...) table expression for DuckDB with `date` and `symbol` typed from the
-    directory names (a symbol made of digits stays VARCHAR)."""
-    return (f"read_parquet('{dataset_glob(lake_root, dataset)}', hive_partitioning = true, "
-            "union_by_name = true, hive_types = {'date': DATE, 'symbol': VARCHAR})")
+    """A read_parquet([...]) table expression over `list_dataset_files` (so call it under
+    `read_lock`), with `date` and `symbol` typed from the directory names (a symbol made of
+    digits stays VARCHAR)."""
+    files = ", ".join(f"'{p}'" for p in list_dataset_files(lake_root, dataset))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {Path(lake_root) / dataset}")
+    return (f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'date': DATE, 'symbol': VARCHAR})")
 
 
 def spark_read_dataset(spark, lake_root: Path, dataset: str):

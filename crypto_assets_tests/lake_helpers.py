@@ -27,13 +27,16 @@ def insert_rows(conn: duckdb.DuckDBPyConnection, start: datetime, hours: int, st
                 tag: str = "base") -> None:
     """Rows every `step_min` minutes for every coin, marked dirty in the same transaction."""
     create_table(conn)
-    n = hours * 60 // step_min
-    rows = [
-        (cid, sym, start + timedelta(minutes=step_min * i), round(1000.0 * k + i + 0.25, 6), f"{tag}-{i}")
-        for k, (cid, sym) in enumerate(COINS) for i in range(n)
-    ]
+    coins = ", ".join(f"('{cid}', '{sym}', {k})" for k, (cid, sym) in enumerate(COINS))
     conn.execute("BEGIN TRANSACTION")
-    conn.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?)", rows)
+    conn.execute(
+        f"""
+        INSERT INTO {TABLE}
+        SELECT cid, sym, $start + to_minutes({step_min} * i), round(1000.0 * k + i + 0.25, 6), $tag || '-' || i
+        FROM (VALUES {coins}) c(cid, sym, k), range({hours * 60 // step_min}) r(i)
+        """,
+        {"start": start, "tag": tag},
+    )
     mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM {TABLE} WHERE note LIKE '{tag}-%'")
     conn.execute("COMMIT")
 

@@ -255,7 +255,8 @@ def _export_locked(conn, lake_root: Path, dataset: str, table: str, time_column:
             {"dataset": dataset, "days": [d for d, _ in legacy], "symbols": [sym for _, sym in legacy]},
         )
         dirty = _pending(conn, dataset)
-    hourly = [(h, sym) for h, sym in dirty if (h.date(), sym) not in set(compacted)]
+    in_day_files = set(compacted)
+    hourly = [(h, sym) for h, sym in dirty if (h.date(), sym) not in in_day_files]
     # Staging lives outside the dataset tree so readers globbing the dataset never see it.
     # Leftovers of a killed export are removed first: under the lock nobody else has any.
     staging_root = lake_root / ".staging"

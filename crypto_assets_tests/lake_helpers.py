@@ -4,7 +4,7 @@ to hour files, and reads of the lake and of the table compared by identity (ever
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb

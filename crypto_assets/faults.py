@@ -2,8 +2,11 @@
 
 `CRYPTO_ASSETS_FAULT=<point>` makes the process SIGKILL itself when it reaches that point, the
 way an OOM kill or a power cut would: no cleanup, no exception handlers. Unset in normal use.
-Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark (the raw pull),
-clean_before_commit (clean_ticks, with rows, quarantine and jump-guard state written).
+Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark (the pull);
+clean_before_commit (clean_ticks, with rows, quarantine and jump-guard state written);
+export_day_file_replaced, leftovers_partly_deleted (the export into a compacted day);
+compact_staged, compact_day_file_in_place, compact_hour_files_partly_deleted, compact_day_done
+(lake compaction, crypto_assets.lake_compaction).
 """
 
 from __future__ import annotations

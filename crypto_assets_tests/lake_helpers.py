@@ -1,0 +1,75 @@
+"""Shared by the lake compaction tests and their child process: a small warehouse table mirrored
+to hour files, and reads of the lake and of the table compared by identity (every column)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from crypto_assets.lake import duckdb_source, export_dirty, mark_dirty, read_lock
+
+T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
+DATASET = "silver/clean_ticks"  # a registered dataset name (its sort order: coin_id, event_time)
+TABLE = "t"
+COLUMNS = "coin_id, symbol, event_time, price, note"
+COINS = (("bitcoin", "btc"), ("ethereum", "eth"))
+
+
+def create_table(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (coin_id VARCHAR, symbol VARCHAR, event_time TIMESTAMPTZ, "
+                 "price DOUBLE, note VARCHAR)")
+
+
+def insert_rows(conn: duckdb.DuckDBPyConnection, start: datetime, hours: int, step_min: int = 10,
+                tag: str = "base") -> None:
+    """Rows every `step_min` minutes for every coin, marked dirty in the same transaction."""
+    create_table(conn)
+    coins = ", ".join(f"('{cid}', '{sym}', {k})" for k, (cid, sym) in enumerate(COINS))
+    conn.execute("BEGIN TRANSACTION")
+    conn.execute(
+        f"""
+        INSERT INTO {TABLE}
+        SELECT cid, sym, $start + to_minutes({step_min} * i), round(1000.0 * k + i + 0.25, 6), $tag || '-' || i
+        FROM (VALUES {coins}) c(cid, sym, k), range({hours * 60 // step_min}) r(i)
+        """,
+        {"start": start, "tag": tag},
+    )
+    mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM {TABLE} WHERE note LIKE '{tag}-%'")
+    conn.execute("COMMIT")
+
+
+def export(conn: duckdb.DuckDBPyConnection, lake_root: Path, **kw):
+    return export_dirty(conn, lake_root, DATASET, TABLE, "event_time", "coin_id, event_time", **kw)
+
+
+def table_rows(conn: duckdb.DuckDBPyConnection) -> Counter:
+    return Counter(conn.sql(f"SELECT {COLUMNS} FROM {TABLE}").fetchall())
+
+
+def lake_rows(lake_root: Path, dataset: str = DATASET) -> Counter:
+    """Every row of the dataset's files (symbol from the directory), read under the shared lock."""
+    with read_lock(lake_root, [dataset]):
+        mem = duckdb.connect()
+        try:
+            mem.execute("SET TimeZone = 'UTC'")
+            return Counter(mem.sql(f"SELECT {COLUMNS} FROM {duckdb_source(lake_root, dataset)}").fetchall())
+        finally:
+            mem.close()
+
+
+def lake_state(lake_root: Path, dataset: str = DATASET) -> dict[str, list[tuple]]:
+    """Relative path -> the file's rows in file order: equal states are the same files with
+    the same rows in the same order."""
+    base = Path(lake_root) / dataset
+    mem = duckdb.connect()
+    try:
+        mem.execute("SET TimeZone = 'UTC'")
+        return {
+            str(p.relative_to(base)): mem.sql(f"SELECT * FROM read_parquet('{p}', hive_partitioning = false)").fetchall()
+            for p in sorted(base.rglob("*")) if p.is_file()
+        }
+    finally:
+        mem.close()

@@ -100,13 +100,20 @@ class History:
                 + (f", copied in {self.copy_s:.1f} s" if self.copy_s else ""))
 
 
+# The modules that decide what a history holds (rows, state, lake layout): a change elsewhere in
+# the package (assets, checks, sensors, docs) keeps the cached 20M history valid.
+SHAPING = ("transforms", "ingest", "lake.py", "lake_compaction.py", "warehouse_schema.py", "contract.py", "db.py",
+           "state.py")
+
+
 def code_hash() -> str:
-    """Source hash of the imported crypto_assets package and of this builder."""
+    """Source hash of the package modules that shape a history, and of this builder."""
     import crypto_assets
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     pkg = Path(crypto_assets.__file__).resolve().parent
-    for p in sorted(pkg.rglob("*.py")):
+    shaping = [p for p in sorted(pkg.rglob("*.py")) if p.relative_to(pkg).parts[0] in SHAPING]
+    for p in shaping:
         h.update(str(p.relative_to(pkg)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -285,6 +292,13 @@ def _build(root: Path, params: dict, log) -> dict:
                    "correlations", "anomalies", "quarantine", "ingest_batches", "ingest_offsets", "lake_pending")}
         state = dict(conn.sql("SELECT asset, hwm FROM asset_state").fetchall())
         conn.execute("CHECKPOINT")
+    # as the maintenance job leaves a lake that has been running: closed days in day files
+    from crypto_assets.lake_compaction import compact_lake
+
+    t0 = time.perf_counter()
+    res = compact_lake(lh.lake_path).metadata()
+    log(f"  lake compacted in {time.perf_counter() - t0:.1f} s: {res['days_compacted']} days, "
+        f"{res['dataset_files']} files in the lake", flush=True)
     if counts["raw_ticks"] != n_ticks or counts["clean_ticks"] != n_ticks or counts["market_features"] != n_ticks \
             or counts["quarantine"] or counts["lake_pending"]:
         raise RuntimeError(f"history build is inconsistent: {counts}")

@@ -3,8 +3,9 @@
 A job that only reads (the training set) runs on the lake and never opens warehouse.duckdb,
 whose single read-write process is almost always the live pipeline's incremental step.
 
-A dataset is every `*.parquet` under `<lake>/<dataset>/date=*/symbol=*/`: the export's hour
-files, a compacted day file, an older whole-day part-0 file. `symbol` is not stored in the
+A dataset is its files as `crypto_assets.lake.list_dataset_files` lists them under
+`<lake>/<dataset>/date=*/symbol=*/`: the export's hour files, a compacted day file, an older
+whole-day part-0 file. `symbol` is not stored in the
 files (the export partitions by it); it comes back from the `symbol=` directory. Each view has
 exactly its table's columns, names and types in table order (from the warehouse DDL), so SQL
 written against the warehouse runs unchanged; a dataset without files yet is an empty view.
@@ -19,14 +20,11 @@ from pathlib import Path
 
 import duckdb
 
+from crypto_assets.lake import list_dataset_files, read_lock
 from crypto_assets.warehouse_schema import ALL_DDL
 
 SHAPE_SCHEMA = "lake_shape"  # empty tables with the warehouse DDL: the views' column list
 _DDL = {re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", d).group(1): d for d in ALL_DDL}
-
-
-def dataset_glob(lake_root: Path, dataset: str) -> str:
-    return str(Path(lake_root) / dataset / "date=*" / "symbol=*" / "*.parquet")
 
 
 def _quote(s: str) -> str:
@@ -35,8 +33,8 @@ def _quote(s: str) -> str:
 
 def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Iterable[str]) -> dict[str, int]:
     """Create (or replace) one view per dataset ("gold/market_features" -> view market_features)
-    over its Parquet files; returns the number of files each view reads. The views glob on every
-    query, so the files must not be swapped under a running read (see `lake_reader`)."""
+    over its Parquet files; returns the number of files each view reads. The views name their
+    files, so those must not be replaced under a running read: hold `read_lock` (`lake_reader`)."""
     files: dict[str, int] = {}
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SHAPE_SCHEMA}")
     for dataset in datasets:
@@ -47,12 +45,13 @@ def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Itera
             "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
             "ORDER BY column_index", params=[SHAPE_SCHEMA, table],
         ).fetchall()
-        pattern = dataset_glob(lake_root, dataset)
-        n = sum(1 for _ in Path(lake_root).glob(f"{dataset}/date=*/symbol=*/*.parquet"))
+        # the exact file list (a compacted day file supersedes hour files a killed run left beside it)
+        paths = list_dataset_files(lake_root, dataset)
+        n = len(paths)
         if n:
             # union_by_name: a file written before a column was added reads it as NULL
-            source = (f"read_parquet({_quote(pattern)}, hive_partitioning = true, union_by_name = true, "
-                      "hive_types = {'date': DATE, 'symbol': VARCHAR}, hive_types_autocast = false)")
+            source = (f"read_parquet([{', '.join(_quote(str(p)) for p in paths)}], hive_partitioning = true, "
+                      "union_by_name = true, hive_types = {'date': DATE, 'symbol': VARCHAR}, hive_types_autocast = false)")
         else:
             source = shape
         select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in cols)
@@ -79,14 +78,11 @@ def lake_reader(
     conn = duckdb.connect(":memory:", config=config)
     try:
         conn.execute("SET TimeZone = 'UTC'")
-        # ---------------------------------------------------------------- LAKE READ LOCK
-        # The one place the lake's shared read lock goes (crypto_assets/lake_compaction.py,
-        # `read_lock(lake_root)`): it must span the view creation AND the caller's reads
-        # (the yield), so compaction cannot replace hour files by a day file mid-read:
-        #     with read_lock(lake_root):
-        #         files = lake_views(conn, lake_root, datasets)
-        #         yield conn, files
-        files = lake_views(conn, lake_root, datasets)
-        yield conn, files
+        # The lake's shared read lock spans the view creation AND the caller's reads (the yield),
+        # so neither compaction nor an export into a compacted day replaces files mid-read.
+        datasets = list(datasets)
+        with read_lock(lake_root, datasets):
+            files = lake_views(conn, lake_root, datasets)
+            yield conn, files
     finally:
         conn.close()

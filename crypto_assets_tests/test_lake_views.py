@@ -44,9 +44,9 @@ def test_views_have_the_tables_columns_and_rows(tmp_path):
     # a compacted day file and an hour file side by side (any *.parquet in the symbol directory)
     btc = next((lake / "gold" / "market_features").glob("date=*/symbol=btc"))
     hours = sorted(btc.glob("part-*.parquet"))
-    day = pl.concat([pl.read_parquet(p) for p in hours[:-1]])
+    day = pl.concat([pl.read_parquet(p) for p in hours])  # a compacted day: one file for all its hours
     day.write_parquet(btc / "day.parquet")
-    for p in hours[:-1]:
+    for p in hours:
         p.unlink()
     # an older file without a column added since: the column reads as NULL
     eth = next((lake / "gold" / "ohlcv_1m").glob("date=*/symbol=eth"))

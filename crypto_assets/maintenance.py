@@ -15,6 +15,7 @@ from pydantic import Field
 from crypto_assets.lake import LAKE_DATASETS
 from crypto_assets.lake_compaction import compact_lake as run_compaction
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.schedules import build_schedule
 from crypto_assets.storage_purge import prune_mlflow, purge_dagster_storage
 
 
@@ -64,11 +65,5 @@ def maintenance_job() -> None:
 
 
 def build_maintenance_schedule(cron: str, default_on: bool) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="maintenance_schedule",
-        job=maintenance_job,
-        cron_schedule=cron,
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.RUNNING if default_on else dg.DefaultScheduleStatus.STOPPED,
-        description="Keep Dagster storage, MLflow and the Parquet lake at a steady size.",
-    )
+    return build_schedule("maintenance_schedule", maintenance_job, cron, default_on,
+                          "Keep Dagster storage, MLflow and the Parquet lake at a steady size.")

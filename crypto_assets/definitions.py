@@ -75,7 +75,8 @@ defs = dg.Definitions(
     ],
     schedules=[
         build_retraining_schedule(training_job, AUTOMATION["retrain_cron"], AUTOMATION["default_on"]),
-        build_maintenance_schedule(AUTOMATION["maintenance_cron"], AUTOMATION["default_on"]),
+        build_maintenance_schedule(AUTOMATION["maintenance_cron"], AUTOMATION["default_on"],
+                                   AUTOMATION["run_retention_hours"]),
     ],
     resources=build_resources(),
     # Steps are short and share heavy state (DuckDB file, one Spark session): run them in the

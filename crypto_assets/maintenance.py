@@ -64,6 +64,8 @@ def maintenance_job() -> None:
     compact_lake()
 
 
-def build_maintenance_schedule(cron: str, default_on: bool) -> dg.ScheduleDefinition:
+def build_maintenance_schedule(cron: str, default_on: bool, keep_hours: float = 24.0) -> dg.ScheduleDefinition:
     return build_schedule("maintenance_schedule", maintenance_job, cron, default_on,
-                          "Keep Dagster storage, MLflow and the Parquet lake at a steady size.")
+                          f"Keep Dagster storage (runs older than {keep_hours:g} h), MLflow and the Parquet lake at a "
+                          "steady size.",
+                          run_config={"ops": {"purge_dagster_storage": {"config": {"keep_hours": keep_hours}}}})

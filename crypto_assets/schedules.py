@@ -4,10 +4,12 @@ maintenance job. All in UTC, started by default only when automation is on."""
 import dagster as dg
 
 
-def build_schedule(name: str, job, cron: str, default_on: bool, description: str) -> dg.ScheduleDefinition:
+def build_schedule(name: str, job, cron: str, default_on: bool, description: str,
+                   run_config: dict | None = None) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name=name,
         job=job,
+        run_config=run_config,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING if default_on else dg.DefaultScheduleStatus.STOPPED,

@@ -97,4 +97,5 @@ def automation_settings(env: Mapping[str, str] | None = None) -> dict:
         "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",
         "predictions_cron": env.get("PREDICTIONS_CRON") or "*/5 * * * *",
         "maintenance_cron": env.get("MAINTENANCE_CRON") or "*/30 * * * *",
+        "run_retention_hours": float(env.get("RUN_RETENTION_HOURS") or 24),
     }

@@ -341,12 +341,8 @@ class RunStats:
         return self.end - self.start if self.start is not None and self.end is not None else math.nan
 
     @property
-    def busy_per_pass(self) -> float:
-        """Compute time (assets + checks, as the step reports them) per micro-batch pass: a draining
-        run lasts its drain time whatever it does, so this is what must stay flat as history grows."""
-        if not self.assets:
-            return math.nan
-        return (sum(self.assets.values()) + sum(self.checks.values())) / max(self.passes, 1)
+    def busy_per_pass(self) -> float:  # compute (assets + checks) per pass: a drain lasts its drain time anyway
+        return (sum(self.assets.values()) + sum(self.checks.values())) / self.passes if self.assets else math.nan
 
     @property
     def check_time(self) -> float:

@@ -56,6 +56,10 @@ BUILDER_VERSION = 1
 PARTITIONS = 4  # the embedded broker's crypto_raw has 4 partitions
 VOLUME_SIGMA = 0.001  # per tick, of log 24h volume
 SPIKE_P = 2e-4  # share of ticks whose 24h volume jumps x4
+# The 24h volume's log walks freely but is squashed into +-VOLUME_BAND around the coin's reference
+# volume (tanh): a free walk drifts past any plausible volume within weeks of ticks, and the
+# pipeline (rightly) quarantines a 24h volume above 1e13 USD.
+VOLUME_BAND = 1.5
 SEC_PER_YEAR = 365 * 24 * 3600
 
 # (dataset, table, time column, order by): as the assets call export_dirty (ingest/pull.py,
@@ -209,7 +213,8 @@ FROM g
 RAW_SQL = f"""
 INSERT INTO raw_ticks
 SELECT $ids[k + 1], symbol, 'history', 1, exp(logp), exp(logp) * $supply[k + 1],
-       exp(logv) * CASE WHEN u < {SPIKE_P} THEN 4 ELSE 1 END, NULL, NULL,
+       exp($logref[k + 1] + {VOLUME_BAND} * tanh(logv / {VOLUME_BAND})) * CASE WHEN u < {SPIKE_P} THEN 4 ELSE 1 END,
+       NULL, NULL,
        t, t + INTERVAL 200 MILLISECOND, '{HISTORY_TOPIC}', p, off, t + INTERVAL 300 MILLISECOND, batch_id, committed
 FROM hist_chunk ORDER BY i
 """
@@ -245,7 +250,8 @@ def _build(root: Path, params: dict, log) -> dict:
     end_us = (int(built_at) - params["lead_s"]) * 1_000_000
     start_us = int(end_us - n_ticks * step_us)
     logp = [math.log(c.ref_price) for c in coins]
-    logv = [math.log(c.ref_volume) for c in coins]
+    logv = [0.0 for _ in coins]  # the unsquashed volume walk (see VOLUME_BAND)
+    logref = [math.log(c.ref_volume) for c in coins]
     fixed = {
         "n": n, "total": n_ticks, "seed": params["seed"], "bt": params["batch_ticks"], "start_us": start_us, "step_us": step_us,
         "sigma": [c.annual_vol * math.sqrt(1.0 / SEC_PER_YEAR) for c in coins],
@@ -261,7 +267,7 @@ def _build(root: Path, params: dict, log) -> dict:
             t0 = time.perf_counter()
             with transaction(conn):  # one commit per chunk: rows, batches, offsets, bronze markers
                 conn.execute(CHUNK_SQL, {**fixed, "i0": i0, "i1": i1, "logp0": logp, "logv0": logv})
-                conn.execute(RAW_SQL, {"ids": [c.coin_id for c in coins],
+                conn.execute(RAW_SQL, {"ids": [c.coin_id for c in coins], "logref": logref,
                                        "supply": [c.ref_volume * 30 / c.ref_price for c in coins]})
                 conn.execute(BATCHES_SQL)
                 conn.execute(OFFSETS_SQL)
@@ -306,5 +312,5 @@ def _build(root: Path, params: dict, log) -> dict:
     return {
         "ticks": n_ticks, "coin_ids": [c.coin_id for c in coins], "symbols": [c.symbol for c in coins],
         "start_us": start_us, "step_us": step_us, "last_price": [math.exp(x) for x in logp],
-        "last_volume": [math.exp(x) for x in logv], "built_at": built_at, "params": params, "counts": counts,
+        "last_volume": [math.exp(r + VOLUME_BAND * math.tanh(x / VOLUME_BAND)) for r, x in zip(logref, logv)], "built_at": built_at, "params": params, "counts": counts,
     }

@@ -162,7 +162,10 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     ratio = params.get("negatives_per_positive", 20)
     pos = train.filter(F.col("label_anomaly") == 1).count()
     neg = split.train_rows - pos
-    if pos and neg > pos * ratio:  # anomalies are rare: keep every positive, sample negatives
+    if not pos or not neg:  # a one-class forest predicts a 1-element probability: nothing to learn or gate
+        split.unpersist()
+        raise ValueError(f"the training window holds {pos} anomalies and {neg} normal ticks: a classifier needs both")
+    if neg > pos * ratio:  # anomalies are rare: keep every positive, sample negatives
         train = train.sampleBy("label_anomaly", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
     rf = RandomForestClassifier(
         featuresCol="raw_features", labelCol="label_anomaly", numTrees=params.get("num_trees", 100),

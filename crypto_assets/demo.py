@@ -186,8 +186,10 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
     print()
     if check_results:
         passed = sum(1 for *_, ok, _ in check_results if ok)
+        # a WARN result is a finding (a model not promoted or skipped, stale data), an ERROR a failure
         print(f"asset checks        {passed}/{len(check_results)} passed"
-              + "".join(f"\n  FAILED ({sev}) {asset}:{name}" for asset, name, ok, sev in check_results if not ok))
+              + "".join(f"\n  {'FAILED' if sev == 'ERROR' else 'warning'} ({sev}) {asset}:{name}"
+                        for asset, name, ok, sev in check_results if not ok))
     try:
         from crypto_assets.ml.registry import model_summary
         from crypto_assets.settings import mlflow_resource

@@ -14,7 +14,11 @@ written against the warehouse runs unchanged; a dataset without files yet is an 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -60,6 +64,37 @@ def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Itera
     return files
 
 
+SNAPSHOTS = ".snapshots"  # under the lake root, outside every dataset tree
+
+
+def snapshot(lake_root: Path, datasets: Iterable[str]) -> Path:
+    """Hard links to the datasets' current files under <lake>/.snapshots/<id>/, same layout.
+
+    Taken under the shared read lock, which is held only while the files are listed and linked
+    (milliseconds for thousands of files), not while the caller reads them: a long read (the
+    training set over a month of features takes minutes) would otherwise hold the export, which
+    takes the dataset's lock exclusively, and with it the live pipeline. The export and the
+    compaction only ever replace or unlink names, so a linked file stays as it was."""
+    lake_root = Path(lake_root)
+    root = lake_root / SNAPSHOTS / uuid.uuid4().hex[:12]
+    datasets = list(datasets)
+    with read_lock(lake_root, datasets):
+        for dataset in datasets:
+            for src in list_dataset_files(lake_root, dataset):
+                dst = root / src.relative_to(lake_root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dst)
+    return root
+
+
+def _remove_stale_snapshots(lake_root: Path, older_than_s: float = 6 * 3600) -> None:
+    """Snapshots of readers that were killed (a finished reader removes its own)."""
+    for d in (Path(lake_root) / SNAPSHOTS).glob("*"):
+        with contextlib.suppress(OSError):
+            if time.time() - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def lake_reader(
     lake_root: Path,
@@ -69,20 +104,19 @@ def lake_reader(
     memory_limit: str = "4GB",
     temp_directory: Path | None = None,
 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[str, int]]]:
-    """An in-memory DuckDB (UTC) with `lake_views` over `datasets`, and the file count per view.
-    Everything the caller reads inside the `with` block sees one set of files."""
+    """An in-memory DuckDB (UTC) with `lake_views` over a snapshot of `datasets`, and the file
+    count per view. Everything the caller reads inside the `with` block sees one set of files."""
     config: dict = {"threads": threads, "memory_limit": memory_limit}
     if temp_directory is not None:  # an in-memory database spills to ./.tmp otherwise
         Path(temp_directory).mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_directory)
+    datasets = list(datasets)
+    _remove_stale_snapshots(lake_root)
+    snap = snapshot(lake_root, datasets)
     conn = duckdb.connect(":memory:", config=config)
     try:
         conn.execute("SET TimeZone = 'UTC'")
-        # The lake's shared read lock spans the view creation AND the caller's reads (the yield),
-        # so neither compaction nor an export into a compacted day replaces files mid-read.
-        datasets = list(datasets)
-        with read_lock(lake_root, datasets):
-            files = lake_views(conn, lake_root, datasets)
-            yield conn, files
+        yield conn, lake_views(conn, snap, datasets)
     finally:
         conn.close()
+        shutil.rmtree(snap, ignore_errors=True)

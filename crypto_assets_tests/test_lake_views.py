@@ -96,3 +96,23 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     assert got.schema == want.schema
     assert got.equals(want)  # the same rows in the same order, value for value
     assert ref.labelled["24h"] > 0
+
+
+def test_a_long_read_does_not_hold_the_export(tmp_path):
+    """The reader links a snapshot under the shared lock and reads it without the lock: the
+    export (exclusive lock) and the compaction proceed meanwhile, and the reader's rows stay those
+    of its snapshot even when the files it read are replaced or deleted under their names."""
+    from crypto_assets.lake import dataset_lock, list_dataset_files
+
+    lh = LakehouseResource(home=str(tmp_path / "w"), coins=["bitcoin", "ethereum"])
+    _warehouse(lh)
+    lake = lh.lake_path
+    with lake_reader(lake, ["gold/market_features"]) as (conn, files):
+        q = "SELECT coin_id, event_time, price_usd FROM market_features ORDER BY ALL"
+        before = conn.sql(q).fetchall()
+        with dataset_lock(lake, "gold/market_features", exclusive=True, timeout_s=2):  # no wait for the reader
+            for p in list_dataset_files(lake, "gold/market_features"):
+                p.unlink()  # as an export replacing every file would
+        assert conn.sql(q).fetchall() == before
+        assert len(before) > 0 and files["market_features"] > 0
+    assert not any((lake / ".snapshots").iterdir())  # the reader removed its snapshot

@@ -94,6 +94,7 @@ def read_instance(dagster_home: Path):
     import dagster as dg
     from dagster._core.scheduler.instigation import InstigatorType
 
+    os.environ["DAGSTER_HOME"] = str(dagster_home)  # the consolidated event log's base_dir (dagster.yaml)
     inst = dg.DagsterInstance.from_config(str(dagster_home))
     try:
         incr, other = [], []

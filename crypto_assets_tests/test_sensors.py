@@ -108,3 +108,16 @@ def test_duckdb_writers_share_a_pool_of_one():
 
     assert warehouse_schema.node_def.pool is None  # the incremental checks run inside the pooled step
     assert cfg["concurrency"]["pools"]["granularity"] == "op"  # the slot is held by the step, not its run
+
+
+def test_retraining_schedule_skips_while_a_training_run_is_active():
+    """On a long history a retrain can outlast its cron interval: the next tick is skipped
+    instead of starting a second training run beside it."""
+    sched = defs.resolve_schedule_def("retraining_schedule")
+    with dg.instance_for_test() as instance:
+        with dg.build_schedule_context(instance=instance) as ctx:
+            assert len(sched.evaluate_tick(ctx).run_requests) == 1
+        instance.add_run(dg.DagsterRun(job_name="training_job", run_id="abcdef12-0000-0000-0000-000000000001",
+                                       status=dg.DagsterRunStatus.STARTED))
+        with dg.build_schedule_context(instance=instance) as ctx:
+            assert not sched.evaluate_tick(ctx).run_requests

@@ -1,4 +1,4 @@
-"""The tick message contract on `crypto_raw` (DESIGN.md §2) and the default coin universe.
+"""The tick message contract on `crypto_raw` and the default coin universe.
 
 Producers, the raw pull and the tests all import from here so the contract is stated once.
 """

@@ -1,4 +1,4 @@
-"""The one place that reads the environment and builds the resources for it (DESIGN.md §9).
+"""The one place that reads the environment and builds the resources for it.
 
 Assets never read env vars; they get resources. Every setting has an embedded default, so a
 fresh checkout runs against the embedded broker, a DuckDB file and sqlite MLflow under ./var.

@@ -2,7 +2,7 @@
 `docker-compose config -q` when that binary exists, so a broken file fails the suite.
 
 `compose_problems()` is the validator: it returns every way the file departs from the stack
-DESIGN.md §8 describes (services, dependencies and their health conditions, env vars the code
+the README describes (services, dependencies and their health conditions, env vars the code
 reads, volumes, loopback-only UIs, pinned images, the Spark/MLflow/Dagster wiring). The
 mutation tests break a copy and check the validator notices, so it cannot pass vacuously."""
 

@@ -1,4 +1,4 @@
-"""The bounded, exactly-once micro-batch pull from `crypto_raw` into DuckDB (DESIGN.md §4).
+"""The bounded, exactly-once micro-batch pull from `crypto_raw` into DuckDB.
 
 DuckDB is the system of record for offsets. A pull
   1. snapshots the high watermarks (the batch never chases new data),

@@ -1,4 +1,4 @@
-"""CoinGecko poller: `/coins/markets` -> contract ticks on `crypto_raw` (DESIGN.md §2).
+"""CoinGecko poller: `/coins/markets` -> contract ticks on `crypto_raw`.
 
 CoinGecko is a shared public API with tight rate limits and occasional outages, so the poller
 is deliberately patient: it honours `429 Retry-After`, backs off exponentially with full jitter

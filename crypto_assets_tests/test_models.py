@@ -181,6 +181,9 @@ def _fresh_copy(trained, tmp_path) -> LakehouseResource:
     lh = LakehouseResource(home=str(tmp_path / "copy"), coins=COINS)
     lh.root.mkdir(parents=True)
     shutil.copy(trained["lh"].duckdb_path, lh.duckdb_path)
+    wal = trained["lh"].duckdb_path.with_name(trained["lh"].duckdb_path.name + ".wal")
+    if wal.exists():  # the newest commits live in the WAL until DuckDB checkpoints it (every 16 MB)
+        shutil.copy(wal, lh.duckdb_path.with_name(lh.duckdb_path.name + ".wal"))
     with lh.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS predictions")
         conn.execute("DELETE FROM asset_state WHERE asset = 'predictions'")

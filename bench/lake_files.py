@@ -40,15 +40,7 @@ from crypto_assets.lake_compaction import compact_lake  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402
 
-EXPORTS = [  # (dataset, table, time column, order by): as the assets call export_dirty
-    ("bronze/raw_ticks", "raw_ticks", "last_updated_at", "coin_id, last_updated_at"),
-    ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/ohlcv_1h", "ohlcv_1h", "hour", "coin_id, hour"),
-    ("gold/hourly_stats", "hourly_stats", "hour", "coin_id, hour"),
-    ("gold/anomalies", "anomalies", "event_time", "event_time"),
-]
+from _history import EXPORTS  # noqa: E402  (dataset, table, time column, order by), as the assets export
 
 
 def lake_files(lake: Path) -> dict[str, tuple[int, int]]:

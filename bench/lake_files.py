@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from incremental import HIST_END, Loader, TickGen  # noqa: E402
 
 from crypto_assets.contract import DEFAULT_COIN_IDS  # noqa: E402
-from crypto_assets.lake import duckdb_source, export_dirty, list_dataset_files, mark_dirty, read_lock  # noqa: E402
+from crypto_assets.lake import export_dirty, mark_dirty  # noqa: E402
+from crypto_assets.lake_layout import duckdb_source, list_dataset_files, read_lock  # noqa: E402
 from crypto_assets.lake_compaction import compact_lake  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402

@@ -1,8 +1,9 @@
-"""Compaction of closed days: the hour files of a (dataset, day, symbol) merged into one day file.
+"""Compaction of closed days: the hour files of a leaf (dataset, day[, symbol]) merged into one day file.
 
-Hour files keep the export proportional to new data, but cost 24 files per (dataset, symbol,
-day); once a day can no longer receive ticks it is merged into <dataset>/date=D/symbol=S/day.parquet,
-sorted like the hour files, so the lake grows by one file per (dataset, symbol, day). A day is
+Hour files keep the export proportional to new data, but cost 24 files per leaf and day; once a
+day can no longer receive ticks it is merged into <leaf>/day.parquet (<dataset>/date=D/symbol=S/
+for the per-coin datasets, <dataset>/date=D/ for the small date-only ones, see crypto_assets.lake),
+sorted like the hour files, so the lake grows by one file per leaf and day. A day is
 closed when its end plus a grace period (default 1 h) is before `now` (UTC wall clock, injectable).
 A late row for a closed day still reaches the lake: its marker makes the export rewrite the day
 file from DuckDB (see crypto_assets.lake).
@@ -34,15 +35,16 @@ from pathlib import Path
 import duckdb
 
 from crypto_assets.faults import fault_point
-from crypto_assets.lake import (
+from crypto_assets.lake import remove_leftovers
+from crypto_assets.lake_layout import (
     DAY_FILE,
     HOUR_FILE_RE,
     LAKE_DATASETS,
     LEGACY_DAY_FILE,
     LOCK_TIMEOUT_S,
+    by_symbol,
     dataset_lock,
     list_dataset_files,
-    remove_leftovers,
 )
 
 DEFAULT_GRACE = timedelta(hours=1)
@@ -88,9 +90,9 @@ def is_closed(day: date, now: datetime, grace: timedelta = DEFAULT_GRACE) -> boo
     return end + grace < now
 
 
-def _closed_leaves(target: Path, now: datetime, grace: timedelta) -> list[tuple[date, Path]]:
-    """(day, directory) of every closed day that still has hour (or legacy) files. Costs one
-    directory listing per (day, symbol) of the dataset, not a read of any file."""
+def _closed_leaves(target: Path, dataset: str, now: datetime, grace: timedelta) -> list[tuple[date, Path]]:
+    """(day, leaf directory) of every closed day that still has hour (or legacy) files. Costs one
+    directory listing per leaf of the dataset, not a read of any file."""
     out = []
     for day_dir in sorted(target.glob("date=*")):
         try:
@@ -99,7 +101,7 @@ def _closed_leaves(target: Path, now: datetime, grace: timedelta) -> list[tuple[
             continue
         if not is_closed(day, now, grace):
             continue
-        for leaf in sorted(day_dir.glob("symbol=*")):
+        for leaf in sorted(day_dir.glob("symbol=*")) if by_symbol(dataset) else [day_dir]:
             if any(HOUR_FILE_RE.fullmatch(n) or n == LEGACY_DAY_FILE for n in os.listdir(leaf)):
                 out.append((day, leaf))
     return out
@@ -177,7 +179,7 @@ def compact_dataset(lake_root: Path, dataset: str, *, now: datetime | None = Non
             stale.unlink(missing_ok=True)
     conn = duckdb.connect(config={"threads": 1, "memory_limit": "1GB"})  # in memory: no warehouse lock
     try:
-        for _day, leaf in _closed_leaves(target, now, grace):
+        for _day, leaf in _closed_leaves(target, dataset, now, grace):
             with dataset_lock(lake_root, dataset, timeout_s=lock_timeout_s):
                 _compact_leaf(conn, staging_root, prefix, leaf, order_by, stats)
             fault_point("compact_day_done")

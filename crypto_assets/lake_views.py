@@ -3,10 +3,10 @@
 A job that only reads (the training set) runs on the lake and never opens warehouse.duckdb,
 whose single read-write process is almost always the live pipeline's incremental step.
 
-A dataset is its files as `crypto_assets.lake.list_dataset_files` lists them under
-`<lake>/<dataset>/date=*/symbol=*/`: the export's hour files, a compacted day file, an older
-whole-day part-0 file. `symbol` is not stored in the
-files (the export partitions by it); it comes back from the `symbol=` directory. Each view has
+A dataset is its files as `crypto_assets.lake.list_dataset_files` lists them under its leaf
+directories (`date=*/symbol=*/`, or `date=*/` for the small gold datasets): the export's hour
+files, a compacted day file, an older whole-day part-0 file. `date` (and `symbol` where it is a
+directory level) comes back from the directory names. Each view has
 exactly its table's columns, names and types in table order (from the warehouse DDL), so SQL
 written against the warehouse runs unchanged; a dataset without files yet is an empty view.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from crypto_assets.lake import list_dataset_files, read_lock
+from crypto_assets.lake_layout import hive_types, list_dataset_files, read_lock
 from crypto_assets.warehouse_schema import ALL_DDL
 
 SHAPE_SCHEMA = "lake_shape"  # empty tables with the warehouse DDL: the views' column list
@@ -55,7 +55,7 @@ def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Itera
         if n:
             # union_by_name: a file written before a column was added reads it as NULL
             source = (f"read_parquet([{', '.join(_quote(str(p)) for p in paths)}], hive_partitioning = true, "
-                      "union_by_name = true, hive_types = {'date': DATE, 'symbol': VARCHAR}, hive_types_autocast = false)")
+                      f"union_by_name = true, hive_types = {hive_types(dataset)}, hive_types_autocast = false)")
         else:
             source = shape
         select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in cols)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.lake import LAKE_DATASETS
+from crypto_assets.lake_layout import LAKE_DATASETS
 from crypto_assets.lake_compaction import compact_lake as run_compaction
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.schedules import build_schedule

@@ -2,7 +2,7 @@
 point (see crypto_assets.faults) or run it beside the parent.
 
 Usage: python -m crypto_assets_tests.lake_child compact <lake_root> <now ISO> [<stop file>]
-       python -m crypto_assets_tests.lake_child export <CRYPTO_HOME>
+       python -m crypto_assets_tests.lake_child export <CRYPTO_HOME> [<dataset>]
 With a stop file, compaction repeats until that file exists, touching <stop file>.started after
 the first pass (for the concurrency test).
 """
@@ -37,5 +37,5 @@ if __name__ == "__main__":
         home = Path(sys.argv[2])
         conn = duckdb.connect(str(home / "warehouse.duckdb"))
         conn.execute("SET TimeZone = 'UTC'")
-        print(json.dumps(asdict(export(conn, home / "lake"))))
+        print(json.dumps(asdict(export(conn, home / "lake", *sys.argv[3:4]))))
         conn.close()

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import duckdb
 
-from crypto_assets.lake import duckdb_source, export_dirty, mark_dirty, read_lock
+from crypto_assets.lake import export_dirty, mark_dirty
+from crypto_assets.lake_layout import duckdb_source, read_lock
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
 DATASET = "silver/clean_ticks"  # a registered dataset name (its sort order: coin_id, event_time)
+BY_DATE_DATASET = "gold/ohlcv_1m"  # a date-only one (symbol in the files; sort order: coin_id, minute)
 TABLE = "t"
 COLUMNS = "coin_id, symbol, event_time, price, note"
 COINS = (("bitcoin", "btc"), ("ethereum", "eth"))
@@ -20,11 +22,11 @@ COINS = (("bitcoin", "btc"), ("ethereum", "eth"))
 
 def create_table(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (coin_id VARCHAR, symbol VARCHAR, event_time TIMESTAMPTZ, "
-                 "price DOUBLE, note VARCHAR)")
+                 "price DOUBLE, note VARCHAR, minute TIMESTAMPTZ)")
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, start: datetime, hours: int, step_min: int = 10,
-                tag: str = "base") -> None:
+                tag: str = "base", dataset: str = DATASET) -> None:
     """Rows every `step_min` minutes for every coin, marked dirty in the same transaction."""
     create_table(conn)
     coins = ", ".join(f"('{cid}', '{sym}', {k})" for k, (cid, sym) in enumerate(COINS))
@@ -32,17 +34,18 @@ def insert_rows(conn: duckdb.DuckDBPyConnection, start: datetime, hours: int, st
     conn.execute(
         f"""
         INSERT INTO {TABLE}
-        SELECT cid, sym, $start + to_minutes({step_min} * i), round(1000.0 * k + i + 0.25, 6), $tag || '-' || i
+        SELECT cid, sym, $start + to_minutes({step_min} * i), round(1000.0 * k + i + 0.25, 6), $tag || '-' || i,
+               date_trunc('minute', $start + to_minutes({step_min} * i))
         FROM (VALUES {coins}) c(cid, sym, k), range({hours * 60 // step_min}) r(i)
         """,
         {"start": start, "tag": tag},
     )
-    mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM {TABLE} WHERE note LIKE '{tag}-%'")
+    mark_dirty(conn, dataset, f"SELECT event_time, symbol FROM {TABLE} WHERE note LIKE '{tag}-%'")
     conn.execute("COMMIT")
 
 
-def export(conn: duckdb.DuckDBPyConnection, lake_root: Path, **kw):
-    return export_dirty(conn, lake_root, DATASET, TABLE, "event_time", "coin_id, event_time", **kw)
+def export(conn: duckdb.DuckDBPyConnection, lake_root: Path, dataset: str = DATASET, **kw):
+    return export_dirty(conn, lake_root, dataset, TABLE, "event_time", "coin_id, event_time", **kw)
 
 
 def table_rows(conn: duckdb.DuckDBPyConnection) -> Counter:
@@ -50,7 +53,7 @@ def table_rows(conn: duckdb.DuckDBPyConnection) -> Counter:
 
 
 def lake_rows(lake_root: Path, dataset: str = DATASET) -> Counter:
-    """Every row of the dataset's files (symbol from the directory), read under the shared lock."""
+    """Every row of the dataset's files (symbol from the directory or the file), read under the shared lock."""
     with read_lock(lake_root, [dataset]):
         mem = duckdb.connect()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crypto_assets.lake_layout import dataset_glob
 from crypto_assets_tests.helpers import produce, ticks  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -108,9 +110,9 @@ def test_demo_end_to_end(tmp_path):
                            ("market_features", "gold/market_features"), ("ohlcv_1m", "gold/ohlcv_1m"),
                            ("hourly_stats", "gold/hourly_stats")]:
         n = conn.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        files = list((home / "lake" / dataset).glob("date=*/symbol=*/part-[0-2][0-9].parquet"))
+        files = glob.glob(dataset_glob(home / "lake", dataset))
         assert n > 0 and files, table
-        pq = conn.sql(f"SELECT count(*) FROM read_parquet('{home}/lake/{dataset}/*/*/*.parquet')").fetchall()[0][0]
+        pq = conn.sql(f"SELECT count(*) FROM read_parquet('{dataset_glob(home / 'lake', dataset)}')").fetchall()[0][0]
         assert pq == n, (table, pq, n)
     conn.close()
 

@@ -1,4 +1,4 @@
-"""Compaction of closed days: one sorted file per (dataset, symbol, day), the export still exact
+"""Compaction of closed days: one sorted file per leaf (dataset, day[, symbol]), the export still exact
 after it (late rows rewrite the day file), legacy day files carried over, and the lake locks."""
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ import dagster as dg
 import duckdb
 import pytest
 
-from crypto_assets.lake import (
+from crypto_assets.lake import mark_dirty, mark_whole_days
+from crypto_assets.lake_layout import (
     DAY_FILE,
     LEGACY_DAY_FILE,
     LakeLockTimeout,
     dataset_glob,
+    duckdb_source,
     hour_file,
     list_dataset_files,
-    mark_dirty,
-    mark_whole_days,
     read_lock,
 )
 from crypto_assets.lake_compaction import compact_lake, is_closed
 from crypto_assets.maintenance import compact_lake as compact_lake_op
-from crypto_assets_tests.lake_helpers import DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
+from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
 
 NOW = T0 + timedelta(days=2, hours=1, seconds=1)  # days 0 and 1 closed (day 1 ends at T0+2d, 1 h grace), day 2 open
 
@@ -210,3 +210,42 @@ def test_compact_lake_op_reports_its_numbers(lakehouse):
     assert second.output_for_node("compact_lake")["dataset_files"] == 52
     assert lake_rows(root) == expected
     assert not run({"datasets": ["gold/nope"]}).success
+
+
+def test_a_date_only_dataset_holds_every_coin_in_one_file_per_day(lakehouse):
+    """The small gold datasets: one leaf per day with `symbol` in the files, so a closed day is
+    one file for all coins; readers still see `symbol`, typed VARCHAR."""
+    root = lakehouse.lake_path
+    with lakehouse.connect() as conn:
+        insert_rows(conn, T0, hours=72, dataset=BY_DATE_DATASET)
+        export(conn, root, BY_DATE_DATASET)
+        expected = table_rows(conn)
+    day0 = root / BY_DATE_DATASET / f"date={T0.date()}"
+    assert sorted(os.listdir(day0)) == [hour_file(h) for h in range(24)]
+    assert {r[1] for r in _file_rows(day0 / hour_file(0))} == {"btc", "eth"}  # column 1: symbol
+    res = compact_lake(root, now=NOW)
+    assert next(d for d in res.datasets if d.dataset == BY_DATE_DATASET).files_after == 2  # days 0 and 1
+    assert os.listdir(day0) == [DAY_FILE]
+    assert lake_rows(root, BY_DATE_DATASET) == expected
+    with read_lock(root, [BY_DATE_DATASET]):
+        types = duckdb.sql(f"DESCRIBE SELECT symbol, date FROM {duckdb_source(root, BY_DATE_DATASET)}").fetchall()
+    assert [t[1] for t in types] == ["VARCHAR", "DATE"]
+
+
+def test_a_date_only_dataset_in_the_older_per_symbol_layout_is_rewritten_by_the_next_export(lakehouse):
+    root = lakehouse.lake_path
+    with lakehouse.connect() as conn:
+        insert_rows(conn, T0, hours=72)  # exported below in the per-symbol layout, then moved over
+        export(conn, root)
+        (root / BY_DATE_DATASET).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(root / DATASET, root / BY_DATE_DATASET)
+        compact_lake(root, now=NOW, datasets=[BY_DATE_DATASET])  # nothing to do in the old layout
+        assert list((root / BY_DATE_DATASET).glob("date=*/symbol=*/day.parquet")) == []
+        insert_rows(conn, T0 + timedelta(days=2, hours=5), hours=1, tag="new", dataset=BY_DATE_DATASET)
+        export(conn, root, BY_DATE_DATASET)
+        assert list((root / BY_DATE_DATASET).glob("date=*/symbol=*")) == []
+        assert lake_rows(root, BY_DATE_DATASET) == table_rows(conn)
+        assert len(list_dataset_files(root, BY_DATE_DATASET)) == 72  # days 0-2, one file per hour for both coins
+        insert_rows(conn, T0 + timedelta(days=2, hours=6), hours=1, tag="later", dataset=BY_DATE_DATASET)
+        assert export(conn, root, BY_DATE_DATASET).partitions == 2  # migrated once: only the new hour now
+        assert lake_rows(root, BY_DATE_DATASET) == table_rows(conn)

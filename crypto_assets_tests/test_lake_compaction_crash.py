@@ -19,14 +19,16 @@ import duckdb
 import pytest
 
 from crypto_assets.faults import ENV_VAR
-from crypto_assets.lake import DAY_FILE, HOUR_FILE_RE, dataset_glob, read_lock
+from crypto_assets.lake_layout import DAY_FILE, HOUR_FILE_RE, dataset_glob, leaf_dir, leaf_pattern, read_lock
 from crypto_assets.lake_compaction import compact_lake
 from crypto_assets.resources import LakehouseResource
-from crypto_assets_tests.lake_helpers import DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
+from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
 
 pytestmark = pytest.mark.slow
 
 NOW = T0 + timedelta(days=4, hours=1, seconds=1)  # days 0-3 closed, day 4 open
+# the fault-point tests run on both layouts: a leaf per (day, symbol) and a leaf per day
+LAYOUTS = pytest.mark.parametrize("dataset", [DATASET, BY_DATE_DATASET], ids=["by-symbol", "by-date"])
 
 
 def _child(*args: str, fault: str | None = None, kill_after: float | None = None) -> tuple[int, str, str]:
@@ -43,10 +45,10 @@ def _child(*args: str, fault: str | None = None, kill_after: float | None = None
     return proc.returncode, out.decode(), err.decode()
 
 
-def _hour_lake(lakehouse: LakehouseResource, days: int = 5) -> None:
+def _hour_lake(lakehouse: LakehouseResource, days: int = 5, dataset: str = DATASET) -> None:
     with lakehouse.connect() as conn:
-        insert_rows(conn, T0, hours=24 * days)
-        export(conn, lakehouse.lake_path)
+        insert_rows(conn, T0, hours=24 * days, dataset=dataset)
+        export(conn, lakehouse.lake_path, dataset)
 
 
 def _expected(lakehouse: LakehouseResource):
@@ -54,20 +56,20 @@ def _expected(lakehouse: LakehouseResource):
         return table_rows(conn)
 
 
-def _reference_compaction(lakehouse: LakehouseResource, tmp_path: Path, now=NOW) -> dict:
+def _reference_compaction(lakehouse: LakehouseResource, tmp_path: Path, now=NOW, dataset: str = DATASET) -> dict:
     """The state an uninterrupted compaction leaves, computed on a copy of the lake."""
     ref = tmp_path / "reference-lake"
     shutil.copytree(lakehouse.lake_path, ref)
     compact_lake(ref, now=now)
-    return lake_state(ref)
+    return lake_state(ref, dataset)
 
 
-def _assert_final(lakehouse: LakehouseResource, expected, reference: dict) -> None:
+def _assert_final(lakehouse: LakehouseResource, expected, reference: dict, dataset: str = DATASET) -> None:
     root = lakehouse.lake_path
-    assert lake_rows(root) == expected
-    assert lake_state(root) == reference  # same files, each with the same rows in the same order
+    assert lake_rows(root, dataset) == expected
+    assert lake_state(root, dataset) == reference  # same files, each with the same rows in the same order
     assert list((root / ".staging").glob("*")) == []
-    for leaf in (root / DATASET).glob("date=*/symbol=*"):
+    for leaf in (root / dataset).glob(leaf_pattern(dataset)):
         names = os.listdir(leaf)
         assert DAY_FILE not in names or names == [DAY_FILE], leaf
 
@@ -83,18 +85,19 @@ COMPACTION_CRASHES = [
 ]
 
 
+@LAYOUTS
 @pytest.mark.parametrize("faults", COMPACTION_CRASHES, ids=lambda f: "+".join(f))
-def test_compaction_killed_at_a_fault_point_then_rerun(lakehouse, tmp_path, faults):
-    _hour_lake(lakehouse)
+def test_compaction_killed_at_a_fault_point_then_rerun(lakehouse, tmp_path, faults, dataset):
+    _hour_lake(lakehouse, dataset=dataset)
     expected = _expected(lakehouse)
-    reference = _reference_compaction(lakehouse, tmp_path)
+    reference = _reference_compaction(lakehouse, tmp_path, dataset=dataset)
     for fault in faults:
         code, out, err = _child("compact", str(lakehouse.lake_path), NOW.isoformat(), fault=fault)
         assert code == -signal.SIGKILL, (fault, code, out, err)
-        assert lake_rows(lakehouse.lake_path) == expected  # a reader is right even before the re-run
+        assert lake_rows(lakehouse.lake_path, dataset) == expected  # a reader is right even before the re-run
     code, out, err = _child("compact", str(lakehouse.lake_path), NOW.isoformat())
     assert code == 0, err
-    _assert_final(lakehouse, expected, reference)
+    _assert_final(lakehouse, expected, reference, dataset)
 
 
 def test_compaction_killed_at_random_moments(lakehouse, tmp_path):
@@ -114,34 +117,36 @@ def test_compaction_killed_at_random_moments(lakehouse, tmp_path):
 EXPORT_CRASHES = ["export_day_file_replaced", "leftovers_partly_deleted", "during_parquet_export"]
 
 
+@LAYOUTS
 @pytest.mark.parametrize("fault", EXPORT_CRASHES)
-def test_export_into_day_files_killed_then_rerun(lakehouse, tmp_path, fault):
-    _hour_lake(lakehouse)
+def test_export_into_day_files_killed_then_rerun(lakehouse, tmp_path, fault, dataset):
+    _hour_lake(lakehouse, dataset=dataset)
     root = lakehouse.lake_path
     compact_lake(root, now=NOW - timedelta(days=1))  # days 0-2 compacted
     # a compaction killed after its first day file (day 3 / btc): its hour files stay as leftovers
     code, _, err = _child("compact", str(root), NOW.isoformat(), fault="compact_day_file_in_place")
     assert code == -signal.SIGKILL, err
-    assert len(os.listdir(root / DATASET / f"date={(T0 + timedelta(days=3)).date()}" / "symbol=btc")) == 25
+    assert len(os.listdir(leaf_dir(root / dataset, dataset, (T0 + timedelta(days=3)).date(), "btc"))) == 25
     with lakehouse.connect() as conn:
         # late ticks for every closed day (day files, one with leftovers) and for the open day
         for day in range(5):
-            insert_rows(conn, T0 + timedelta(days=day, hours=6, minutes=5), hours=1, step_min=60, tag=f"late{day}")
+            insert_rows(conn, T0 + timedelta(days=day, hours=6, minutes=5), hours=1, step_min=60, tag=f"late{day}",
+                        dataset=dataset)
         expected = table_rows(conn)
     ref_home = tmp_path / "reference-home"
     shutil.copytree(lakehouse.root, ref_home)
     ref = LakehouseResource(home=str(ref_home))
     with ref.connect() as conn:
-        export(conn, ref.lake_path)
-    reference = lake_state(ref.lake_path)
+        export(conn, ref.lake_path, dataset)
+    reference = lake_state(ref.lake_path, dataset)
 
-    code, out, err = _child("export", str(lakehouse.root), fault=fault)
+    code, out, err = _child("export", str(lakehouse.root), dataset, fault=fault)
     assert code == -signal.SIGKILL, (code, out, err)
-    code, out, err = _child("export", str(lakehouse.root))
+    code, out, err = _child("export", str(lakehouse.root), dataset)
     assert code == 0, err
     with lakehouse.connect() as conn:
         assert conn.sql("SELECT count(*) FROM lake_pending").fetchall() == [(0,)]
-    _assert_final(lakehouse, expected, reference)
+    _assert_final(lakehouse, expected, reference, dataset)
 
 
 def test_compaction_and_export_in_two_processes(lakehouse, tmp_path):

@@ -24,6 +24,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
+from datetime import date
 from pathlib import Path
 
 LEGACY_DAY_FILE = "part-0.parquet"
@@ -132,11 +133,31 @@ def dataset_glob(lake_root: Path, dataset: str) -> str:
     return str(Path(lake_root) / dataset / leaf_pattern(dataset) / "*.parquet")
 
 
-def list_dataset_files(lake_root: Path, dataset: str) -> list[Path]:
-    """The dataset's data files, sorted (call under `read_lock` for a consistent list). A day
-    file supersedes any hour file beside it (the leftovers of a killed run hold no row it lacks)."""
+def leaf_date(leaf: Path) -> date:
+    """The day of a leaf directory (date=D or date=D/symbol=S)."""
+    part = leaf.name if leaf.name.startswith("date=") else leaf.parent.name
+    return date.fromisoformat(part.removeprefix("date="))
+
+
+def newest_date(lake_root: Path, dataset: str) -> date | None:
+    """The newest day directory of a dataset (a listing of its top level, no file read)."""
+    days = []
+    for d in (Path(lake_root) / dataset).glob("date=*"):
+        try:
+            days.append(date.fromisoformat(d.name.removeprefix("date=")))
+        except ValueError:
+            continue
+    return max(days, default=None)
+
+
+def list_dataset_files(lake_root: Path, dataset: str, since: date | None = None) -> list[Path]:
+    """The dataset's data files, sorted (call under `read_lock` for a consistent list), of the
+    days from `since` on if given. A day file supersedes any hour file beside it (the leftovers
+    of a killed run hold no row it lacks)."""
     out: list[Path] = []
     for leaf in sorted((Path(lake_root) / dataset).glob(leaf_pattern(dataset))):
+        if since is not None and leaf_date(leaf) < since:
+            continue
         names = sorted(n for n in os.listdir(leaf) if n.endswith(".parquet") and (leaf / n).is_file())
         out += [leaf / n for n in ([DAY_FILE] if DAY_FILE in names else names)]
     return out

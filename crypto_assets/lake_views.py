@@ -20,6 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -67,20 +68,21 @@ def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Itera
 SNAPSHOTS = ".snapshots"  # under the lake root, outside every dataset tree
 
 
-def snapshot(lake_root: Path, datasets: Iterable[str]) -> Path:
+def snapshot(lake_root: Path, datasets: Iterable[str], since: date | None = None) -> Path:
     """Hard links to the datasets' current files under <lake>/.snapshots/<id>/, same layout.
 
     Taken under the shared read lock, which is held only while the files are listed and linked
     (milliseconds for thousands of files), not while the caller reads them: a long read (the
     training set over a month of features takes minutes) would otherwise hold the export, which
     takes the dataset's lock exclusively, and with it the live pipeline. The export and the
-    compaction only ever replace or unlink names, so a linked file stays as it was."""
+    compaction only ever replace or unlink names, so a linked file stays as it was. `since`:
+    only the days from then on (a bounded training window reads a bounded set of files)."""
     lake_root = Path(lake_root)
     root = lake_root / SNAPSHOTS / uuid.uuid4().hex[:12]
     datasets = list(datasets)
     with read_lock(lake_root, datasets):
         for dataset in datasets:
-            for src in list_dataset_files(lake_root, dataset):
+            for src in list_dataset_files(lake_root, dataset, since):
                 dst = root / src.relative_to(lake_root)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.link(src, dst)
@@ -103,6 +105,7 @@ def lake_reader(
     threads: int = 2,
     memory_limit: str = "4GB",
     temp_directory: Path | None = None,
+    since: date | None = None,
 ) -> Iterator[tuple[duckdb.DuckDBPyConnection, dict[str, int]]]:
     """An in-memory DuckDB (UTC) with `lake_views` over a snapshot of `datasets`, and the file
     count per view. Everything the caller reads inside the `with` block sees one set of files."""
@@ -112,7 +115,7 @@ def lake_reader(
         config["temp_directory"] = str(temp_directory)
     datasets = list(datasets)
     _remove_stale_snapshots(lake_root)
-    snap = snapshot(lake_root, datasets)
+    snap = snapshot(lake_root, datasets, since)
     conn = duckdb.connect(":memory:", config=config)
     try:
         conn.execute("SET TimeZone = 'UTC'")

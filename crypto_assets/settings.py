@@ -75,12 +75,20 @@ def mlflow_resource(env: Mapping[str, str] | None = None):
     return MlflowResource(tracking_uri=env.get("MLFLOW_TRACKING_URI") or "", home=str(crypto_home(env)))
 
 
+def priority_resource(env: Mapping[str, str] | None = None):
+    from crypto_assets.resources.priority import ComputePriorityResource
+
+    env = os.environ if env is None else env
+    return ComputePriorityResource(nice=int(env.get("TRAINING_NICE") or 10))
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     return {
         "kafka": kafka_resource(env),
         "lakehouse": lakehouse_resource(env),
         "pyspark": spark_resource(env),
         "mlflow": mlflow_resource(env),
+        "compute_priority": priority_resource(env),
     }
 
 

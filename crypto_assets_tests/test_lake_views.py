@@ -11,10 +11,11 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from crypto_assets.assets import models
+from crypto_assets.assets import training_data
 from crypto_assets.lake_views import lake_reader, lake_views
 from crypto_assets.ml.training_set import build_training_set
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
 from crypto_assets.transforms.pipeline import run_incremental
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
@@ -58,7 +59,7 @@ def test_views_have_the_tables_columns_and_rows(tmp_path):
         wh_rows = {t: wh.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("market_features", "anomalies")}
         wh_candles = wh.sql("SELECT coin_id, minute, close FROM ohlcv_1m ORDER BY ALL").fetchall()
         old_minutes = wh.sql(f"SELECT coin_id, minute FROM read_parquet('{old}')").fetchall()
-    with lake_reader(lake, models.TRAINING_INPUTS) as (conn, files):
+    with lake_reader(lake, training_data.TRAINING_INPUTS) as (conn, files):
         for t in want:
             assert [c[0] for c in _columns(conn, t)] == [c[0] for c in want[t]], t
             assert [c[1] for c in _columns(conn, t)] == [c[1] for c in want[t]], t
@@ -86,7 +87,8 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     # a home with the lake only: the asset must not need (nor create) warehouse.duckdb
     lake_only = LakehouseResource(home=str(tmp_path / "l"), coins=COINS)
     shutil.copytree(lh.lake_path, lake_only.lake_path)
-    res = dg.materialize([models.training_set], resources={"lakehouse": lake_only})
+    res = dg.materialize([training_data.training_set],
+                         resources={"lakehouse": lake_only, "compute_priority": ComputePriorityResource(nice=0)})
     assert res.success
     assert not lake_only.duckdb_path.exists()
     md = res.asset_materializations_for_node("training_set")[0].metadata
@@ -117,3 +119,29 @@ def test_a_long_read_does_not_hold_the_export(tmp_path):
         assert conn.sql(q).fetchall() == before
         assert len(before) > 0 and files["market_features"] > 0
     assert not any((lake / ".snapshots").iterdir())  # the reader removed its snapshot
+
+
+def test_a_training_window_reads_its_days_and_equals_the_whole_set_cut_to_it(tmp_path):
+    """window_days bounds the files read (the window plus the days its lookbacks reach) and the
+    rows built, and each row is the same as in the training set over the whole history: its
+    lookbacks (24 h of past returns) reach before the window, its labels past it."""
+    lh = LakehouseResource(home=str(tmp_path / "w"), coins=COINS)
+    _warehouse(lh, days=5.5)  # 2026-10-01 .. 10-06 12:00
+    with lh.connect() as conn:
+        full = build_training_set(conn, tmp_path / "full")
+        cut = build_training_set(conn, tmp_path / "cut", window_days=1.0)
+        newest = conn.sql("SELECT max(event_time) FROM market_features").fetchall()[0][0]
+    want = pl.read_parquet(full.path).filter(pl.col("event_time") >= newest - timedelta(days=1))
+    got = pl.read_parquet(cut.path)
+    assert 0 < got.height < pl.read_parquet(full.path).height
+    assert got.equals(want)
+    assert got["past_return_24h"].is_not_null().all()  # lookbacks reached the day before the window
+
+    res = dg.materialize([training_data.training_set], run_config={"ops": {"training_set": {"config": {"window_days": 1.0}}}},
+                         resources={"lakehouse": lh, "compute_priority": ComputePriorityResource(nice=0)})
+    md = res.asset_materializations_for_node("training_set")[0].metadata
+    assert md["lake_files_since"].value == "2026-10-03"  # newest day 10-06, minus 1 + 2 lookback days
+    assert md["dagster/row_count"].value == got.height
+    every_day = sum(1 for _ in (lh.lake_path / "gold" / "market_features").rglob("*.parquet"))
+    assert md["lake_files_read"].data["market_features"] < every_day
+    assert pl.read_parquet(lh.lake_path / "training" / "training_set.parquet").equals(got)

@@ -14,12 +14,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
-from crypto_assets.assets import models, predictions
+from crypto_assets.assets import models, predictions, training_data
 from crypto_assets.ml.registry import champion_version
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES
 from crypto_assets.ml.train import linear_coefficients, time_split
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import spark_config
 from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
@@ -53,8 +54,9 @@ def trained(tmp_path_factory, spark, request):
     lh = LakehouseResource(home=str(home), coins=COINS)
     mlf = MlflowResource(home=str(home))
     _market(lh)
-    resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
-    assets = [models.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
+    resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({})),
+                 "compute_priority": ComputePriorityResource(nice=0)}
+    assets = [training_data.training_set, models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
     result = dg.materialize(
         assets, resources=resources, run_config=RUN_CONFIG,
     )
@@ -253,7 +255,8 @@ def test_predictions_without_champion_produce_nothing(tmp_path, spark, kafka):
     lh = LakehouseResource(home=str(tmp_path / "nochamp"), coins=COINS)
     _market(lh, days=0.2)
     res = {"lakehouse": lh, "mlflow": MlflowResource(home=str(tmp_path / "nochamp")), "kafka": kafka,
-           "pyspark": LazyPySparkResource(spark_config=spark_config({}))}
+           "pyspark": LazyPySparkResource(spark_config=spark_config({})),
+                 "compute_priority": ComputePriorityResource(nice=0)}
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
     md = out.asset_materializations_for_node("predictions")[0].metadata

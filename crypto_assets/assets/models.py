@@ -1,8 +1,5 @@
-"""Models: a Parquet training set and four Spark MLlib models tracked in MLflow.
-
-The training set is built from the Parquet gold mirrors on an in-memory DuckDB, so retraining
-never opens warehouse.duckdb (nor takes the duckdb_writer pool) that the live pipeline holds.
-Each model asset trains on a time split, evaluates itself, its naive baseline and the current
+"""Models: four Spark MLlib models tracked in MLflow, trained on the training set (see
+crypto_assets.assets.training_data). Each model asset trains on a time split, evaluates itself, its naive baseline and the current
 champion on the same holdout, logs everything with lineage tags, registers a version, and in
 the same step runs its champion gate (a blocking check spec): only a version that beats the
 baseline by the margin and the champion moves the `champion` alias. A rejected version or a tie
@@ -18,52 +15,13 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from crypto_assets.lake_views import lake_reader
 from crypto_assets.ml.registry import ERROR, GateVerdict, Logged, gate_and_promote, load_champion, log_model
-from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set
+from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
-from crypto_assets.transforms.features import DATASET as FEATURES_DATASET
+from crypto_assets.resources.priority import ComputePriorityResource
 
 MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"], code_version="1")
-TRAINING_INPUTS = (FEATURES_DATASET, "gold/ohlcv_1m", "gold/anomalies")  # lake datasets, views named like the tables
-
-
-class TrainingSetConfig(dg.Config):
-    horizon_minutes: int = Field(default=15, description="direction label: sign of the return over this horizon")
-
-
-@dg.asset(
-    deps=["market_features", "ohlcv_1m", "anomalies"],
-    group_name="models",
-    kinds={"duckdb", "parquet"},
-    owners=["team:ml"],
-    code_version="1",
-)
-def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-    """Features (backward-looking only) and labels (direction over the horizon, forward returns at
-    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/, read from the
-    gold Parquet mirrors (market_features, ohlcv_1m, anomalies), not from warehouse.duckdb."""
-    with lake_reader(lakehouse.lake_path, TRAINING_INPUTS, threads=lakehouse.duckdb_threads,
-                     memory_limit=lakehouse.duckdb_memory_limit, temp_directory=lakehouse.root / "tmp" / "training_set") as (conn, files):
-        info = build_training_set(conn, lakehouse.lake_path / "training", config.horizon_minutes)
-    return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(str(info.path)),
-            "lake_files_read": files,
-            "dagster/row_count": info.rows,
-            "min_event_time": dg.MetadataValue.timestamp(info.min_time) if info.min_time else "none",
-            "max_event_time": dg.MetadataValue.timestamp(info.max_time) if info.max_time else "none",
-            "rows_per_coin": info.rows_per_coin,
-            "labelled_rows": info.labelled,
-            "positive_rate": round(info.positive_rate or 0.0, 4),
-            "anomaly_rate": round(info.anomaly_rate or 0.0, 5),
-            "horizon_minutes": config.horizon_minutes,
-            "features": FEATURES,
-        }
-    )
-
-
 def _lineage(context: dg.AssetExecutionContext, path: str, split, extra: dict | None = None) -> dict[str, str]:
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -187,8 +145,9 @@ class TrendModelConfig(dg.Config):
 @dg.asset(deps=["training_set"], check_specs=[_gate_spec("trend_model", "AUC beats the majority baseline by the "
           "margin and the champion on the same holdout; promotes")], **MODELS)
 def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lakehouse: LakehouseResource,
-                pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+                pyspark: LazyPySparkResource, mlflow: MlflowResource, compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """LogisticRegression (+ StandardScaler) on the direction of the next 15 minutes."""
+    compute_priority.lower(context.log)
     from crypto_assets.ml.train import binary_metrics, linear_coefficients, train_trend
 
     path = str(lakehouse.lake_path / "training" / "training_set.parquet")
@@ -228,8 +187,9 @@ class AnomalyModelConfig(dg.Config):
 @dg.asset(deps=["training_set"], check_specs=[_gate_spec("anomaly_model", "PR-AUC beats the majority baseline by "
           "the margin and the champion on the same holdout; promotes")], **MODELS)
 def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig, lakehouse: LakehouseResource,
-                  pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+                  pyspark: LazyPySparkResource, mlflow: MlflowResource, compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """RandomForestClassifier learning the anomaly labels (100 trees, depth 10 by default)."""
+    compute_priority.lower(context.log)
     from crypto_assets.ml.train import binary_metrics, train_anomaly
 
     path = str(lakehouse.lake_path / "training" / "training_set.parquet")
@@ -275,10 +235,11 @@ class PriceModelConfig(dg.Config):
 @dg.asset(deps=["training_set"], check_specs=[_gate_spec("price_model", "each trained horizon beats persistence "
           "RMSE by the margin and its champion; promotes")], **MODELS)
 def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lakehouse: LakehouseResource,
-                pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+                pyspark: LazyPySparkResource, mlflow: MlflowResource, compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """LinearRegression forecasting the return at 1h/4h/24h, one registered model per horizon,
     trained where enough history exists; RMSE/MAE beside persistence (the gate's baseline) and
     zero-return."""
+    compute_priority.lower(context.log)
     from pyspark.ml.evaluation import RegressionEvaluator
 
     from crypto_assets.ml.train import linear_coefficients, price_frame, train_price
@@ -361,8 +322,9 @@ class ClustersConfig(dg.Config):
 @dg.asset(deps=["training_set"], check_specs=[_gate_spec("coin_clusters", "silhouette beats random clusters by "
           "the margin and the champion's on the same coin profiles; promotes")], **MODELS)
 def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lakehouse: LakehouseResource,
-                  pyspark: LazyPySparkResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+                  pyspark: LazyPySparkResource, mlflow: MlflowResource, compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusters."""
+    compute_priority.lower(context.log)
     from crypto_assets.ml.train import train_clusters
 
     path = str(lakehouse.lake_path / "training" / "training_set.parquet")

@@ -161,10 +161,17 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, hwm: int, upstream_seq: int, m
         conn.unregister("feature_lookups")
 
 
-def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = 15) -> TrainingSetInfo:
+def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = 15,
+                       window_days: float | None = None) -> TrainingSetInfo:
+    """The labelled rows of the last `window_days` before the newest feature row (all of them if
+    None), with the same features and labels as over the whole history (bounded lookups)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sql = feature_sql(horizon_minutes)
-    _register_lookups(conn, horizon_minutes, "TRUE")
+    where = "TRUE"
+    if window_days is not None:
+        where = (f"f.event_time >= (SELECT max(event_time) FROM market_features) "
+                 f"- INTERVAL {float(window_days) * 86400} SECOND")
+    sql = feature_sql(horizon_minutes, where)
+    _register_lookups(conn, horizon_minutes, where, bounded=window_days is not None)
     try:
         conn.execute(
             f"""

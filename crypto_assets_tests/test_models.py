@@ -91,14 +91,32 @@ def test_lineage_tags(trained):
     assert tags["asset_key"] == "trend_model"
     assert tags["code_version"] == "1"
     assert tags["training_set_path"].endswith("training/training_set.parquet")
-    assert int(tags["data_rows"]) == int(tags["train_rows"]) + int(tags["test_rows"]) + int(
-        run.data.metrics.get("_", 0)) or int(tags["data_rows"]) >= int(tags["train_rows"]) + int(tags["test_rows"])
+    _assert_split_counts(tags, horizon=timedelta(minutes=15))
     assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
     assert run.inputs.dataset_inputs, "training dataset logged with mlflow.log_input"
     for metric in ("auc_roc", "pr_auc", "accuracy", "baseline_auc_roc", "baseline_accuracy", "lift_auc_roc"):
         assert metric in run.data.metrics
     mv = client.get_model_version(mlf.registered_name("trend_model"), "1")
     assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
+
+
+def _assert_split_counts(tags: dict, horizon: timedelta) -> None:
+    """The row counts in the lineage tags are the split train.time_split makes, recounted here
+    from the training-set file: every row is unlabelled (no label yet: the last 15 minutes), in
+    train (labelled, its label window ends before the split), in the embargo (labelled, label
+    window reaches past the split) or in test (at or after the split)."""
+    import pyarrow.parquet as pq
+
+    ts = pl.from_arrow(pq.read_table(tags["training_set_path"], columns=["event_time", "label_up"]))
+    split = datetime.fromisoformat(tags["split_time"])
+    labelled = ts.filter(pl.col("label_up").is_not_null())
+    train = labelled.filter(pl.col("event_time") + horizon < split).height
+    embargo = labelled.filter((pl.col("event_time") < split) & (pl.col("event_time") + horizon >= split)).height
+    test = labelled.filter(pl.col("event_time") >= split).height
+    unlabelled = ts.height - labelled.height
+    assert (int(tags["train_rows"]), int(tags["test_rows"])) == (train, test)
+    assert int(tags["data_rows"]) == ts.height == train + embargo + test + unlabelled
+    assert embargo > 0 and unlabelled > 0  # both exclusions really remove rows on this market
 
 
 def test_time_split_has_no_overlap(trained, spark):
@@ -164,17 +182,25 @@ def test_no_price_model_trained_is_green(trained):
     assert champion_version(mlf, mlf.registered_name("price_model_1h")) == before
 
 
-def _published(kafka) -> list[dict]:
+def _published(kafka) -> list[tuple[int, int, str, dict]]:
+    """Every message on the predictions topic, read to its high watermarks: (partition, offset,
+    key, value)."""
     c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "predictions-check", "enable.auto.commit": False})
     md = c.list_topics(kafka.predictions_topic, timeout=5)
-    c.assign([TopicPartition(kafka.predictions_topic, p, 0) for p in md.topics[kafka.predictions_topic].partitions])
-    out, idle = [], 0
-    while idle < 3:
-        batch = [m for m in c.consume(500, timeout=0.5) if m.error() is None]
-        idle = idle + 1 if not batch else 0
-        out.extend(batch)
+    parts = list(md.topics[kafka.predictions_topic].partitions)
+    ends = {p: c.get_watermark_offsets(TopicPartition(kafka.predictions_topic, p), timeout=5)[1] for p in parts}
+    c.assign([TopicPartition(kafka.predictions_topic, p, 0) for p in parts])
+    out, pos = [], {p: 0 for p in parts}
+    for _ in range(200):
+        if all(pos[p] >= ends[p] for p in parts):
+            break
+        for m in c.consume(500, timeout=0.5):
+            if m.error() is None:
+                out.append(m)
+                pos[m.partition()] = m.offset() + 1
     c.close()
-    return [orjson.loads(m.value()) | {"_key": m.key().decode()} for m in out]
+    assert all(pos[p] >= ends[p] for p in parts), (pos, ends)
+    return sorted((m.partition(), m.offset(), m.key().decode(), orjson.loads(m.value())) for m in out)
 
 
 def _fresh_copy(trained, tmp_path) -> LakehouseResource:
@@ -192,28 +218,60 @@ def _fresh_copy(trained, tmp_path) -> LakehouseResource:
     return lh
 
 
+_PRED_COLUMNS = ["coin_id", "event_time", "trend_prob_up", "trend_model_version", "anomaly_prob", "anomaly_model_version",
+                 "forecast_return_1h", "forecast_return_4h", "forecast_return_24h", "price_model_versions",
+                 "predicted_at", "published_at"]
+
+
+def _prediction_rows(lh) -> list[dict]:
+    with lh.connect(read_only=True) as conn:
+        return conn.sql(f"SELECT {', '.join(_PRED_COLUMNS)} FROM predictions ORDER BY coin_id, event_time").pl().to_dicts()
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
     lh = _fresh_copy(trained, tmp_path)
     res = dict(trained["resources"], kafka=kafka, lakehouse=lh)
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
     mlf = trained["mlf"]
-    with lh.connect() as conn:
-        rows = conn.sql("SELECT trend_model_version, anomaly_model_version, count(*), min(trend_prob_up), max(trend_prob_up), "
-                        "count(forecast_return_1h), count(published_at) FROM predictions GROUP BY ALL").fetchall()
-        keys = conn.sql("SELECT coin_id, event_time FROM predictions").fetchall()
-    assert len(rows) == 1
-    tv, av, n, lo, hi, n1h, n_pub = rows[0]
-    assert tv == champion_version(mlf, mlf.registered_name("trend_model"))
-    assert av == champion_version(mlf, mlf.registered_name("anomaly_model"))
-    assert n > 0 and 0 <= lo <= hi <= 1 and n1h == n and n_pub == n
+    champ = {m: champion_version(mlf, mlf.registered_name(m))
+             for m in ("trend_model", "anomaly_model", "price_model_1h", "price_model_4h", "price_model_24h")}
+    assert champ["price_model_24h"] is None and None not in [v for k, v in champ.items() if k != "price_model_24h"]
+    rows = _prediction_rows(lh)
+    with lh.connect(read_only=True) as conn:  # what was to score: every feature row of the last 24 h
+        features = set(conn.sql("SELECT coin_id, event_time FROM market_features WHERE event_time >= "
+                                "(SELECT max(event_time) FROM market_features) - INTERVAL 24 HOUR").fetchall())
+    assert {(r["coin_id"], r["event_time"]) for r in rows} == features
+    for r in rows:  # the champion versions, per row
+        assert (r["trend_model_version"], r["anomaly_model_version"], r["price_model_versions"]) == (
+            champ["trend_model"], champ["anomaly_model"], f"1h:v{champ['price_model_1h']},4h:v{champ['price_model_4h']}")
+        assert 0 <= r["trend_prob_up"] <= 1 and 0 <= r["anomaly_prob"] <= 1
+        assert r["forecast_return_1h"] is not None and r["forecast_return_4h"] is not None
+        assert r["forecast_return_24h"] is None and r["published_at"] is not None
+    md = out.asset_materializations_for_node("predictions")[0].metadata
+    assert (md["predictions"].value, md["published"].value) == (len(rows), len(rows))
+    assert (md["trend_model_version"].value, md["anomaly_model_version"].value) == (champ["trend_model"], champ["anomaly_model"])
+
+    # the topic, read to its end, holds exactly one message per row: key = coin_id, the row's values
     sent = _published(kafka)
-    assert sorted((m["_key"], m["event_time"]) for m in sent) == sorted(
-        (c, t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")) for c, t in keys)
-    again = dg.materialize([predictions.predictions], resources=res)  # nothing new: nothing scored or sent
+    assert len(sent) == len(rows)
+    by_key = {(m["coin_id"], m["event_time"]): (key, m) for _p, _o, key, m in sent}
+    assert len(by_key) == len(sent)
+    for r in rows:
+        key, m = by_key[(r["coin_id"], _iso(r["event_time"]))]
+        assert key == r["coin_id"]
+        assert m == {c: (_iso(r[c]) if c == "event_time" else r[c]) for c in predictions.OUTBOX_COLUMNS}
+
+    # nothing new: nothing scored, nothing written, nothing sent
+    again = dg.materialize([predictions.predictions], resources=res)
     md = again.asset_materializations_for_node("predictions")[0].metadata
     assert md["predictions"].value == 0 and md["published"].value == 0
-    assert len(_published(kafka)) == len(sent)
+    assert _prediction_rows(lh) == rows
+    assert _published(kafka) == sent
 
 
 def test_predictions_write_only_if_the_high_water_mark_did_not_move(trained, tmp_path):

@@ -4,7 +4,9 @@ MLflow, and the model-performance figure from runs logged straight to a temp MLf
 from __future__ import annotations
 
 import filecmp
+import math
 import os
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -100,9 +102,78 @@ def test_report_figures_and_markdown(warehouse, first_run):
     assert md["preview"].value.startswith("![overview](data:image/png;base64,")
     assert len(md["preview"].value) < 40_000
     assert md["coins"].value == 3
-    assert md["anomalies_in_window"].value > 0
+    with warehouse["lh"].connect(read_only=True) as conn:
+        in_window = conn.sql("SELECT count(*) FROM anomalies WHERE event_time > "
+                             "(SELECT max(minute) FROM ohlcv_1m) - INTERVAL 3 HOUR").fetchall()[0][0]
+    assert md["anomalies_in_window"].value == in_window > 0
     assert md["models_with_runs"].value == 0
     assert not (warehouse["home"] / "mlflow" / "mlflow.db").exists()  # an empty store is not created
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the markdown table under `## heading` (header and rule rows dropped)."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def _shows(text: str, value: float) -> bool:
+    """`text` (as the report prints numbers: thousands separators, fixed decimals or %g) is
+    `value` rounded to the digits shown."""
+    t = text.replace(",", "").replace("%", "").strip()
+    if "e" in t:
+        return math.isclose(float(t), value, rel_tol=5e-4)
+    decimals = len(t.split(".")[1]) if "." in t else 0
+    return abs(float(t) - value) <= 0.5 * 10.0 ** -decimals * (1 + 1e-9)
+
+
+def test_report_numbers_equal_the_warehouse(warehouse, first_run):
+    """Every figure in report.md's coin and correlation tables and its header, against the same
+    quantities computed here from clean_ticks (prices, change, volatility from the ticks
+    themselves) or read straight from the tables the README names (RSI, anomalies, correlations)."""
+    text = (Path(_metadata(first_run)["report_dir"].value) / "report.md").read_text()
+    with warehouse["lh"].connect(read_only=True) as conn:
+        ticks = conn.sql("SELECT coin_id, symbol, event_time, price_usd FROM clean_ticks ORDER BY coin_id, event_time").pl()
+        end = conn.sql("SELECT max(minute) FROM ohlcv_1m").fetchall()[0][0]
+        rsi = dict(conn.sql("SELECT coin_id, arg_max(rsi_14, minute) FROM ohlcv_1m WHERE rsi_14 IS NOT NULL GROUP BY 1").fetchall())
+        anomalies = conn.sql("SELECT coin_id, rule, event_time FROM anomalies").fetchall()
+        corr = conn.sql("SELECT coin_a, coin_b, window_name, corr, n FROM correlations").fetchall()
+
+    header = next(ln for ln in text.splitlines() if ln.startswith("Generated "))
+    assert f"· data up to {end.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
+
+    rows = _table(text, "Coins")
+    assert [r[0] for r in rows] == [f"{c['symbol'].upper()} ({c['coin_id']})" for c in
+                                    ticks.unique("coin_id", keep="first", maintain_order=True).to_dicts()]
+    for (label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True)):
+        coin = coin[0]
+        t, p = g["event_time"].to_list(), g["price_usd"].to_numpy()
+        assert _shows(price, p[-1]), (coin, price, p[-1])
+        # the history is 4 h: the change is from the coin's first tick, labelled with its span
+        span_h = (t[-1] - t[0]).total_seconds() / 3600
+        m = re.fullmatch(r"([+-][\d.]+) % \(over ([\d.]+)h\)", change)
+        assert m and _shows(m.group(1), (p[-1] / p[0] - 1) * 100) and m.group(2) == f"{span_h:.1f}", (coin, change)
+        # 15-minute volatility: population std of the log returns of the ticks in (t - 15 min, t]
+        lr = np.log(p[1:] / p[:-1])
+        inside = np.array([ti > t[-1] - timedelta(minutes=15) for ti in t[1:]])
+        assert vol.endswith(" %") and _shows(vol, lr[inside].std() * 100), (coin, vol)
+        assert _shows(rsi_txt, rsi[coin])
+        by_rule: dict[str, int] = {}
+        for c, rule, te in anomalies:
+            if c == coin and te > t[-1] - timedelta(hours=24):
+                by_rule[rule] = by_rule.get(rule, 0) + 1
+        rules = ", ".join(f"{r} {n}" for r, n in sorted(by_rule.items()))
+        assert anom == f"{sum(by_rule.values())}" + (f" ({rules})" if rules else ""), (coin, anom)
+    assert "volume_spike" in rows[0][5]  # bitcoin's planted spike
+
+    sym = {c: g["symbol"][0] for (c,), g in ticks.group_by("coin_id")}
+    values = {(a, b, w): (v, n) for a, b, w, v, n in corr}
+    pairs = sorted({(a, b) for a, b, *_ in corr}, key=lambda ab: -abs(values[(*ab, "24h")][0]))
+    got = _table(text, "Top correlations (1-minute returns)")
+    assert [r[0] for r in got] == [f"{sym[a].upper()} / {sym[b].upper()}" for a, b in pairs]
+    for (_, c24, c7, n24), (a, b) in zip(got, pairs):
+        assert _shows(c24, values[(a, b, "24h")][0]) and _shows(c7, values[(a, b, "7d")][0])
+        assert int(n24) == values[(a, b, "24h")][1] > 0
 
 
 def test_latest_mirrors_newest_report(warehouse, first_run):
@@ -190,6 +261,57 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     table = rpt.model_table(list(series.values()))
     assert "| trend_model | auc_roc | v2 | 0.61 vs 0.5 ✓ |" in table
     assert "v3 (rejected)" in table
+
+    # report.md's model table, row by row, against what MLflow itself says
+    lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
+    with lh.connect() as conn:
+        md_text = rpt.write_report(conn, mlf, tmp_path, dpi=30).markdown_path.read_text()
+    got = {r[0]: r[1:] for r in _table(md_text, "Models (primary metric vs naive baseline)")}
+    assert got == _model_rows_from_mlflow(mlf)
+    assert got["trend_model"] == ["auc_roc", "v2", "0.61 vs 0.5 ✓", "v3 (rejected)", "0.58 vs 0.52 ✓", "3"]
+    assert got["price_model_1h"] == ["rmse", "none", "–", "unregistered", "0.009 vs 0.0108 ✓", "2"]
+
+
+def _model_rows_from_mlflow(mlf) -> dict[str, list[str]]:
+    """The model table's cells, queried here from the MLflow client: every finished run of each
+    experiment (price_model split by its horizon tag) in start order, the champion alias, the
+    latest run's registered version and gate tag."""
+    client = mlf.client()
+    metric_of = {"trend_model": "auc_roc", "anomaly_model": "pr_auc", "price_model": "rmse", "coin_clusters": "silhouette"}
+    out = {}
+    for exp_name, metric in metric_of.items():
+        exp = client.get_experiment_by_name(f"{mlf.experiment_prefix}/{exp_name}")
+        if exp is None:
+            continue
+        groups: dict[str, list] = {}
+        for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
+            if metric in r.data.metrics:
+                h = r.data.tags.get("horizon")
+                groups.setdefault(f"{exp_name}_{h}" if h else exp_name, []).append(r)
+        for name, runs in groups.items():
+            registered = mlf.registered_name(name)
+            try:
+                versions = {v.run_id: v for v in client.search_model_versions(f"name='{registered}'")}
+            except Exception:  # noqa: BLE001
+                versions = {}
+            try:
+                champ = client.get_model_version_by_alias(registered, "champion")
+            except Exception:  # noqa: BLE001
+                champ = None
+
+            def vs(run) -> str:
+                v, b = run.data.metrics[metric], run.data.metrics.get(f"baseline_{metric}")
+                better = (v > b) if metric != "rmse" else (v < b)
+                return f"{v:.4g} vs {b:.4g} {'✓' if better else '✗'}"
+
+            latest = runs[-1]
+            lv = versions.get(latest.info.run_id)
+            latest_label = "unregistered" if lv is None else f"v{lv.version}" + (
+                f" ({lv.tags['gate']})" if lv.tags.get("gate") else "")
+            champ_run = next((r for r in runs if champ is not None and r.info.run_id == champ.run_id), None)
+            out[name] = [metric, f"v{champ.version}" if champ else "none", vs(champ_run) if champ_run else "–",
+                         latest_label, vs(latest), str(len(runs))]
+    return out
 
 
 def test_empty_warehouse_still_reports(tmp_path):

@@ -116,10 +116,22 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN i.dup_rank > 1 THEN 'duplicate'
                 WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
               END AS verdict,
-              CASE
+              CASE  -- the value and the rule (NULL: the fixed text of _DETAILS)
+                WHEN verdict = 'unknown_coin' THEN printf('coin_id %s is not in the configured COINS', i.coin_id)
+                WHEN verdict = 'invalid_price' THEN printf('price_usd %g must be finite and > 0', i.price_usd)
                 WHEN verdict = 'price_out_of_range' THEN printf('price_usd %g is outside [%g, %g] USD', i.price_usd, $min_price, $max_price)
+                WHEN verdict = 'invalid_volume' THEN printf('volume_24h_usd %g must be finite and >= 0', i.volume_24h_usd)
                 WHEN verdict = 'volume_out_of_range'
                   THEN printf('volume_24h_usd %g is neither 0 nor within [%g, %g] USD', i.volume_24h_usd, $min_volume, $max_volume)
+                WHEN verdict = 'future_timestamp'
+                  THEN printf('last_updated_at %s is %s ahead of its ingestion at %s (allowed skew %s)',
+                              i.last_updated_at, i.last_updated_at - i.ingested_at, i.ingested_at, $skew)
+                WHEN verdict = 'too_old'
+                  THEN printf('last_updated_at %s is %s before its ingestion at %s (horizon %s)',
+                              i.last_updated_at, i.ingested_at - i.last_updated_at, i.ingested_at, $horizon)
+                WHEN verdict = 'late'
+                  THEN printf('last_updated_at %s is before the coin''s newest tick %s minus the lateness %s',
+                              i.last_updated_at, s.max_event_time, $lateness)
               END AS detail
             FROM clean_in i LEFT JOIN clean_coin_state s USING (coin_id)
             """,
@@ -137,7 +149,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
         # Duplicates of rows cleaned by earlier runs (bronze dedups too; this is the second line).
         conn.execute(
             """
-            UPDATE clean_judged SET verdict = 'duplicate'
+            UPDATE clean_judged SET verdict = 'duplicate', detail = NULL
             FROM (SELECT coin_id, event_time FROM clean_ticks
                   WHERE event_time >= (SELECT min(last_updated_at) FROM clean_judged WHERE verdict IS NULL OR verdict = 'late')
                     AND event_time <= (SELECT max(last_updated_at) FROM clean_judged WHERE verdict IS NULL OR verdict = 'late')) c

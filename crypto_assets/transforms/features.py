@@ -58,6 +58,14 @@ def _pow2_scale(prices: pl.Series) -> float:
     return max(math.ldexp(1.0, math.frexp(top)[1] - 1), sys.float_info.min)
 
 
+def _unscale(scaled: pl.Expr, scale: float) -> pl.Expr:
+    """A mean of scaled prices back in USD. A mean cannot exceed its largest price, but its
+    rounding can by an ulp; next to float64's maximum that overflows, and the true value is then
+    the maximum itself."""
+    x = scaled * scale
+    return pl.when(scaled.is_finite() & x.is_infinite() & (x > 0)).then(pl.lit(sys.float_info.max)).otherwise(_finite(x))
+
+
 def compute_features(ticks: pl.DataFrame, ema_state: dict[str, float]) -> pl.DataFrame:
     """Features for one or more coins. `ticks` has coin_id, symbol, event_time, price_usd,
     volume_24h_usd, is_target (False for context rows); only target rows are returned.
@@ -112,7 +120,7 @@ def compute_features(ticks: pl.DataFrame, ema_state: dict[str, float]) -> pl.Dat
         else:
             ema = prices.ewm_mean(alpha=EMA_ALPHA, adjust=False)
         targets = targets.with_columns(ema_20=ema).with_columns(
-            _finite(pl.col(c) * scale).alias(c) for c in ("sma_1m", "sma_5m", "sma_15m", "ema_20")
+            _unscale(pl.col(c), scale).alias(c) for c in ("sma_1m", "sma_5m", "sma_15m", "ema_20")
         )
         out.append(targets.select(FEATURE_COLUMNS))
     return pl.concat(out)

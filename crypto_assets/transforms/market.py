@@ -178,7 +178,8 @@ def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) 
         with transaction(conn):
             if found:
                 conn.execute(
-                    "UPDATE anomalies SET published_at = now() WHERE published_at IS NULL AND anomaly_id IN (SELECT unnest($ids))",
+                    "UPDATE anomalies SET published_at = now() "
+                    "WHERE published_at IS NULL AND anomaly_id IN (SELECT unnest($ids))",
                     {"ids": sorted(found)},
                 )
             end_send(conn, ALERTS_OUTBOX)

@@ -2,7 +2,8 @@
 
 `CRYPTO_ASSETS_FAULT=<point>` makes the process SIGKILL itself when it reaches that point, the
 way an OOM kill or a power cut would: no cleanup, no exception handlers. Unset in normal use.
-Points: before_write, after_duckdb_commit, during_parquet_export, before_dlq_mark (the pull);
+Points: before_write, after_duckdb_commit, during_parquet_export, dlq_half_sent, before_dlq_mark (the pull);
+alerts_half_sent, before_alert_mark (the alert outbox, crypto_assets.transforms.market);
 clean_before_commit (clean_ticks, with rows, quarantine and jump-guard state written);
 export_day_file_replaced, leftovers_partly_deleted (the export into a compacted day);
 compact_staged, compact_day_file_in_place, compact_hour_files_partly_deleted, compact_day_done
@@ -21,3 +22,9 @@ def fault_point(name: str) -> None:
     wanted = os.environ.get(ENV_VAR)
     if wanted and wanted == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_armed(name: str) -> bool:
+    """Whether `name` is the point this process is to be killed at (for a point that needs setup
+    first, such as a flush, which normal runs must not pay for)."""
+    return os.environ.get(ENV_VAR) == name

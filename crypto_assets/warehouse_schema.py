@@ -108,7 +108,23 @@ CREATE TABLE IF NOT EXISTS lake_pending (
 )
 """
 
-ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_POSITIONS_DDL, INGEST_BATCHES_DDL, LAKE_PENDING_DDL)
+# An outbox send in progress (crypto_assets.outbox): where each partition of the target topic
+# ended before the send. Deleted in the transaction that marks the rows sent; a row still here
+# means the send was interrupted, and the next publish reads the topic from these offsets to find
+# what it already holds.
+OUTBOX_SENDS_DDL = """
+CREATE TABLE IF NOT EXISTS outbox_sends (
+    outbox          VARCHAR NOT NULL,       -- alerts, or dlq:<source topic>
+    topic           VARCHAR NOT NULL,       -- the topic the send writes to
+    kafka_partition INTEGER NOT NULL,       -- -1: the topic did not exist yet (read it from its start)
+    start_offset    BIGINT NOT NULL,        -- the partition's high watermark before the send
+    started_at      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (outbox, kafka_partition)
+)
+"""
+
+ALL_DDL = (RAW_TICKS_DDL, QUARANTINE_DDL, INGEST_OFFSETS_DDL, INGEST_POSITIONS_DDL, INGEST_BATCHES_DDL,
+           LAKE_PENDING_DDL, OUTBOX_SENDS_DDL)
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:

@@ -54,13 +54,48 @@ def table_rows(conn: duckdb.DuckDBPyConnection) -> Counter:
 
 def lake_rows(lake_root: Path, dataset: str = DATASET) -> Counter:
     """Every row of the dataset's files (symbol from the directory or the file), read under the shared lock."""
+    return mirror_rows(lake_root, dataset, COLUMNS)
+
+
+def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> str:
+    """Every column of a warehouse table, comma-separated, in table order."""
+    return ", ".join(conn.sql(f"SELECT * FROM {table} LIMIT 0").columns)
+
+
+def warehouse_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: str | None = None) -> Counter:
+    """The multiset of a warehouse table's rows (every column unless `columns`)."""
+    return Counter(conn.sql(f"SELECT {columns or table_columns(conn, table)} FROM {table}").fetchall())
+
+
+def mirror_rows(lake_root: Path, dataset: str, columns: str, missing_ok: bool = False) -> Counter:
+    """The multiset of the dataset's rows in the lake (`columns` of its files, `symbol` and `date`
+    from the directories), read under the shared lock. No file: FileNotFoundError, or empty with
+    `missing_ok`."""
     with read_lock(lake_root, [dataset]):
         mem = duckdb.connect()
         try:
             mem.execute("SET TimeZone = 'UTC'")
-            return Counter(mem.sql(f"SELECT {COLUMNS} FROM {duckdb_source(lake_root, dataset)}").fetchall())
+            try:
+                source = duckdb_source(lake_root, dataset)
+            except FileNotFoundError:
+                if missing_ok:
+                    return Counter()
+                raise
+            return Counter(mem.sql(f"SELECT {columns} FROM {source}").fetchall())
         finally:
             mem.close()
+
+
+def assert_mirror_equals_table(conn: duckdb.DuckDBPyConnection, lake_root: Path, dataset: str, table: str) -> None:
+    """The lake holds exactly the table's rows, every column compared, each as often as in the
+    table (a lost row plus a duplicate of another fails, where equal counts would pass)."""
+    columns = table_columns(conn, table)
+    want, got = warehouse_rows(conn, table, columns), mirror_rows(lake_root, dataset, columns, missing_ok=True)
+    missing, extra = want - got, got - want
+    assert not missing and not extra, (
+        f"{dataset} != {table}: {sum(missing.values())} rows missing from the lake (e.g. {list(missing)[:2]}), "
+        f"{sum(extra.values())} extra (e.g. {list(extra)[:2]})"
+    )
 
 
 def lake_state(lake_root: Path, dataset: str = DATASET) -> dict[str, list[tuple]]:

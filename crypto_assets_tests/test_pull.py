@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 import string
+from collections import Counter
 
-from crypto_assets.ingest.pull import PullConfig, lost_offsets_notice, plan_partitions, pull_raw_ticks
+from crypto_assets.ingest.pull import BRONZE_DATASET, PullConfig, lost_offsets_notice, plan_partitions, pull_raw_ticks
 from crypto_assets_tests.helpers import produce, tick, ticks
+from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
+from crypto_assets_tests.topic_helpers import read_topic, watermarks
 
 
 def _table(lakehouse, sql):
@@ -23,8 +26,8 @@ def test_pull_reads_everything_once_and_is_idempotent(kafka, lakehouse):
     assert sum(r1.remaining_lag.values()) == 0
     r2 = pull_raw_ticks(kafka, lakehouse)
     assert r2.messages == 0 and r2.batches == []
-    rows = _table(lakehouse, "SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM raw_ticks")
-    assert rows == [(500, 500)]
+    rows = _table(lakehouse, "SELECT kafka_partition, kafka_offset FROM raw_ticks ORDER BY ALL")
+    assert rows == [(r.partition, r.offset) for r in read_topic(kafka.bootstrap(), kafka.raw_topic)]  # each once
     # offsets are contiguous per partition and end at the high watermark
     offs = _table(
         lakehouse,
@@ -33,9 +36,9 @@ def test_pull_reads_everything_once_and_is_idempotent(kafka, lakehouse):
     assert sum(o[3] for o in offs) == 500
     for p, lo, hi, n in offs:
         assert hi - lo == n
-    # Parquet mirror holds the same rows
-    pq = _table(lakehouse, f"SELECT count(*) FROM read_parquet('{lakehouse.lake_path}/bronze/raw_ticks/**/*.parquet')")
-    assert pq == [(500,)]
+    # the Parquet mirror holds the same rows, every column
+    with lakehouse.connect() as conn:
+        assert_mirror_equals_table(conn, lakehouse.lake_path, BRONZE_DATASET, "raw_ticks")
 
 
 def test_pull_respects_max_messages_and_resumes(kafka, lakehouse):
@@ -45,7 +48,9 @@ def test_pull_respects_max_messages_and_resumes(kafka, lakehouse):
     assert sum(r1.remaining_lag.values()) == 200
     r2 = pull_raw_ticks(kafka, lakehouse, PullConfig(max_messages=1000))
     assert r2.messages == 200
-    assert _table(lakehouse, "SELECT count(*), count(DISTINCT kafka_offset::VARCHAR || '/' || kafka_partition) FROM raw_ticks") == [(300, 300)]
+    assert _table(lakehouse, "SELECT kafka_partition, kafka_offset FROM raw_ticks ORDER BY ALL") == [
+        (r.partition, r.offset) for r in read_topic(kafka.bootstrap(), kafka.raw_topic)
+    ]
 
 
 def test_snapshot_ignores_messages_after_start(kafka, lakehouse):
@@ -140,3 +145,60 @@ def test_first_pull_says_how_many_offsets_retention_deleted(kafka, lakehouse):
     produce(kafka, [tick(1000, "bitcoin")])
     again = pull_raw_ticks(kafka, lakehouse)
     assert again.notices == [] and again.offsets_lost == {} and again.messages == 1
+
+
+def _group_offsets(kafka) -> dict[int, int]:
+    """The consumer group's committed offset per partition (partitions it never committed left out)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": kafka.consumer_group, "enable.auto.commit": False})
+    try:
+        parts = sorted(c.list_topics(kafka.raw_topic, timeout=10).topics[kafka.raw_topic].partitions)
+        committed = c.committed([TopicPartition(kafka.raw_topic, p) for p in parts], timeout=10)
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+    finally:
+        c.close()
+
+
+def test_pull_commits_the_consumer_group_so_the_backlog_is_zero(kafka, lakehouse):
+    """The group offsets (monitoring only) are what the backlog sensor reads: after each pull they
+    equal the next offsets DuckDB stored, i.e. every partition's high watermark, and the sensor
+    sees no backlog. If the commit broke, the sensor would see the whole topic as lag forever."""
+    import dagster as dg
+
+    from crypto_assets.backlog import measure_backlog
+    from crypto_assets.definitions import incremental_job
+    from crypto_assets.sensors import build_backlog_sensor
+
+    sensor = build_backlog_sensor(incremental_job, min_messages=1, max_wait_seconds=3600)
+
+    def sensor_says():
+        with dg.DagsterInstance.ephemeral() as instance:
+            return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"kafka": kafka}))
+
+    def stored():
+        return dict(_table(lakehouse, f"SELECT kafka_partition, next_offset FROM ingest_positions "
+                                      f"WHERE kafka_topic = '{kafka.raw_topic}'"))
+
+    produce(kafka, ticks(90))
+    highs = {p: hi for p, (_, hi) in watermarks(kafka.bootstrap(), kafka.raw_topic).items()}
+    assert _group_offsets(kafka) == {} and measure_backlog(kafka, with_age=False).lag == 90
+    r = pull_raw_ticks(kafka, lakehouse)
+    read = {p: hi for p, (_, hi) in r.offset_ranges.items()}
+    assert read == stored() == _group_offsets(kafka) == {p: hi for p, hi in highs.items() if hi > 0}
+    backlog = measure_backlog(kafka, with_age=False)
+    assert backlog.partitions == {p: (hi, hi, 0) for p, hi in highs.items()}
+    result = sensor_says()
+    assert not result.run_requests and "no backlog" in result.skip_message
+
+    # new messages: the backlog is exactly them, per partition; the next pull commits past them
+    produce(kafka, ticks(7, start=90))
+    new = Counter(r.partition for r in read_topic(kafka.bootstrap(), kafka.raw_topic) if r.offset >= highs[r.partition])
+    backlog = measure_backlog(kafka, with_age=False)
+    assert {p: lag for p, (_, _, lag) in backlog.partitions.items() if lag} == dict(new)
+    assert len(sensor_says().run_requests) == 1
+    pull_raw_ticks(kafka, lakehouse)
+    highs = {p: hi for p, (_, hi) in watermarks(kafka.bootstrap(), kafka.raw_topic).items()}
+    assert stored() == _group_offsets(kafka) == {p: hi for p, hi in highs.items() if hi > 0}
+    assert measure_backlog(kafka, with_age=False).lag == 0
+    assert "no backlog" in sensor_says().skip_message

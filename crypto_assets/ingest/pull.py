@@ -8,7 +8,7 @@ DuckDB is the system of record for offsets. A pull
   4. parses in bulk, and writes rows, quarantine rows, per-partition offsets and Parquet dirty
      markers in ONE transaction per batch,
   5. only then commits offsets to the Kafka consumer group (for lag monitoring only),
-  6. publishes newly quarantined messages to the DLQ (transactional outbox), and
+  6. publishes newly quarantined messages to the DLQ (an outbox, exactly once: crypto_assets.outbox), and
   7. re-exports the touched Parquet partitions.
 A kill at any point leaves DuckDB with all of a batch or none of it; the next pull re-reads
 exactly what was not committed.
@@ -26,8 +26,8 @@ from typing import Any
 import polars as pl
 
 from crypto_assets.contract import MAX_MESSAGE_BYTES, SCHEMA_VERSION
-from crypto_assets.db import first, scalar
-from crypto_assets.faults import fault_point
+from crypto_assets.db import first, scalar, transaction
+from crypto_assets.faults import fault_armed, fault_point
 from crypto_assets.ingest.parse import parse_values
 from crypto_assets.lake import ExportResult, export_dirty, mark_dirty
 from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
@@ -674,9 +674,55 @@ def _commit_group_offsets(client: _Consumer, topic: str, plans: list[PartitionPl
         return False
 
 
+def _dlq_identity(source_topic: str):
+    """(source partition, source offset) of a DLQ message of `source_topic`, else None."""
+    from crypto_assets.outbox import header
+
+    def identity(message) -> tuple[int, int] | None:
+        if header(message, "source.topic") != source_topic:
+            return None
+        try:
+            return int(header(message, "source.partition")), int(header(message, "source.offset"))
+        except (TypeError, ValueError):
+            return None
+
+    return identity
+
+
+def _mark_dlq_sent(conn, source_topic: str, sent: list[tuple[int, int]]) -> None:
+    conn.register(
+        "sent",
+        pl.DataFrame(
+            {"p": pl.Series([p for p, _ in sent], dtype=pl.Int32), "o": pl.Series([o for _, o in sent], dtype=pl.Int64)}
+        ).to_arrow(),
+    )
+    try:
+        conn.execute(
+            """
+            UPDATE quarantine SET dlq_published_at = now()
+            FROM sent WHERE quarantine.stage = 'raw_ticks' AND quarantine.kafka_topic = ?
+              AND quarantine.kafka_partition = sent.p AND quarantine.kafka_offset = sent.o
+              AND quarantine.dlq_published_at IS NULL
+            """,
+            [source_topic],
+        )
+    finally:
+        conn.unregister("sent")
+
+
 def publish_dlq(conn, kafka: KafkaResource, source_topic: str, limit: int = 100_000) -> int:
     """Send quarantined-but-unsent raw messages to the DLQ topic with the reason in headers,
-    then mark them sent (transactional outbox: at-least-once, normally exactly once)."""
+    then mark them sent: an outbox, exactly once also across a kill (crypto_assets.outbox).
+    Returns how many were sent by this call."""
+    from crypto_assets.outbox import already_sent, begin_send, end_send
+
+    outbox = f"dlq:{source_topic}"
+    found = already_sent(conn, kafka, outbox, _dlq_identity(source_topic))
+    if found is not None:  # an interrupted send: mark what reached the topic, send the rest below
+        with transaction(conn):
+            if found:
+                _mark_dlq_sent(conn, source_topic, sorted(found))
+            end_send(conn, outbox)
     rows = conn.sql(
         """
         SELECT kafka_partition, kafka_offset, message_key, raw_value, reason, coalesce(detail, ''), batch_id
@@ -690,8 +736,12 @@ def publish_dlq(conn, kafka: KafkaResource, source_topic: str, limit: int = 100_
         return 0
     from crypto_assets.sources.producer import TickProducer
 
+    begin_send(conn, kafka, outbox, kafka.dlq_topic)
     producer = TickProducer(kafka, topic=kafka.dlq_topic)
-    for part, off, key, raw, reason, detail, batch_id in rows:
+    for i, (part, off, key, raw, reason, detail, batch_id) in enumerate(rows):
+        if i == len(rows) // 2 and fault_armed("dlq_half_sent"):
+            producer.flush()
+            fault_point("dlq_half_sent")
         producer.send_raw(
             key,
             raw or b"",
@@ -706,23 +756,9 @@ def publish_dlq(conn, kafka: KafkaResource, source_topic: str, limit: int = 100_
         )
     producer.flush()
     fault_point("before_dlq_mark")
-    conn.register(
-        "sent",
-        pl.DataFrame(
-            {"p": pl.Series([r[0] for r in rows], dtype=pl.Int32), "o": pl.Series([r[1] for r in rows], dtype=pl.Int64)}
-        ).to_arrow(),
-    )
-    try:
-        conn.execute(
-            """
-            UPDATE quarantine SET dlq_published_at = now()
-            FROM sent WHERE quarantine.stage = 'raw_ticks' AND quarantine.kafka_topic = ?
-              AND quarantine.kafka_partition = sent.p AND quarantine.kafka_offset = sent.o
-            """,
-            [source_topic],
-        )
-    finally:
-        conn.unregister("sent")
+    with transaction(conn):
+        _mark_dlq_sent(conn, source_topic, [(r[0], r[1]) for r in rows])
+        end_send(conn, outbox)
     return len(rows)
 
 

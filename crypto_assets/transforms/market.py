@@ -158,8 +158,31 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     return {"new": int(new), "skipped": False}
 
 
+ALERTS_OUTBOX = "alerts"
+
+
+def _alert_identity(message) -> str | None:
+    from crypto_assets.outbox import header
+
+    return header(message, "anomaly_id")
+
+
 def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) -> int:
-    """Outbox: send unpublished anomalies to crypto_alerts (key = coin_id), then mark them."""
+    """Outbox: send unpublished anomalies to crypto_alerts (key = coin_id), then mark them; exactly
+    once also across a kill (crypto_assets.outbox). Returns how many were sent by this call."""
+    from crypto_assets.faults import fault_armed, fault_point
+    from crypto_assets.outbox import already_sent, begin_send, end_send
+
+    found = already_sent(conn, kafka, ALERTS_OUTBOX, _alert_identity)
+    if found is not None:  # an interrupted send: mark what reached the topic, send the rest below
+        with transaction(conn):
+            if found:
+                conn.execute(
+                    "UPDATE anomalies SET published_at = now() "
+                    "WHERE published_at IS NULL AND anomaly_id IN (SELECT unnest($ids))",
+                    {"ids": sorted(found)},
+                )
+            end_send(conn, ALERTS_OUTBOX)
     rows = conn.sql(
         """
         SELECT anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, volume_24h_usd
@@ -171,8 +194,12 @@ def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) 
         return 0
     from crypto_assets.sources.producer import TickProducer
 
+    begin_send(conn, kafka, ALERTS_OUTBOX, kafka.alerts_topic)
     producer = TickProducer(kafka, topic=kafka.alerts_topic)
-    for aid, coin, sym, t, rule, sev, value, thr, price, vol in rows:
+    for i, (aid, coin, sym, t, rule, sev, value, thr, price, vol) in enumerate(rows):
+        if i == len(rows) // 2 and fault_armed("alerts_half_sent"):
+            producer.flush()
+            fault_point("alerts_half_sent")
         producer.send_raw(
             coin,
             orjson.dumps(
@@ -186,11 +213,11 @@ def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) 
             headers=[("anomaly_id", aid.encode())],
         )
     producer.flush()
-    from crypto_assets.faults import fault_point
-
     fault_point("before_alert_mark")
-    conn.execute(
-        "UPDATE anomalies SET published_at = now() WHERE anomaly_id IN (SELECT unnest($ids))",
-        {"ids": [r[0] for r in rows]},
-    )
+    with transaction(conn):
+        conn.execute(
+            "UPDATE anomalies SET published_at = now() WHERE anomaly_id IN (SELECT unnest($ids))",
+            {"ids": [r[0] for r in rows]},
+        )
+        end_send(conn, ALERTS_OUTBOX)
     return len(rows)

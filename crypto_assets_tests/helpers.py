@@ -54,6 +54,30 @@ def encoded(t: dict) -> bytes:
     return orjson.dumps(t)
 
 
+def _partitions(consumer, topic: str, deadline: float) -> list[int]:
+    """The topic's partitions; metadata can come back empty for a moment (e.g. while a producer
+    is connecting), so ask again until the deadline."""
+    while True:
+        md = consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
+        if md is not None and md.partitions and md.error is None:
+            return sorted(md.partitions)
+        assert time.monotonic() < deadline, f"no partitions for topic {topic}: {md and md.error}"
+        time.sleep(0.1)
+
+
+def topic_size(kafka: KafkaResource, topic: str | None = None, deadline_s: float = 60.0) -> int:
+    """How many messages `topic` holds (the sum of its high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = topic or kafka.raw_topic
+    consumer = Consumer(kafka.consumer_config(**{"group.id": f"{kafka.consumer_group}.reader"}))
+    try:
+        parts = _partitions(consumer, topic, time.monotonic() + deadline_s)
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+    finally:
+        consumer.close()
+
+
 def read_topic(kafka: KafkaResource, topic: str | None = None, deadline_s: float = 60.0) -> list:
     """Every message of `topic` (default: the raw topic): all partitions from offset 0 up to the
     high watermarks read when called (call it after the producers flushed). Reads until exactly
@@ -67,8 +91,8 @@ def read_topic(kafka: KafkaResource, topic: str | None = None, deadline_s: float
         kafka.consumer_config(**{"group.id": f"{kafka.consumer_group}.reader", "enable.auto.commit": False})
     )
     try:
-        partitions = sorted(consumer.list_topics(topic=topic, timeout=10).topics[topic].partitions)
-        assert partitions, f"topic {topic} has no partitions"
+        deadline = time.monotonic() + deadline_s
+        partitions = _partitions(consumer, topic, deadline)
         want = set()
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -76,7 +100,6 @@ def read_topic(kafka: KafkaResource, topic: str | None = None, deadline_s: float
             want |= {(p, o) for o in range(high)}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         got: dict[tuple[int, int], object] = {}
-        deadline = time.monotonic() + deadline_s
         while len(got) < len(want) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=1.0):
                 if msg.error() is not None:

@@ -57,9 +57,11 @@ def test_jobs_and_their_selections():
 
     def selection(name: str) -> tuple[set[str], set[tuple[str, str]]]:
         layer = defs.resolve_job_def(name).asset_layer
-        return _keys(layer.selected_asset_keys), _checks(layer.selected_asset_check_keys)
+        return _keys(layer.selected_asset_keys), _checks(layer.asset_graph.asset_check_keys)
 
-    assert selection("ingest_job")[0] == {"raw_ticks"}
+    raw_checks = {c for c in NON_BLOCKING_PASS_CHECKS if c[0] == "raw_ticks"}
+    assert selection("ingest_job") == ({"raw_ticks"}, raw_checks)
+    assert set(defs.resolve_job_def("ingest_job").graph.node_dict) == {"incremental"}
     # the cheap path: no training, no schema drift checks (those run with training)
     assert selection("incremental_job") == (INCREMENTAL_ASSETS, BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS)
     assert selection("training_job") == (MODEL_ASSETS | {"training_set", "predictions"}, SCHEMA_CHECKS | GATE_CHECKS)
@@ -70,7 +72,7 @@ def test_jobs_and_their_selections():
 
 
 def test_sensors_and_schedules():
-    sensors = {s.name: s for s in defs.resolve_all_sensor_defs()}
+    sensors = {s.name: s for s in defs.sensors}
     assert set(sensors) == {"kafka_backlog_sensor", "predictions_automation"}
     assert sensors["kafka_backlog_sensor"].job_name == "incremental_job"
     auto = sensors["predictions_automation"]
@@ -81,7 +83,7 @@ def test_sensors_and_schedules():
     assert with_condition == {"predictions"}
     assert graph.get(dg.AssetKey("predictions")).automation_condition.get_label() == "every '*/5 * * * *' tick with new features or models"
 
-    schedules = {s.name: s for s in defs.resolve_all_schedule_defs()}
+    schedules = {s.name: s for s in defs.schedules}
     assert {n: (s.job_name, s.cron_schedule, s.execution_timezone) for n, s in schedules.items()} == {
         "retraining_schedule": ("training_job", "0 * * * *", "UTC"),
         "maintenance_schedule": ("maintenance_job", "*/30 * * * *", "UTC"),

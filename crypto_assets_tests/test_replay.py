@@ -14,7 +14,7 @@ import pytest
 
 from crypto_assets.contract import DEFAULT_COIN_IDS, FIELDS
 from crypto_assets.sources.replay import load_replay_frame, run_replay
-from crypto_assets_tests.helpers import read_topic
+from crypto_assets_tests.helpers import topic_size
 from crypto_assets_tests.test_simulator import assert_contract, consume_all
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample_data" / "ohlcv_sample.csv"
@@ -208,7 +208,7 @@ def test_stop_event_interrupts_a_real_wait(kafka):
     t.start()
     try:
         deadline = time.monotonic() + 30
-        while len(read_topic(kafka)) < 10 and time.monotonic() < deadline:
+        while topic_size(kafka) < 10 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         stop.set()

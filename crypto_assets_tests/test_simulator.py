@@ -31,7 +31,7 @@ from crypto_assets.sources.simulator import (
     run_simulator,
     simulate_paths,
 )
-from crypto_assets_tests.helpers import read_topic
+from crypto_assets_tests.helpers import read_topic, topic_size
 
 START = datetime(2025, 12, 1, tzinfo=timezone.utc)
 WEEK_MINUTES = 7 * 24 * 60
@@ -328,9 +328,10 @@ def test_run_simulator_live_rate(kafka):
     before = datetime.now(timezone.utc)
     result = run_simulator(kafka, config, log=lambda _: None)
     assert result["mode"] == "live" and result["sent"] == 120
-    # paced: message k is not sent before k / rate seconds (sleeps never end early), so 120
-    # messages at 1000/s take at least 0.119 s; a lower bound only, however slow the machine
-    assert result["elapsed_s"] >= 0.119
+    # paced per step (one tick per coin): the step starting at message k is not sent before
+    # k / rate seconds (sleeps never end early), so the 40th step of 3 starts at >= 117 / 1000 s;
+    # a lower bound only, however slow the machine
+    assert result["elapsed_s"] >= 0.117
     messages = consume_all(kafka, 120)
     docs = [orjson.loads(m.value()) for m in messages]
     assert {d["coin_id"] for d in docs} == {"bitcoin", "ethereum", "solana"}
@@ -377,7 +378,7 @@ def test_run_simulator_stop_ends_a_pacing_wait(kafka):
     t, result = _run_in_thread(kafka, config, stop)
     try:
         deadline = time.monotonic() + 30
-        while not read_topic(kafka) and time.monotonic() < deadline:
+        while topic_size(kafka) < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         stop.set()

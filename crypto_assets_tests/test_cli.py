@@ -8,12 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from crypto_assets.lake_layout import dataset_glob
-from crypto_assets_tests.helpers import produce, ticks  # noqa: F401
+from crypto_assets_tests.helpers import produce, read_topic, ticks
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -33,44 +35,61 @@ def _env(home: Path, bootstrap: str, topic_env: dict | None = None) -> dict:
     return env
 
 
-def test_dagster_asset_materialize_cli(broker, home):
+def _ids(batch: list[dict]) -> set[tuple[str, datetime]]:
+    return {(t["coin_id"], datetime.fromisoformat(t["last_updated_at"].replace("Z", "+00:00"))) for t in batch}
+
+
+def test_dagster_asset_materialize_cli(home):
+    """The CLI uses the default topic names: a broker of its own makes them private to this
+    test, so bronze must hold exactly the 250 ticks produced, each once, at every offset."""
+    from crypto_assets.broker import EmbeddedBroker
     from crypto_assets.resources import KafkaResource
 
-    kafka = KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(home))
-    # the CLI uses the default topic names: make them unique by using a dedicated broker
-    # would be slower; instead count what is new on the shared default topic.
-    produce(kafka, ticks(250))
-    dagster = Path(sys.executable).parent / "dagster"
-    proc = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "crypto_assets.definitions", "--select", "raw_ticks"],
-        env=_env(home, broker.bootstrap_servers),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    batch = ticks(250)
+    with EmbeddedBroker() as b:
+        kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
+        assert produce(kafka, batch) == 250
+        offsets = {(m.partition(), m.offset()) for m in read_topic(kafka)}
+        dagster = Path(sys.executable).parent / "dagster"
+        proc = subprocess.run(
+            [str(dagster), "asset", "materialize", "-m", "crypto_assets.definitions", "--select", "raw_ticks"],
+            env=_env(home, b.bootstrap_servers),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RUN_SUCCESS" in proc.stderr + proc.stdout
     import duckdb
 
     conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    n = conn.sql("SELECT count(*) FROM raw_ticks").fetchall()[0][0]
+    rows = conn.sql("SELECT coin_id, last_updated_at, kafka_partition, kafka_offset FROM raw_ticks").fetchall()
     conn.close()
-    assert n >= 250
+    assert len(rows) == 250
+    assert {(c, t) for c, t, _, _ in rows} == _ids(batch)
+    assert {(p, o) for _, _, p, o in rows} == offsets and len(offsets) == 250
 
 
-def test_produce_and_status_cli(broker, home):
-    env = _env(home, broker.bootstrap_servers)
+def test_produce_and_status_cli(home):
+    from crypto_assets.broker import EmbeddedBroker
+    from crypto_assets.resources import KafkaResource
+
     exe = [sys.executable, "-m", "crypto_assets.cli"]
-    out = subprocess.run(
-        exe + ["produce", "--source", "simulate", "--count", "120", "--rate", "0", "--seed", "3"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    stats = json.loads(out.stdout[out.stdout.index("{"):])
-    assert stats["sent"] == 120
-    st = subprocess.run(exe + ["status"], env=env, capture_output=True, text=True, timeout=60)
-    assert "broker       OK" in st.stdout, st.stdout + st.stderr
+    with EmbeddedBroker() as b:  # the CLI writes the default topic: private to this test on its own broker
+        env = _env(home, b.bootstrap_servers)
+        out = subprocess.run(
+            exe + ["produce", "--source", "simulate", "--count", "120", "--rate", "0", "--seed", "3"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        stats = json.loads(out.stdout[out.stdout.index("{"):])
+        assert stats["sent"] == 120
+        docs = [orjson.loads(m.value()) for m in read_topic(KafkaResource(bootstrap_servers=b.bootstrap_servers))]
+        assert len(docs) == 120 and len(_ids(docs)) == 120  # 120 distinct ticks, each once
+        assert {d["source"] for d in docs} == {"simulator"}
+        st = subprocess.run(exe + ["status"], env=env, capture_output=True, text=True, timeout=60)
+        assert "broker       OK" in st.stdout, st.stdout + st.stderr
     down = dict(env, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     st = subprocess.run(exe + ["status"], env=down, capture_output=True, text=True, timeout=60)
     assert st.returncode == 1 and "DOWN" in st.stdout
@@ -127,7 +146,8 @@ def test_two_concurrent_runs_both_succeed(tmp_path):
     home.mkdir()
     with EmbeddedBroker() as b:
         kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
-        produce(kafka, ticks(3000))
+        batch = ticks(3000)
+        assert produce(kafka, batch) == 3000
         env = _env(home, b.bootstrap_servers)
         dagster = Path(sys.executable).parent / "dagster"
         # The instance exists before runs overlap (as in any deployment): two processes creating
@@ -143,5 +163,7 @@ def test_two_concurrent_runs_both_succeed(tmp_path):
 
     conn = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     assert conn.sql("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM raw_ticks").fetchall() == [(3000, 3000)]
-    assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == 3000
+    assert set(conn.sql("SELECT coin_id, last_updated_at FROM raw_ticks").fetchall()) == _ids(batch)
+    features = conn.sql("SELECT coin_id, event_time FROM market_features").fetchall()
+    assert len(features) == 3000 and set(features) == _ids(batch)  # every tick cleaned and featured once
     conn.close()

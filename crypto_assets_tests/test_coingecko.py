@@ -28,6 +28,7 @@ from crypto_assets.sources.coingecko import (
     parse_retry_after,
     run_coingecko,
 )
+from crypto_assets_tests import helpers
 
 MARKETS = "/api/v3/coins/markets"
 INGESTED = datetime(2025, 12, 20, 15, 30, 5, tzinfo=timezone.utc)
@@ -303,12 +304,14 @@ def test_429_retry_after_seconds_is_honoured(httpserver):
 
 
 def test_429_retry_after_http_date_is_honoured(httpserver):
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
-    date = format_datetime(when.replace(microsecond=0), usegmt=True)
+    # 600 s ahead (whole seconds): the client waits the time left until then, i.e. at most
+    # 600 s, and more than 570 s unless the request took half a minute
+    when = (datetime.now(timezone.utc) + timedelta(seconds=600)).replace(microsecond=0)
+    date = format_datetime(when, usegmt=True)
     scripted(httpserver, Response("", status=429, headers={"Retry-After": date}), ok())
     sleeps: list[float] = []
-    fast_client(httpserver.url_for("/api/v3"), sleeps).fetch_markets(["bitcoin"])
-    assert len(sleeps) == 1 and 27.0 <= sleeps[0] <= 30.0
+    fast_client(httpserver.url_for("/api/v3"), sleeps, max_retry_after_s=900).fetch_markets(["bitcoin"])
+    assert len(sleeps) == 1 and 570.0 < sleeps[0] <= 600.0, sleeps
 
 
 def test_429_without_retry_after_backs_off(httpserver):
@@ -376,34 +379,32 @@ def threaded_httpserver():
 
 
 def test_timeout_is_retried(threaded_httpserver):
+    """The first request's handler blocks until the test releases it: the client gives up on it
+    after its timeout and its retry returns the data while that handler is still blocked."""
     release = threading.Event()
+    answered = threading.Event()
 
     def slow(_request: Request) -> Response:
-        release.wait(2.0)  # far beyond the 0.2 s client timeout
+        release.wait(120.0)  # far beyond the 2 s client timeout: only the test ends it
+        answered.set()
         return ok()
 
     calls = scripted(threaded_httpserver, slow, ok())
     sleeps: list[float] = []
     client = fast_client(
-        threaded_httpserver.url_for("/api/v3"), sleeps, timeout_s=0.2, base_delay_s=0.01
+        threaded_httpserver.url_for("/api/v3"), sleeps, timeout_s=2.0, base_delay_s=0.01
     )
-    started = time.monotonic()
     try:
         assert len(client.fetch_markets(["bitcoin"])) == 3
+        assert not answered.is_set()  # the data came from the retry, not the timed-out request
     finally:
         release.set()
-    assert time.monotonic() - started < 1.5
     assert sleeps == [0.01] and calls["n"] == 2 and client.retries == 1
 
 
 def test_connection_error_is_retried_then_exhausted():
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sleeps: list[float] = []
-    client = fast_client(f"http://127.0.0.1:{port}/api/v3", sleeps, max_attempts=3, timeout_s=1.0)
+    sleeps: list[float] = []  # port 1 (tcpmux): nothing listens there, connections are refused
+    client = fast_client("http://127.0.0.1:1/api/v3", sleeps, max_attempts=3, timeout_s=1.0)
     with pytest.raises(CoinGeckoUnavailable, match="connection error") as info:
         client.fetch_markets(["bitcoin"])
     assert info.value.attempts == 3 and len(sleeps) == 2
@@ -441,29 +442,16 @@ def test_non_list_payload_is_an_error(httpserver):
 
 
 def read_topic(kafka, topic: str) -> list:
-    """All messages of `topic`, read with assign() from offset 0 on every partition."""
-    from confluent_kafka import Consumer, TopicPartition
+    """All messages of `topic` (4 partitions), from offset 0 on every partition up to the high
+    watermarks (helpers.read_topic)."""
+    from confluent_kafka import Consumer
 
-    consumer = Consumer(kafka.consumer_config(**{"group.id": f"{kafka.consumer_group}.reader"}))
+    probe = Consumer(kafka.consumer_config(**{"group.id": f"{kafka.consumer_group}.probe"}))
     try:
-        partitions = sorted(consumer.list_topics(topic=topic, timeout=5).topics[topic].partitions)
-        assert len(partitions) == 4
-        expected = sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in partitions
-        )
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        out = []
-        deadline = time.monotonic() + 10
-        while len(out) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            assert msg.error() is None, msg.error()
-            out.append(msg)
-        assert len(out) == expected
-        return out
+        assert len(probe.list_topics(topic=topic, timeout=10).topics[topic].partitions) == 4
     finally:
-        consumer.close()
+        probe.close()
+    return helpers.read_topic(kafka, topic)
 
 
 def test_run_coingecko_end_to_end_suppresses_unchanged(httpserver, kafka):
@@ -567,7 +555,7 @@ def test_run_coingecko_stops_on_event(httpserver, kafka):
             run_coingecko(
                 kafka,
                 COIN_IDS,
-                interval_s=30.0,
+                interval_s=3600.0,
                 base_url=httpserver.url_for("/api/v3"),
                 stop_event=stop,
                 log=lambda _m: None,
@@ -576,10 +564,14 @@ def test_run_coingecko_stops_on_event(httpserver, kafka):
 
     t = threading.Thread(target=target)
     t.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not httpserver.log and time.monotonic() < deadline:
         time.sleep(0.02)
     stop.set()
-    t.join(5)
+    # the next poll is an hour away: the stop ends that wait at once
+    t.join(30)
     assert not t.is_alive()
+    assert len(httpserver.log) == 1
     assert result["polls"] == 1 and result["ticks_sent"] == 3
+    ticks = [json.loads(m.value()) for m in read_topic(kafka, kafka.raw_topic)]
+    assert sorted(t["coin_id"] for t in ticks) == ["avalanche", "bitcoin", "ethereum"]

@@ -1,11 +1,90 @@
+"""The one Definitions object holds exactly the jobs, sensors, schedules, assets and checks the
+README names, wired as it describes."""
+
 import dagster as dg
 
 from crypto_assets.definitions import defs
 
+INCREMENTAL_ASSETS = {"raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
+                      "correlations", "anomalies"}
+MODEL_ASSETS = {"trend_model", "anomaly_model", "price_model", "coin_clusters"}
+ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"}
+# README "asset checks": blocking / non-blocking per-pass checks, the schema drift checks, the gates
+BLOCKING_PASS_CHECKS = {
+    ("clean_ticks", "clean_ticks_unique"),
+    ("clean_ticks", "clean_ticks_positive_price"),
+    ("market_features", "market_features_finite"),
+    ("ohlcv_1m", "ohlcv_1m_rsi_range"),
+}
+NON_BLOCKING_PASS_CHECKS = {
+    ("clean_ticks", "clean_ticks_freshness"),
+    ("raw_ticks", "raw_ticks_quarantine_rate"),
+    ("raw_ticks", "raw_ticks_offset_contiguity"),
+    ("clean_ticks", "clean_ticks_reconciliation"),
+}
+SCHEMA_CHECKS = {(t, f"{t}_schema_matches_code") for t in
+                 ["raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies"]}
+GATE_CHECKS = {(m, f"{m}_gate") for m in MODEL_ASSETS}
 
-def test_definitions_load():
+
+def _keys(keys) -> set[str]:
+    return {k.to_user_string() for k in keys}
+
+
+def _checks(keys) -> set[tuple[str, str]]:
+    return {(k.asset_key.to_user_string(), k.name) for k in keys}
+
+
+def test_definitions_load_with_exactly_the_named_assets_and_checks():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert "raw_ticks" in keys
-    assert defs.resolve_job_def("ingest_job") is not None
+    assert _keys(graph.get_all_asset_keys()) == ALL_ASSETS
+    assert _checks(graph.asset_check_keys) == (BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS | SCHEMA_CHECKS
+                                               | GATE_CHECKS)
+    blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
+                if graph.get_check_spec(k).blocking}
+    assert blocking == BLOCKING_PASS_CHECKS | GATE_CHECKS
+    # the eight incremental assets and their per-pass checks are one step, `incremental`
+    step = defs.resolve_assets_def("raw_ticks")
+    assert step.node_def.name == "incremental"
+    assert _keys(step.keys) == INCREMENTAL_ASSETS
+    assert _checks(step.check_keys) == BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS
+
+
+def test_jobs_and_their_selections():
+    jobs = {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
+    assert jobs == {"ingest_job", "incremental_job", "training_job", "demo_job", "maintenance_job"}
+
+    def selection(name: str) -> tuple[set[str], set[tuple[str, str]]]:
+        layer = defs.resolve_job_def(name).asset_layer
+        return _keys(layer.selected_asset_keys), _checks(layer.asset_graph.asset_check_keys)
+
+    raw_checks = {c for c in NON_BLOCKING_PASS_CHECKS if c[0] == "raw_ticks"}
+    assert selection("ingest_job") == ({"raw_ticks"}, raw_checks)
+    assert set(defs.resolve_job_def("ingest_job").graph.node_dict) == {"incremental"}
+    # the cheap path: no training, no schema drift checks (those run with training)
+    assert selection("incremental_job") == (INCREMENTAL_ASSETS, BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS)
+    assert selection("training_job") == (MODEL_ASSETS | {"training_set", "predictions"}, SCHEMA_CHECKS | GATE_CHECKS)
+    assert selection("demo_job")[0] == ALL_ASSETS
+    assert selection("demo_job")[1] == BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS | SCHEMA_CHECKS | GATE_CHECKS
+    maintenance = defs.resolve_job_def("maintenance_job")
+    assert set(maintenance.graph.node_dict) == {"purge_dagster_storage", "prune_mlflow", "compact_lake"}
+
+
+def test_sensors_and_schedules():
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {"kafka_backlog_sensor", "predictions_automation"}
+    assert sensors["kafka_backlog_sensor"].job_name == "incremental_job"
+    auto = sensors["predictions_automation"]
+    assert isinstance(auto, dg.AutomationConditionSensorDefinition)
+    assert auto.minimum_interval_seconds == 30
+    graph = defs.resolve_asset_graph()
+    with_condition = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    assert with_condition == {"predictions"}
+    assert graph.get(dg.AssetKey("predictions")).automation_condition.get_label() == "every '*/5 * * * *' tick with new features or models"
+
+    schedules = {s.name: s for s in defs.schedules}
+    assert {n: (s.job_name, s.cron_schedule, s.execution_timezone) for n, s in schedules.items()} == {
+        "retraining_schedule": ("training_job", "0 * * * *", "UTC"),
+        "maintenance_schedule": ("maintenance_job", "*/30 * * * *", "UTC"),
+    }

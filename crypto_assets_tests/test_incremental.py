@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 from polars.testing import assert_frame_equal
 
@@ -28,10 +29,44 @@ def _run(tmp_path, name, batches, coins=COINS, cfg=None):
     return tables, results
 
 
+REL_TOL = 1e-9
+# Values that are truly ~0 (a return, a z-score or a correlation near 0) get an absolute floor,
+# itself relative: 1e-12 of the largest magnitude of the column for that coin. A coin priced at
+# 1e-8 USD has a price floor of ~1e-20, so a 10 % error in its prices or averages fails.
+FLOOR = 1e-12
+
+
+def _group_column(df: pl.DataFrame) -> str | None:
+    return next((c for c in ("coin_id", "coin_a") if c in df.columns), None)
+
+
+def _assert_close(name: str, got: pl.Series, want: pl.Series, groups: np.ndarray | None,
+                  scale: float = 1.0) -> None:
+    """got ~= scale * want, element by element, relative to the magnitude (see FLOOR)."""
+    x, y = got.to_numpy().astype(float), want.to_numpy().astype(float) * scale
+    assert np.array_equal(np.isnan(x), np.isnan(y)), f"{name}: nulls differ"
+    assert np.array_equal(np.isinf(x), np.isinf(y)) and np.array_equal(x[np.isinf(x)], y[np.isinf(y)]), name
+    groups = np.zeros(len(y)) if groups is None else groups
+    for g in np.unique(groups):
+        m = (groups == g) & np.isfinite(y)
+        if not m.any():
+            continue
+        tol = REL_TOL * np.abs(y[m]) + FLOOR * np.abs(y[m]).max()
+        err = np.abs(x[m] - y[m])
+        worst = int(np.argmax(err - tol))
+        assert (err <= tol).all(), f"{name} [{g}]: {x[m][worst]!r} vs {y[m][worst]!r} (tolerance {tol[worst]:g})"
+
+
 def _assert_same(a: dict, b: dict):
     for t in TABLES:
-        assert a[t].height == b[t].height, t
-        assert_frame_equal(a[t], b[t], check_exact=False, rel_tol=1e-9, abs_tol=1e-9), t
+        x, y = a[t], b[t]
+        assert x.columns == y.columns and x.height == y.height, t
+        floats = [c for c, d in x.schema.items() if d.is_float()]
+        assert_frame_equal(x.drop(floats), y.drop(floats), check_exact=True)
+        group = _group_column(x)
+        groups = None if group is None else y[group].to_numpy()
+        for c in floats:
+            _assert_close(f"{t}.{c}", x[c], y[c], groups)
 
 
 def _split(df: pl.DataFrame, sizes: list[int]) -> list[pl.DataFrame]:
@@ -115,13 +150,38 @@ def test_coin_that_stops_and_restarts(tmp_path):
     _assert_same(full, inc2)
 
 
+# Columns in USD per coin unit: they scale with the price; every other float column is scale-free
+# (returns, log returns, volatility of log returns, z-scores, RSI, volume and volume changes).
+PRICE_COLUMNS = {
+    "market_features": ["price_usd", "sma_1m", "sma_5m", "sma_15m", "ema_20"],
+    "ohlcv_1m": ["open", "high", "low", "close", "bb_middle", "bb_upper", "bb_lower", "rsi_gain", "rsi_loss"],
+    "ohlcv_1h": ["open", "high", "low", "close"],
+    "hourly_stats": ["avg_price", "min_price", "max_price", "stddev_price"],
+    "anomalies": ["price_usd"],
+}
+
+
 def test_extreme_magnitudes(tmp_path):
-    ticks = make_ticks(400, ["bitcoin", "ethereum"], seed=8, price_scale={"bitcoin": 1e6, "ethereum": 1e-8})
-    full, _ = _run(tmp_path, "full", [ticks], coins=["bitcoin", "ethereum"])
-    inc, _ = _run(tmp_path, "inc", _split(ticks, [100, 100, 100]), coins=["bitcoin", "ethereum"])
+    coins = ["bitcoin", "ethereum"]
+    ticks = make_ticks(400, coins, seed=8, price_scale={"bitcoin": 1e6, "ethereum": 1e-8})
+    full, _ = _run(tmp_path, "full", [ticks], coins=coins)
+    inc, _ = _run(tmp_path, "inc", _split(ticks, [100, 100, 100]), coins=coins)
     _assert_same(full, inc)
     eth = full["market_features"].filter(pl.col("coin_id") == "ethereum")
-    assert eth["price_usd"].max() < 1e-7 and eth["sma_15m"].min() > 0
+    assert eth.height == 400
+    assert eth["price_usd"].to_list() == ticks.filter(pl.col("coin_id") == "ethereum")["price_usd"].to_list()
+    # Scale invariance: the same random walk priced at 1 USD (same seed, same draws) gives the
+    # same scale-free values and the USD values times 1e-8, to REL_TOL.
+    unit_ticks = make_ticks(400, coins, seed=8, price_scale={"bitcoin": 1e6, "ethereum": 1.0})
+    unit, _ = _run(tmp_path, "unit", [unit_ticks], coins=coins)
+    for t in PRICE_COLUMNS:
+        small = full[t].filter(pl.col("coin_id") == "ethereum")
+        one = unit[t].filter(pl.col("coin_id") == "ethereum")
+        assert small.height == one.height and (small.height > 0 or t == "anomalies"), t
+        floats = [c for c, d in small.schema.items() if d.is_float()]
+        assert_frame_equal(small.drop(floats), one.drop(floats), check_exact=True)  # same ids, times, counts
+        for c in floats:
+            _assert_close(f"{t}.{c}", small[c], one[c], None, 1e-8 if c in PRICE_COLUMNS[t] else 1.0)
 
 
 def test_duplicates_late_and_invalid_rows_are_quarantined(tmp_path):

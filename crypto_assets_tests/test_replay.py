@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from crypto_assets.contract import DEFAULT_COIN_IDS, FIELDS
 from crypto_assets.sources.replay import load_replay_frame, run_replay
+from crypto_assets_tests.helpers import topic_size
 from crypto_assets_tests.test_simulator import assert_contract, consume_all
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample_data" / "ohlcv_sample.csv"
@@ -88,9 +91,15 @@ timestamp,coin_id,price,volume_24h_usd,market_cap_usd
 """,
     )
     sleeps: list[float] = []
-    result = run_replay(kafka, path, speed=60, sleep=sleeps.append, log=quiet)
+    # real time (speed 1) with an injected sleep that returns at once: one wait per new
+    # timestamp, delta t minus the time spent sending since the previous wait, so each wait is at
+    # most delta t and (sending 2 messages takes far less than 5 s) more than delta t - 5 s
+    result = run_replay(kafka, path, speed=1, sleep=sleeps.append, log=quiet)
     assert result["sent"] == 6
-    assert sleeps == pytest.approx([1.0, 2.0, 0.5], abs=0.05)
+    assert len(sleeps) == 3
+    for waited, delta_t in zip(sleeps, [60.0, 120.0, 30.0]):
+        assert delta_t - 5.0 < waited <= delta_t, (waited, delta_t)
+    assert math.isclose(result["slept_s"], sum(sleeps), rel_tol=1e-3)
     docs = [orjson.loads(m.value()) for m in consume_all(kafka, 6)]
     btc = sorted((d for d in docs if d["coin_id"] == "bitcoin"), key=lambda d: d["last_updated_at"])
     assert [d["last_updated_at"] for d in btc] == [
@@ -168,12 +177,45 @@ def test_shift_to_now_limit_and_parquet(kafka, tmp_path):
     assert gaps == {timedelta(hours=1)}
 
 
-def test_stop_event_ends_a_paced_replay(kafka):
+def test_stop_event_ends_a_paced_replay_at_the_next_wait(kafka):
+    """With an injected sleep the replay checks the stop event after each wait: a stop set
+    during the first wait (between the sample's first and second hourly bar) leaves exactly the
+    first bar's 10 ticks sent."""
     stop = threading.Event()
-    threading.Timer(0.2, stop.set).start()
-    result = run_replay(kafka, SAMPLE, speed=3600 / 5, stop_event=stop, log=quiet)  # 5 s per bar
-    assert result["stopped"] is True
-    assert 0 < result["sent"] < 360
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        stop.set()
+
+    result = run_replay(kafka, SAMPLE, speed=3600 / 5, stop_event=stop, sleep=sleep, log=quiet)  # 5 s per bar
+    assert result["stopped"] is True and result["sent"] == 10 and len(waits) == 1
+    assert 0 < waits[0] <= 5.0
+    first_bar = pl.read_csv(SAMPLE).head(10)
+    docs = [orjson.loads(m.value()) for m in consume_all(kafka, 10)]
+    assert {(d["last_updated_at"], d["symbol"]) for d in docs} == {
+        (ts, sym.lower()) for ts, sym in first_bar.select("timestamp", "symbol").iter_rows()
+    }
+
+
+def test_stop_event_interrupts_a_real_wait(kafka):
+    """With the default sleep a set stop event ends a wait early: at 100 s per bar the replay,
+    stopped once the first bar is on the topic, returns within 30 s with that bar only."""
+    stop = threading.Event()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(
+        run_replay(kafka, SAMPLE, speed=3600 / 100, stop_event=stop, log=quiet)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while topic_size(kafka) < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+    t.join(30)
+    assert not t.is_alive(), "the stop event did not end the wait"
+    assert result["stopped"] is True and result["sent"] == 10
+    assert len(consume_all(kafka, 10)) == 10
 
 
 def test_missing_columns_and_bad_speed(tmp_path, kafka):

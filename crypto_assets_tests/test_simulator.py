@@ -31,32 +31,18 @@ from crypto_assets.sources.simulator import (
     run_simulator,
     simulate_paths,
 )
+from crypto_assets_tests.helpers import read_topic, topic_size
 
 START = datetime(2025, 12, 1, tzinfo=timezone.utc)
 WEEK_MINUTES = 7 * 24 * 60
 
 
-def consume_all(kafka, expected: int, timeout_s: float = 10.0) -> list:
-    """Every message on the raw topic (all 4 partitions, from offset 0)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": kafka.bootstrap(), "group.id": "test-reader", "enable.auto.commit": False}
-    )
-    meta = consumer.list_topics(kafka.raw_topic, timeout=5).topics[kafka.raw_topic]
-    consumer.assign([TopicPartition(kafka.raw_topic, p, 0) for p in meta.partitions])
-    out = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is None:
-                    out.append(msg)
-        # nothing beyond what was expected
-        out.extend(m for m in consumer.consume(1000, timeout=0.3) if m.error() is None)
-    finally:
-        consumer.close()
-    return out
+def consume_all(kafka, expected: int) -> list:
+    """Every message on the raw topic (all partitions, from offset 0, up to the high watermarks:
+    see helpers.read_topic), which must be exactly `expected` messages."""
+    messages = read_topic(kafka)
+    assert len(messages) == expected, (len(messages), expected)
+    return messages
 
 
 def assert_contract(tick: dict) -> None:
@@ -337,12 +323,15 @@ def test_run_simulator_history_into_the_broker(kafka):
     assert result["first_event_time"] == first.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_run_simulator_live_rate_and_stop(kafka):
+def test_run_simulator_live_rate(kafka):
     config = SimulatorConfig(seed=2, rate=1000, count=120, coins=["bitcoin", "ethereum", "solana"])
     before = datetime.now(timezone.utc)
     result = run_simulator(kafka, config, log=lambda _: None)
     assert result["mode"] == "live" and result["sent"] == 120
-    assert result["elapsed_s"] >= 0.09  # paced: 120 messages at 1000/s
+    # paced per step (one tick per coin): the step starting at message k is not sent before
+    # k / rate seconds (sleeps never end early), so the 40th step of 3 starts at >= 117 / 1000 s;
+    # a lower bound only, however slow the machine
+    assert result["elapsed_s"] >= 0.117
     messages = consume_all(kafka, 120)
     docs = [orjson.loads(m.value()) for m in messages]
     assert {d["coin_id"] for d in docs} == {"bitcoin", "ethereum", "solana"}
@@ -352,9 +341,49 @@ def test_run_simulator_live_rate_and_stop(kafka):
     per_coin_times = [d["last_updated_at"] for d in docs if d["coin_id"] == "bitcoin"]
     assert len(set(per_coin_times)) == len(per_coin_times) == 40
 
+
+def _run_in_thread(kafka, config, stop, **kw) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(run_simulator(kafka, config, stop_event=stop,
+                                                                     log=lambda _: None, **kw)))
+    t.start()
+    return t, result
+
+
+def test_run_simulator_live_stops_on_event_before_the_next_message(kafka):
+    """Unthrottled and unbounded, the run only ends because of the stop event: set when 50
+    messages were flushed (the chunk callback), it ends the run before the next message; the
+    one whose send triggered that flush is the last."""
     stop = threading.Event()
-    threading.Timer(0.3, stop.set).start()
-    t0 = time.monotonic()
-    result = run_simulator(kafka, SimulatorConfig(seed=2, rate=200), stop_event=stop, log=lambda _: None)
-    assert time.monotonic() - t0 < 3
-    assert 20 <= result["sent"] <= 200
+
+    def on_chunk(counters: dict) -> None:
+        if counters["sent"] >= 50:
+            stop.set()
+
+    config = SimulatorConfig(seed=2, rate=0, coins=["bitcoin"], bad_ratio=0.0)
+    t, result = _run_in_thread(kafka, config, stop, chunk_size=25, chunk_callback=on_chunk)
+    t.join(60)
+    assert not t.is_alive(), "the stop event did not end the live run"
+    assert result["mode"] == "live" and result["sent"] == 51 and result["valid_sent"] == 51
+    docs = [orjson.loads(m.value()) for m in consume_all(kafka, 51)]
+    assert {d["coin_id"] for d in docs} == {"bitcoin"}
+    assert len({d["last_updated_at"] for d in docs}) == 51
+
+
+def test_run_simulator_stop_ends_a_pacing_wait(kafka):
+    """At 0.01 msg/s the second message is due 100 s after the first: a stop set once the first
+    is on the topic ends the wait at once (the run is joined within 30 s, far below 100 s)."""
+    stop = threading.Event()
+    config = SimulatorConfig(seed=2, rate=0.01, coins=["bitcoin"], bad_ratio=0.0)
+    t, result = _run_in_thread(kafka, config, stop)
+    try:
+        deadline = time.monotonic() + 30
+        while topic_size(kafka) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+    t.join(30)
+    assert not t.is_alive(), "the stop event did not end the pacing wait"
+    assert result["sent"] == 1
+    (msg,) = consume_all(kafka, 1)
+    assert orjson.loads(msg.value())["coin_id"] == "bitcoin"

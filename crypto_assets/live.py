@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from crypto_assets.demo import prepare_home
+from crypto_assets.procs import RotatingLogPump
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+
+
+class _DevLog(RotatingLogPump):
+    """The `dagster dev` log, noticing when the webserver cannot bind its port (it then stays up
+    without serving, so dagster dev never exits on its own)."""
+
+    bind_failed = False
+
+    def write(self, data: bytes) -> None:
+        if b"error while attempting to bind" in data and b"address already in use" in data:
+            self.bind_failed = True
+        super().write(data)
 
 
 def _stop_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -81,9 +94,7 @@ def cmd_live(args) -> int:
     print(f"simulator producing {args.rate:g} ticks/s to crypto_raw", flush=True)
     dagster = Path(sys.executable).parent / "dagster"
     log_path = home / "dagster-dev.log"
-    from crypto_assets.procs import RotatingLogPump
-
-    log = RotatingLogPump(log_path)
+    log = _DevLog(log_path)
     repo = Path(__file__).resolve().parents[1]
     workspace = repo / "workspace.yaml"
     cmd = [str(dagster), "dev", "-p", str(args.port)]
@@ -100,6 +111,11 @@ def cmd_live(args) -> int:
         while not stop.is_set():
             if dev.poll() is not None:
                 print(f"dagster dev exited with code {dev.returncode}; see {log_path}", file=sys.stderr)
+                code = 1
+                break
+            if log.bind_failed:  # the webserver then lives on without serving: no UI at all
+                print(f"the Dagster UI cannot listen on port {args.port}: address already in use "
+                      f"(pass another --port); see {log_path}", file=sys.stderr)
                 code = 1
                 break
             if args.duration is not None and time.monotonic() - started >= args.duration:

@@ -38,7 +38,7 @@ def _dagster_section(home) -> bool:
 
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or Path(home) / "dagster")
     if not (dagster_home / "dagster.yaml").exists() and not (dagster_home / "storage").exists():
-        print("dagster       no instance yet (run the demo or `make ui`)")
+        print("dagster      no instance yet (run the demo or `make ui`)")
         return True
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     import dagster as dg

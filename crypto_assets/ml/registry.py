@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crypto_assets.ml.spark_import_guard import guard_spark_connect_import
 from crypto_assets.resources.mlflow import MlflowResource
+
+guard_spark_connect_import()  # before mlflow.spark imports pyspark.ml.connect (see the module)
 
 CHAMPION = "champion"
 

@@ -142,7 +142,7 @@ def prepare_dagster_home(home: Path) -> Path:
 
 def start_broker(home: Path):
     """An in-process EmbeddedBroker with broker.json in `home` (stop it with stop_broker)."""
-    from crypto_assets.broker import EmbeddedBroker, write_broker_file
+    from crypto_assets.kafka.embedded_broker import EmbeddedBroker, write_broker_file
 
     broker = EmbeddedBroker()
     broker.start()
@@ -151,7 +151,7 @@ def start_broker(home: Path):
 
 
 def stop_broker(home: Path, broker) -> None:
-    from crypto_assets.broker import remove_broker_file
+    from crypto_assets.kafka.embedded_broker import remove_broker_file
 
     remove_broker_file(home)
     broker.stop()
@@ -204,7 +204,7 @@ def stop_group(proc: subprocess.Popen, sigint_wait: float = 20.0) -> str:
 def tick_bytes(coin, price: float, volume: float, ts: datetime, source: str = "bench") -> bytes:
     import orjson
 
-    from crypto_assets.contract import make_tick
+    from crypto_assets.kafka.tick_contract import make_tick
 
     return orjson.dumps(make_tick(source=source, coin_id=coin.coin_id, symbol=coin.symbol, price_usd=price,
                                   last_updated_at=ts, market_cap_usd=price * coin.ref_volume * 30 / coin.ref_price,
@@ -215,7 +215,7 @@ class Walk:
     """Random-walk prices per coin, starting where a history ended (one step = 1/rate s per tick)."""
 
     def __init__(self, coin_ids: list[str], prices: list[float], volumes: list[float], seed: int) -> None:
-        from crypto_assets.contract import COINS_BY_ID
+        from crypto_assets.kafka.tick_contract import COINS_BY_ID
 
         self.coins = [COINS_BY_ID[c] for c in coin_ids]
         self.price, self.volume = list(prices), list(volumes)
@@ -243,7 +243,7 @@ class Producer(threading.Thread):
 
     def __init__(self, kafka, walk: Walk, rate: float, sample_every: int) -> None:
         super().__init__(name="bench-producer", daemon=True)
-        from crypto_assets.sources.producer import TickProducer
+        from crypto_assets.kafka.producer import TickProducer
 
         self.tp = TickProducer(kafka)
         self.walk, self.rate, self.sample_every = walk, rate, max(1, sample_every)

@@ -63,7 +63,7 @@ VOLUME_BAND = 1.5
 SEC_PER_YEAR = 365 * 24 * 3600
 
 # (dataset, table, time column, order by): as the assets call export_dirty (ingest/pull.py,
-# assets/silver.py, assets/gold.py, assets/alerts.py)
+# defs/silver.py, defs/gold.py, defs/incremental.py)
 EXPORTS = (
     ("bronze/raw_ticks", "raw_ticks", "last_updated_at", "coin_id, last_updated_at"),
     ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
@@ -106,8 +106,7 @@ class History:
 
 # The modules that decide what a history holds (rows, state, lake layout): a change elsewhere in
 # the package (assets, checks, sensors, docs) keeps the cached 20M history valid.
-SHAPING = ("transforms", "ingest", "lake.py", "lake_compaction.py", "warehouse_schema.py", "contract.py", "db.py",
-           "state.py")
+SHAPING = ("transforms", "ingest", "warehouse", "kafka/tick_contract.py")
 
 
 def code_hash() -> str:
@@ -116,7 +115,8 @@ def code_hash() -> str:
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     pkg = Path(crypto_assets.__file__).resolve().parent
-    shaping = [p for p in sorted(pkg.rglob("*.py")) if p.relative_to(pkg).parts[0] in SHAPING]
+    shaping = [p for p in sorted(pkg.rglob("*.py"))
+               if p.relative_to(pkg).parts[0] in SHAPING or p.relative_to(pkg).as_posix() in SHAPING]
     for p in shaping:
         h.update(str(p.relative_to(pkg)).encode())
         h.update(p.read_bytes())
@@ -235,11 +235,11 @@ FROM hist_chunk GROUP BY batch_id, p ORDER BY batch_id, p
 
 def _build(root: Path, params: dict, log) -> dict:
     """Build a history home into `root` (see the module docstring); returns its meta."""
-    from crypto_assets.contract import DEFAULT_COINS
-    from crypto_assets.db import transaction
-    from crypto_assets.lake import export_dirty, mark_dirty
+    from crypto_assets.kafka.tick_contract import DEFAULT_COINS
+    from crypto_assets.warehouse.sql import transaction
+    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
     from crypto_assets.resources import LakehouseResource
-    from crypto_assets.transforms.pipeline import run_incremental
+    from crypto_assets.transforms.chain import run_incremental
 
     n_ticks, n = params["ticks"], params["coins"]
     if not 1 <= n <= len(DEFAULT_COINS):
@@ -299,7 +299,7 @@ def _build(root: Path, params: dict, log) -> dict:
         state = dict(conn.sql("SELECT asset, hwm FROM asset_state").fetchall())
         conn.execute("CHECKPOINT")
     # as the maintenance job leaves a lake that has been running: closed days in day files
-    from crypto_assets.lake_compaction import compact_lake
+    from crypto_assets.warehouse.lake_compaction import compact_lake
 
     t0 = time.perf_counter()
     res = compact_lake(lh.lake_path).metadata()

@@ -228,9 +228,9 @@ class Producer(threading.Thread):
 
     def __init__(self, rate: float, sample_every: int, seed: int) -> None:
         super().__init__(name="bench-producer", daemon=True)
-        from crypto_assets.contract import DEFAULT_COINS
+        from crypto_assets.kafka.tick_contract import DEFAULT_COINS
         from crypto_assets.settings import kafka_resource
-        from crypto_assets.sources.producer import TickProducer
+        from crypto_assets.kafka.producer import TickProducer
 
         self.rate = rate
         self.sample_every = max(1, sample_every)
@@ -257,7 +257,7 @@ class Producer(threading.Thread):
         self.tp = _Sampling(kafka_resource())
 
     def _tick(self, i: int, ms: int) -> tuple[str, bytes]:
-        from crypto_assets.contract import make_tick
+        from crypto_assets.kafka.tick_contract import make_tick
 
         coin = self.coins[i % len(self.coins)]
         dt = 1.0 / self.rate * len(self.coins) / (365 * 24 * 3600)  # years between this coin's ticks
@@ -679,7 +679,7 @@ def loop_worker(min_messages: int, loop_assets: str | None) -> int:
     process), whenever the backlog is >= min_messages. Shows what the per-run launch costs."""
     import dagster as dg
 
-    from crypto_assets.backlog import measure_backlog
+    from crypto_assets.kafka.lag import measure_backlog
     from crypto_assets.definitions import defs
     from crypto_assets.settings import kafka_resource
 
@@ -792,7 +792,7 @@ def main(argv=None) -> int:
     print(f"  CRYPTO_HOME {home}")
     print(f"  load average at start: {load_start}")
 
-    from crypto_assets.broker import EmbeddedBroker, remove_broker_file, write_broker_file
+    from crypto_assets.kafka.embedded_broker import EmbeddedBroker, remove_broker_file, write_broker_file
 
     broker = EmbeddedBroker()
     broker.start()

@@ -79,18 +79,18 @@ except ImportError:
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-import crypto_assets.transforms.pipeline as pipeline_mod  # noqa: E402
-from crypto_assets.contract import DEFAULT_COIN_IDS, DEFAULT_COINS  # noqa: E402
-from crypto_assets.lake import export_dirty  # noqa: E402
+import crypto_assets.transforms.chain as pipeline_mod  # noqa: E402
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, DEFAULT_COINS  # noqa: E402
+from crypto_assets.warehouse.lake_export import export_dirty  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.transforms.features import features_increment  # noqa: E402
-from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402
+from crypto_assets.transforms.chain import run_incremental  # noqa: E402
 
 TARGET_RATIO = 1.5
 TICK_S = 10  # seconds between two ticks of one coin
 HIST_END = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)  # first new tick of coin 0 is here
 
-EXPORTS = [  # (dataset, table, time column, order by): as assets/silver.py and assets/gold.py call export_dirty
+EXPORTS = [  # (dataset, table, time column, order by): as defs/silver.py and defs/gold.py call export_dirty
     ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
     ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
     ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),

@@ -22,7 +22,7 @@ the instance and times
 
     defs.get_job_def("incremental_job").execute_in_process(instance=..., run_config=...)
 
-with the run config the sensor uses: crypto_assets.sensors.incremental_run_config(0) (one pass,
+with the run config the sensor uses: crypto_assets.defs.sensors.incremental_run_config(0) (one pass,
 no drain) where it exists, else {}, and the sensor's tags. That is every step, check and
 metadata query of the job, as the sensor launches it (without the launch itself: queue, fork).
 Afterwards the bench checks that exactly the new ticks reached raw_ticks (crypto_raw) and
@@ -61,7 +61,7 @@ def worker() -> int:
     """One incremental_job run in this (fresh) process; prints RESULT <json>."""
     import dagster as dg
 
-    import crypto_assets.sensors as sensors
+    import crypto_assets.defs.sensors as sensors
     from crypto_assets.definitions import defs
 
     dagster_home = Path(os.environ["DAGSTER_HOME"])
@@ -89,7 +89,7 @@ def worker() -> int:
 def produce(hist, n_new: int, broker, seed: int) -> None:
     """n_new ticks continuing the history: tick i (from hist.ticks on) at start + i * step."""
     from crypto_assets.resources import KafkaResource
-    from crypto_assets.sources.producer import TickProducer
+    from crypto_assets.kafka.producer import TickProducer
 
     walk = Walk(hist.coin_ids, hist.last_price, hist.last_volume, seed)
     tp = TickProducer(KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(hist.home)))
@@ -105,7 +105,7 @@ def verify(hist, n_new: int) -> str | None:
     """None when exactly the new ticks are in raw_ticks (crypto_raw) and in market_features."""
     import duckdb
 
-    from crypto_assets.topics import RAW_TOPIC
+    from crypto_assets.kafka.topics import RAW_TOPIC
 
     con = duckdb.connect(str(hist.home / "warehouse.duckdb"), read_only=True)
     try:

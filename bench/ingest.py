@@ -8,7 +8,7 @@ A benchmark, not a test: it prints numbers and PASS/FAIL against targets; it exi
 only when the correctness check fails (or with --strict, when a target is missed).
 
 Everything happens in this process and under a temporary CRYPTO_HOME: an in-process embedded
-broker (librdkafka's mock cluster, `crypto_assets.broker.EmbeddedBroker`), temporary DuckDB
+broker (librdkafka's mock cluster, `crypto_assets.kafka.embedded_broker.EmbeddedBroker`), temporary DuckDB
 files and Parquet trees, all deleted at the end.
 
 ROUNDS. The embedded broker keeps only ~5 MB per partition (the limit counts the stored, i.e.
@@ -89,13 +89,13 @@ import polars as pl  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition  # noqa: E402
 
 import crypto_assets.ingest.pull as pull_mod  # noqa: E402
-from crypto_assets.broker import EmbeddedBroker  # noqa: E402
-from crypto_assets.contract import DEFAULT_COINS, make_tick  # noqa: E402
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
+from crypto_assets.kafka.tick_contract import DEFAULT_COINS, make_tick  # noqa: E402
 from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks  # noqa: E402
 from crypto_assets.resources import KafkaResource, LakehouseResource  # noqa: E402
-from crypto_assets.sources.producer import TickProducer  # noqa: E402
-from crypto_assets.topics import DLQ_TOPIC, RAW_TOPIC  # noqa: E402
-from crypto_assets.warehouse_schema import RAW_TICKS_DDL  # noqa: E402
+from crypto_assets.kafka.producer import TickProducer  # noqa: E402
+from crypto_assets.kafka.topics import DLQ_TOPIC, RAW_TOPIC  # noqa: E402
+from crypto_assets.warehouse.tables import RAW_TICKS_DDL  # noqa: E402
 
 TARGET_B_RATE = 100_000  # msgs/s
 TARGET_B_OVER_A = 0.60

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from incremental import HIST_END, Loader, TickGen  # noqa: E402
 
-from crypto_assets.contract import DEFAULT_COIN_IDS  # noqa: E402
-from crypto_assets.lake import export_dirty, mark_dirty  # noqa: E402
-from crypto_assets.lake_layout import duckdb_source, list_dataset_files, read_lock  # noqa: E402
-from crypto_assets.lake_compaction import compact_lake  # noqa: E402
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS  # noqa: E402
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty  # noqa: E402
+from crypto_assets.warehouse.lake_layout import duckdb_source, list_dataset_files, read_lock  # noqa: E402
+from crypto_assets.warehouse.lake_compaction import compact_lake  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
-from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402
+from crypto_assets.transforms.chain import run_incremental  # noqa: E402
 
 from _history import EXPORTS  # noqa: E402  (dataset, table, time column, order by), as the assets export
 

@@ -242,7 +242,7 @@ def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> t
 def integrity(home: Path) -> str:
     import duckdb
 
-    from crypto_assets.topics import RAW_TOPIC
+    from crypto_assets.kafka.topics import RAW_TOPIC
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:

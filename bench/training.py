@@ -10,7 +10,7 @@ only when a correctness check fails (numpy and Spark disagree on a linear model)
 SETUP (timed and printed, not part of any target). A temporary CRYPTO_HOME with the 10 default
 coins, opened through the package's LakehouseResource (DuckDB 2 threads, 4 GB). Prices and
 volumes come from the simulator's own vectorised path generator
-(`crypto_assets.sources.simulator.MarketSimulator.advance`, the engine behind `simulate_paths` /
+(`crypto_assets.producers.simulator.MarketSimulator.advance`, the engine behind `simulate_paths` /
 `generate_ticks`, without the per-tick dicts): market factor, regime drifts and ~20 min
 momentum, so the direction of the next 15 minutes is partly learnable; jumps and volume spikes,
 so anomalies fire. --rows / 10 time steps per coin, every --step-s seconds (default 60 s:
@@ -50,7 +50,7 @@ default), features as the predictions asset sees them:
   (iii) the RandomForest anomaly model via Spark, the same two ways, plus the predictions
        asset's first scoring code (polars -> pandas -> `spark.createDataFrame` -> transform ->
        `toPandas` of the probability vectors -> per-row Python) and its current one (Arrow both
-       ways and p[1] as one double column, `vector_to_array`, as assets/predictions.py does now),
+       ways and p[1] as one double column, `vector_to_array`, as defs/predictions.py does now),
        on --asset-path-rows rows; the two must give identical values.
   The feature extraction of a prediction run (`feature_rows`, the DuckDB query of the
   predictions asset) over the same N rows is timed as information.
@@ -88,16 +88,16 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from crypto_assets.assets.models import _data_window, training_dataset  # noqa: E402
-from crypto_assets.contract import DEFAULT_COIN_IDS, coins_for  # noqa: E402
+from crypto_assets.defs.models import _data_window, training_dataset  # noqa: E402
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, coins_for  # noqa: E402
 from crypto_assets.ml.scoring import score_linear  # noqa: E402
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set, feature_rows  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.resources.mlflow import MlflowResource  # noqa: E402
 from crypto_assets.settings import spark_config  # noqa: E402
-from crypto_assets.sources.simulator import MarketSimulator  # noqa: E402
-from crypto_assets.state import get_state  # noqa: E402
-from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402
+from crypto_assets.producers.simulator import MarketSimulator  # noqa: E402
+from crypto_assets.warehouse.watermarks import get_state  # noqa: E402
+from crypto_assets.transforms.chain import run_incremental  # noqa: E402
 
 END = datetime(2026, 11, 1, tzinfo=timezone.utc)
 TARGET_TRAIN_S = 120.0
@@ -468,7 +468,7 @@ def start_spark():
 
 
 def _with_baseline(metrics, baseline, higher_better):
-    from crypto_assets.assets.models import _with_baseline as wb
+    from crypto_assets.defs.models import _with_baseline as wb
 
     return wb(metrics, baseline, higher_better)
 
@@ -581,7 +581,7 @@ def run_models(spark, mlf: MlflowResource, path: str, prof: Profiler, timings: d
 
 
 def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id: str):
-    """What a model asset does after training (assets/models.py), timed per part."""
+    """What a model asset does after training (defs/models.py), timed per part."""
     from crypto_assets.ml.registry import load_champion, log_model
     from crypto_assets.ml.train import linear_coefficients
 
@@ -715,7 +715,7 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
         _, s_noop, _ = _timed(lambda: out.write.format("noop").mode("overwrite").save())
         _, s_collect, _ = _timed(lambda: out.toPandas())
         # the predictions asset's first scoring code, and its current one (Arrow both ways and one
-        # double column back, as assets/predictions.py does now), on asset_rows rows
+        # double column back, as defs/predictions.py does now), on asset_rows rows
         sub = rows.head(asset_rows)
 
         def asset_path():

@@ -3,11 +3,11 @@ and resource. Cross-cutting policy (automation, executors) is applied here, once
 
 import dagster as dg
 
-from crypto_assets.assets import incremental, models, predictions, report, training_data
-from crypto_assets.assets.schema_checks import warehouse_schema
-from crypto_assets.maintenance import build_maintenance_schedule, maintenance_job
-from crypto_assets.schedules import build_retraining_schedule
-from crypto_assets.sensors import build_backlog_sensor
+from crypto_assets.defs import incremental, models, predictions, report, training_data
+from crypto_assets.defs.schema_checks import warehouse_schema
+from crypto_assets.defs.maintenance import build_maintenance_schedule, maintenance_job
+from crypto_assets.defs.schedules import build_retraining_schedule
+from crypto_assets.defs.sensors import build_backlog_sensor
 from crypto_assets.settings import automation_settings, build_resources
 
 ASSET_MODULES = [incremental, training_data, models, predictions, report]

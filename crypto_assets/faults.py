@@ -3,11 +3,11 @@
 `CRYPTO_ASSETS_FAULT=<point>` makes the process SIGKILL itself when it reaches that point, the
 way an OOM kill or a power cut would: no cleanup, no exception handlers. Unset in normal use.
 Points: before_write, after_duckdb_commit, during_parquet_export, dlq_half_sent, before_dlq_mark (the pull);
-alerts_half_sent, before_alert_mark (the alert outbox, crypto_assets.transforms.market);
+alerts_half_sent, before_alert_mark (the alert outbox, crypto_assets.transforms.anomalies);
 clean_before_commit (clean_ticks, with rows, quarantine and jump-guard state written);
 export_day_file_replaced, leftovers_partly_deleted (the export into a compacted day);
 compact_staged, compact_day_file_in_place, compact_hour_files_partly_deleted, compact_day_done
-(lake compaction, crypto_assets.lake_compaction).
+(lake compaction, crypto_assets.warehouse.lake_compaction).
 """
 
 from __future__ import annotations

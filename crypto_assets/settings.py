@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from crypto_assets.contract import DEFAULT_COIN_IDS
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS
 from crypto_assets.resources.kafka import KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
 

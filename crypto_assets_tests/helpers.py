@@ -8,9 +8,9 @@ import time
 
 import orjson
 
-from crypto_assets.contract import COINS_BY_ID, make_tick
+from crypto_assets.kafka.tick_contract import COINS_BY_ID, make_tick
 from crypto_assets.resources import KafkaResource
-from crypto_assets.sources.producer import TickProducer
+from crypto_assets.kafka.producer import TickProducer
 
 # Test ticks go through bronze's and silver's wall-clock rules (at most 5 minutes ahead of their
 # ingestion, at most 365 days behind it), so they are dated relative to now: midnight UTC three

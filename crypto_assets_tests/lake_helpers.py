@@ -9,8 +9,8 @@ from pathlib import Path
 
 import duckdb
 
-from crypto_assets.lake import export_dirty, mark_dirty
-from crypto_assets.lake_layout import duckdb_source, read_lock
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+from crypto_assets.warehouse.lake_layout import duckdb_source, read_lock
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
 DATASET = "silver/clean_ticks"  # a registered dataset name (its sort order: coin_id, event_time)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
-from crypto_assets.contract import COINS_BY_ID
+from crypto_assets.kafka.tick_contract import COINS_BY_ID
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -97,7 +97,7 @@ def table(conn, name: str) -> pl.DataFrame:
     return conn.sql(f"SELECT * FROM {name}").pl().drop(drop).sort(keys)
 
 
-GOLD_MIRRORS = [  # (dataset, table, time column, order by): as assets/gold.py and assets/alerts.py export them
+GOLD_MIRRORS = [  # (dataset, table, time column, order by): as defs/gold.py and defs/incremental.py export them
     ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
     ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
     ("gold/anomalies", "anomalies", "event_time", "event_time"),
@@ -107,7 +107,7 @@ GOLD_MIRRORS = [  # (dataset, table, time column, order by): as assets/gold.py a
 def export_gold_mirrors(conn, lake_root) -> None:
     """What the gold assets do after run_incremental's transforms: the Parquet mirrors the
     training set reads (anomalies are marked by the anomalies asset, not by the transform)."""
-    from crypto_assets.lake import export_dirty, mark_dirty
+    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
 
     mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
     for dataset, tbl, tcol, order in GOLD_MIRRORS:

@@ -15,7 +15,7 @@ import orjson
 import polars as pl
 import pytest
 
-from crypto_assets.assets import incremental
+from crypto_assets.defs import incremental
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets_tests.silver_helpers import insert_raw_batch

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 def _start_broker(home: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crypto_assets.cli", "broker", "--home", str(home)],
+        [sys.executable, "-m", "crypto_assets.ops.cli", "broker", "--home", str(home)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

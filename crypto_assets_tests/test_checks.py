@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from crypto_assets import checks
-from crypto_assets.assets import incremental
+from crypto_assets.defs import checks
+from crypto_assets.defs import incremental
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum"]

@@ -16,8 +16,8 @@ from email.utils import format_datetime
 import pytest
 from werkzeug import Request, Response
 
-from crypto_assets.contract import FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION, coins_for
-from crypto_assets.sources.coingecko import (
+from crypto_assets.kafka.tick_contract import FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION, coins_for
+from crypto_assets.producers.coingecko import (
     DEMO_KEY_HEADER,
     PRO_KEY_HEADER,
     CoinGeckoClient,
@@ -193,7 +193,7 @@ def test_map_markets_skip_rules_warn_and_keep_the_rest():
 
 def test_map_markets_warns_through_logging_by_default(caplog):
     item = _item("bitcoin", "btc", "Bitcoin", None, "2025-12-20T15:30:00.000Z")
-    with caplog.at_level("WARNING", logger="crypto_assets.sources.coingecko"):
+    with caplog.at_level("WARNING", logger="crypto_assets.producers.coingecko"):
         assert map_markets([item], coins_for(["bitcoin"]), INGESTED) == []
     assert "current_price" in caplog.text
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crypto_assets.topics import TOPICS
+from crypto_assets.kafka.topics import TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
 RES = REPO / "resources"
@@ -327,7 +327,7 @@ def _wiring_problems(services: dict, named_volumes: set[str]) -> list[str]:
     if "controller" not in kafka.get("KAFKA_PROCESS_ROLES", ""):
         p.append("kafka: KRaft (process.roles broker,controller), no ZooKeeper")
     if kafka.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE") != "false":
-        p.append("kafka: topics come from crypto_assets/topics.py, not auto-creation")
+        p.append("kafka: topics come from crypto_assets/kafka/topics.py, not auto-creation")
     if not _command(get("kafka-init")).startswith("crypto-assets topics"):
         p.append("kafka-init: run `crypto-assets topics`")
     if not _command(get("producer")).startswith("crypto-assets produce --source coingecko"):
@@ -445,7 +445,7 @@ def test_images_agree_on_versions():
 def test_postgres_dagster_yaml():
     """The compose instance config: Postgres storage from env, queued runs, the duckdb_writer
     pool limited to 1 like the root dagster.yaml, and it passes Dagster's own schema."""
-    from crypto_assets.assets.ingest import DUCKDB_POOL  # the pool every warehouse writer uses
+    from crypto_assets.defs.bronze import DUCKDB_POOL  # the pool every warehouse writer uses
 
     path = RES / "dagster" / "dagster.yaml"
     cfg = _load(path)

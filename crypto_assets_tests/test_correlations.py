@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 
 COINS = ["bitcoin", "ethereum", "solana"]

@@ -9,8 +9,8 @@ import time
 
 import dagster as dg
 
-from crypto_assets.assets import incremental
-from crypto_assets.sensors import incremental_run_config
+from crypto_assets.defs import incremental
+from crypto_assets.defs.sensors import incremental_run_config
 from crypto_assets_tests.helpers import produce, tick
 
 COINS = ("bitcoin", "ethereum", "solana")

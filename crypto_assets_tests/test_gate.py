@@ -116,7 +116,7 @@ def test_price_model_margin_is_relative_to_persistence(scale):
 def test_price_model_default_margin_accepts_persistence_level():
     """price_model's default gate_margin is 0: an RMSE equal to persistence's passes the baseline
     bar (<=), one ulp above it does not."""
-    from crypto_assets.assets.models import PriceModelConfig
+    from crypto_assets.defs.models import PriceModelConfig
 
     margin = PriceModelConfig().gate_margin
     assert margin == 0.0
@@ -157,7 +157,7 @@ def _tags(mlf, name: str, version: str) -> dict:
 def test_gate_and_promote_keeps_the_champion_against_a_worse_version(registry):
     import dagster as dg
 
-    from crypto_assets.assets.models import _gate_result
+    from crypto_assets.defs.models import _gate_result
     from crypto_assets.ml.registry import champion_version, gate_and_promote
 
     mlf = registry
@@ -197,7 +197,7 @@ def test_gate_and_promote_keeps_the_champion_against_a_worse_version(registry):
 @pytest.mark.slow
 def test_gate_and_promote_price_model_rmse_margin(registry):
     """price_model_<h>: RMSE, lower is better, margin relative to persistence (baseline_rmse)."""
-    from crypto_assets.assets.models import _price_gate_result
+    from crypto_assets.defs.models import _price_gate_result
     from crypto_assets.ml.registry import champion_version, gate_and_promote
 
     mlf = registry

@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.state import set_state
+from crypto_assets.warehouse.watermarks import set_state
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment, rsi_with_state
 from crypto_assets.transforms.features import compute_features, features_increment
 

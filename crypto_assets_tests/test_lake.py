@@ -5,9 +5,9 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from crypto_assets.lake import export_dirty, mark_dirty
-from crypto_assets.lake_layout import LEGACY_DAY_FILE
-from crypto_assets.warehouse_schema import ensure_schema
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+from crypto_assets.warehouse.lake_layout import LEGACY_DAY_FILE
+from crypto_assets.warehouse.tables import ensure_schema
 
 T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
 

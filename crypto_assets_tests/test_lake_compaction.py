@@ -11,8 +11,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from crypto_assets.lake import mark_dirty, mark_whole_days
-from crypto_assets.lake_layout import (
+from crypto_assets.warehouse.lake_export import mark_dirty, mark_whole_days
+from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
     LEGACY_DAY_FILE,
     LakeLockTimeout,
@@ -22,8 +22,8 @@ from crypto_assets.lake_layout import (
     list_dataset_files,
     read_lock,
 )
-from crypto_assets.lake_compaction import compact_lake, is_closed
-from crypto_assets.maintenance import compact_lake as compact_lake_op
+from crypto_assets.warehouse.lake_compaction import compact_lake, is_closed
+from crypto_assets.defs.maintenance import compact_lake as compact_lake_op
 from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
 
 NOW = T0 + timedelta(days=2, hours=1, seconds=1)  # days 0 and 1 closed (day 1 ends at T0+2d, 1 h grace), day 2 open

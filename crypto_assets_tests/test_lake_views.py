@@ -11,13 +11,13 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from crypto_assets.assets import training_data
-from crypto_assets.lake_views import lake_reader, lake_views
+from crypto_assets.defs import training_data
+from crypto_assets.warehouse.lake_views import lake_reader, lake_views
 from crypto_assets.ml.training_set import build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
-from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.producers.simulator import SimulatorConfig, generate_ticks
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 COINS = ["bitcoin", "ethereum", "solana"]
@@ -105,7 +105,7 @@ def test_a_long_read_does_not_hold_the_export(tmp_path):
     """The reader links a snapshot under the shared lock and reads it without the lock: the
     export (exclusive lock) and the compaction proceed meanwhile, and the reader's rows stay those
     of its snapshot even when the files it read are replaced or deleted under their names."""
-    from crypto_assets.lake_layout import dataset_lock, list_dataset_files
+    from crypto_assets.warehouse.lake_layout import dataset_lock, list_dataset_files
 
     lh = LakehouseResource(home=str(tmp_path / "w"), coins=["bitcoin", "ethereum"])
     _warehouse(lh)

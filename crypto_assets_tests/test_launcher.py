@@ -12,7 +12,7 @@ import yaml
 from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
-from crypto_assets.launcher import DEFAULT_PRELOAD, HOST_TAG, PID_TAG, ForkserverRunLauncher
+from crypto_assets.ops.launcher import DEFAULT_PRELOAD, HOST_TAG, PID_TAG, ForkserverRunLauncher
 from crypto_assets_tests import launcher_jobs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
-from crypto_assets.assets import models, predictions, training_data
+from crypto_assets.defs import models, predictions, training_data
 from crypto_assets.ml.registry import champion_version
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES
@@ -23,8 +23,8 @@ from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import spark_config
-from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.producers.simulator import SimulatorConfig, generate_ticks
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 pytestmark = pytest.mark.slow

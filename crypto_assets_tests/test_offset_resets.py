@@ -20,7 +20,7 @@ from datetime import datetime
 import orjson
 import pytest
 
-from crypto_assets.broker import EmbeddedBroker
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker
 from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.resources import KafkaResource
 from crypto_assets_tests.helpers import produce, tick, ticks

@@ -15,14 +15,15 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from crypto_assets import checks, cli
+from crypto_assets.defs import checks
+from crypto_assets.ops import cli
 
-from crypto_assets.assets import incremental
+from crypto_assets.defs import incremental
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.clean import CleanConfig, clean_increment
 from crypto_assets.transforms.features import features_increment
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.helpers import produce, tick
 from crypto_assets_tests.silver_helpers import T0, TABLE_KEYS, insert_raw_batch, make_ticks, table
 

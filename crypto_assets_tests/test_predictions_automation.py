@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from crypto_assets.assets import predictions as predictions_module
-from crypto_assets.assets.predictions import PREDICTIONS_CRON, predictions_condition
+from crypto_assets.defs import predictions as predictions_module
+from crypto_assets.defs.predictions import PREDICTIONS_CRON, predictions_condition
 from crypto_assets.definitions import defs
 
 CRON = "*/5 * * * *"

@@ -166,9 +166,9 @@ def test_pull_commits_the_consumer_group_so_the_backlog_is_zero(kafka, lakehouse
     sees no backlog. If the commit broke, the sensor would see the whole topic as lag forever."""
     import dagster as dg
 
-    from crypto_assets.backlog import measure_backlog
+    from crypto_assets.kafka.lag import measure_backlog
     from crypto_assets.definitions import incremental_job
-    from crypto_assets.sensors import build_backlog_sensor
+    from crypto_assets.defs.sensors import build_backlog_sensor
 
     sensor = build_backlog_sensor(incremental_job, min_messages=1, max_wait_seconds=3600)
 

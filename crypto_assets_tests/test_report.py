@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crypto_assets import report as rpt
-from crypto_assets.assets.report import market_report
+from crypto_assets.report import build as rpt
+from crypto_assets.defs.report import market_report
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum", "solana"]

@@ -12,10 +12,10 @@ import dagster as dg
 import orjson
 import yaml
 
-from crypto_assets.backlog import measure_backlog
+from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.definitions import AUTOMATION, defs, incremental_job
 from crypto_assets.resources import KafkaResource
-from crypto_assets.sensors import build_backlog_sensor, incremental_run_config
+from crypto_assets.defs.sensors import build_backlog_sensor, incremental_run_config
 from crypto_assets.settings import automation_settings
 from crypto_assets_tests.helpers import produce, ticks
 
@@ -202,11 +202,11 @@ def test_duckdb_writers_share_a_pool_of_one():
         node = graph.get(dg.AssetKey(key))
         assert node.pools == {"duckdb_writer"}, key
     # Steps that only read DuckDB (or never open it) hold no writer slot; predictions writes in
-    # one short transaction and relies on the file lock (see assets/predictions.py).
+    # one short transaction and relies on the file lock (see defs/predictions.py).
     for key in ["training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions",
                 "market_report"]:
         assert not graph.get(dg.AssetKey(key)).pools, key
-    from crypto_assets.assets.schema_checks import warehouse_schema
+    from crypto_assets.defs.schema_checks import warehouse_schema
 
     assert warehouse_schema.node_def.pool is None  # the incremental checks run inside the pooled step
     assert cfg["concurrency"]["pools"]["granularity"] == "op"  # the slot is held by the step, not its run

@@ -13,14 +13,14 @@ import numpy as np
 import orjson
 import pytest
 
-from crypto_assets.contract import (
+from crypto_assets.kafka.tick_contract import (
     COINS_BY_ID,
     DEFAULT_COIN_IDS,
     FIELDS,
     MAX_MESSAGE_BYTES,
     REQUIRED_FIELDS,
 )
-from crypto_assets.sources.simulator import (
+from crypto_assets.producers.simulator import (
     BAD_KINDS,
     SUPPLY,
     SimulatorConfig,

@@ -18,7 +18,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from crypto_assets.assets import incremental
+from crypto_assets.defs import incremental
 from crypto_assets_tests.helpers import produce, tick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def _run_incremental(dagster_home: Path, kafka, lakehouse, run_config: dict | No
 def _status(home: Path, bootstrap: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KAFKA_", "CRYPTO_"))}
     env.update(CRYPTO_HOME=str(home), KAFKA_BOOTSTRAP_SERVERS=bootstrap, DAGSTER_HOME=str(home / "dagster"))
-    return subprocess.run([sys.executable, "-m", "crypto_assets.cli", "status"], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "crypto_assets.ops.cli", "status"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=180)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from crypto_assets.storage_purge import purge_runs
+from crypto_assets.defs.run_purge import purge_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_maintenance_job_runs_in_definitions(tmp_path):
 def test_dagster_dev_log_rotates_and_stays_bounded(tmp_path):
     import io
 
-    from crypto_assets.procs import RotatingLogPump
+    from crypto_assets.ops.processes import RotatingLogPump
 
     lines = [f"line {i:05d} ".encode() + b"x" * 90 + b"\n" for i in range(1000)]  # 100 bytes each
     pump = RotatingLogPump(tmp_path / "dev.log", max_bytes=10_000, keep=2)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from crypto_assets.ml.training_set import _lookup_specs, _register_lookups
-from crypto_assets.warehouse_schema import MARKET_FEATURES_DDL
+from crypto_assets.warehouse.tables import MARKET_FEATURES_DDL
 
 
 def _market(conn) -> None:
@@ -99,7 +99,7 @@ def _gappy_market(conn) -> None:
 ])
 def test_bounded_lookups_give_the_same_features(where):
     from crypto_assets.ml.training_set import feature_sql
-    from crypto_assets.warehouse_schema import ANOMALIES_DDL, OHLCV_1M_DDL
+    from crypto_assets.warehouse.tables import ANOMALIES_DDL, OHLCV_1M_DDL
 
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
@@ -125,7 +125,7 @@ def test_bounded_lookups_give_the_same_features(where):
 
 def test_anomaly_model_without_anomalies_is_skipped_not_failed(spark):
     """A training window with no anomaly (a quiet market, a small demo) cannot train a
-    classifier: train_anomaly says why, and the asset skips green (see assets/models.py)."""
+    classifier: train_anomaly says why, and the asset skips green (see defs/models.py)."""
     from datetime import datetime, timedelta, timezone
 
     import pytest

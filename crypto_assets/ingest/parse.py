@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import orjson
 import polars as pl
 
-from crypto_assets.contract import FIELDS, MAX_MESSAGE_BYTES
+from crypto_assets.kafka.tick_contract import FIELDS, MAX_MESSAGE_BYTES
 
 _POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}
 CONTRACT_SCHEMA = pl.Schema({name: _POLARS_TYPES[kind] for name, kind in FIELDS.items()})

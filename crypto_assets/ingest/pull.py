@@ -8,7 +8,7 @@ DuckDB is the system of record for offsets. A pull
   4. parses in bulk, and writes rows, quarantine rows, per-partition offsets and Parquet dirty
      markers in ONE transaction per batch,
   5. only then commits offsets to the Kafka consumer group (for lag monitoring only),
-  6. publishes newly quarantined messages to the DLQ (an outbox, exactly once: crypto_assets.outbox), and
+  6. publishes newly quarantined messages to the DLQ (an outbox, exactly once: crypto_assets.kafka.outbox), and
   7. re-exports the touched Parquet partitions.
 A kill at any point leaves DuckDB with all of a batch or none of it; the next pull re-reads
 exactly what was not committed.
@@ -25,11 +25,11 @@ from typing import Any
 
 import polars as pl
 
-from crypto_assets.contract import MAX_MESSAGE_BYTES, SCHEMA_VERSION
-from crypto_assets.db import first, scalar, transaction
+from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES, SCHEMA_VERSION
+from crypto_assets.warehouse.sql import first, scalar, transaction
 from crypto_assets.faults import fault_armed, fault_point
 from crypto_assets.ingest.parse import parse_values
-from crypto_assets.lake import ExportResult, export_dirty, mark_dirty
+from crypto_assets.warehouse.lake_export import ExportResult, export_dirty, mark_dirty
 from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
 
@@ -676,7 +676,7 @@ def _commit_group_offsets(client: _Consumer, topic: str, plans: list[PartitionPl
 
 def _dlq_identity(source_topic: str):
     """(source partition, source offset) of a DLQ message of `source_topic`, else None."""
-    from crypto_assets.outbox import header
+    from crypto_assets.kafka.outbox import header
 
     def identity(message) -> tuple[int, int] | None:
         if header(message, "source.topic") != source_topic:
@@ -712,9 +712,9 @@ def _mark_dlq_sent(conn, source_topic: str, sent: list[tuple[int, int]]) -> None
 
 def publish_dlq(conn, kafka: KafkaResource, source_topic: str, limit: int = 100_000) -> int:
     """Send quarantined-but-unsent raw messages to the DLQ topic with the reason in headers,
-    then mark them sent: an outbox, exactly once also across a kill (crypto_assets.outbox).
+    then mark them sent: an outbox, exactly once also across a kill (crypto_assets.kafka.outbox).
     Returns how many were sent by this call."""
-    from crypto_assets.outbox import already_sent, begin_send, end_send
+    from crypto_assets.kafka.outbox import already_sent, begin_send, end_send
 
     outbox = f"dlq:{source_topic}"
     found = already_sent(conn, kafka, outbox, _dlq_identity(source_topic))
@@ -734,7 +734,7 @@ def publish_dlq(conn, kafka: KafkaResource, source_topic: str, limit: int = 100_
     ).fetchall()
     if not rows:
         return 0
-    from crypto_assets.sources.producer import TickProducer
+    from crypto_assets.kafka.producer import TickProducer
 
     begin_send(conn, kafka, outbox, kafka.dlq_topic)
     producer = TickProducer(kafka, topic=kafka.dlq_topic)

@@ -15,8 +15,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.procs import pid_alive
-from crypto_assets.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
+from crypto_assets.ops.processes import pid_alive
+from crypto_assets.kafka.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
 
 BROKER_FILE = "broker.json"
 

@@ -11,8 +11,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from crypto_assets.contract import DEFAULT_COIN_IDS
-from crypto_assets.warehouse_schema import ensure_schema
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS
+from crypto_assets.warehouse.tables import ensure_schema
 
 
 class LakehouseResource(dg.ConfigurableResource):

@@ -17,9 +17,9 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from crypto_assets.db import transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.sql import transaction
+from crypto_assets.warehouse.lake_export import mark_dirty
+from crypto_assets.warehouse.watermarks import get_state, set_state
 
 UPSTREAM = "clean_ticks"
 RSI_PERIOD = 14

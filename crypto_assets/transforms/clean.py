@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from crypto_assets.db import first, scalar, transaction
+from crypto_assets.warehouse.sql import first, scalar, transaction
 from crypto_assets.faults import fault_point
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.lake_export import mark_dirty
+from crypto_assets.warehouse.watermarks import get_state, set_state
 from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
 
 ASSET = "clean_ticks"

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from crypto_assets.db import first, transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.sql import first, transaction
+from crypto_assets.warehouse.lake_export import mark_dirty
+from crypto_assets.warehouse.watermarks import get_state, set_state
 
 ASSET = "market_features"
 DATASET = "gold/market_features"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from crypto_assets.db import transaction
+from crypto_assets.warehouse.sql import transaction
 
 if TYPE_CHECKING:
     from crypto_assets.transforms.clean import CleanConfig

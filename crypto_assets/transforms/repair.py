@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from crypto_assets.db import first, transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.sql import first, transaction
+from crypto_assets.warehouse.lake_export import mark_dirty
+from crypto_assets.warehouse.watermarks import get_state, set_state
 from crypto_assets.transforms.clean import ASSET, COIN_STATE_DDL, DATASET
 
 # Derived per-coin tables: (table, time column, date_trunc unit of its rows or None, lake dataset).

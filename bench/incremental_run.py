@@ -22,7 +22,7 @@ the instance and times
 
     defs.get_job_def("incremental_job").execute_in_process(instance=..., run_config=...)
 
-with the run config the sensor uses: crypto_assets.defs.sensors.incremental_run_config(0) (one pass,
+with the run config the sensor uses: crypto_assets.defs.automation.incremental_run_config(0) (one pass,
 no drain) where it exists, else {}, and the sensor's tags. That is every step, check and
 metadata query of the job, as the sensor launches it (without the launch itself: queue, fork).
 Afterwards the bench checks that exactly the new ticks reached raw_ticks (crypto_raw) and
@@ -61,7 +61,7 @@ def worker() -> int:
     """One incremental_job run in this (fresh) process; prints RESULT <json>."""
     import dagster as dg
 
-    import crypto_assets.defs.sensors as sensors
+    import crypto_assets.defs.automation as sensors
     from crypto_assets.definitions import defs
 
     dagster_home = Path(os.environ["DAGSTER_HOME"])

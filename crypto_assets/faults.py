@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 import signal
 
-ENV_VAR = "CRYPTO_ASSETS_FAULT"
+from crypto_assets import settings
+
+ENV_VAR = settings.FAULT_ENV_VAR
 
 
 def fault_point(name: str) -> None:
-    wanted = os.environ.get(ENV_VAR)
-    if wanted and wanted == name:
+    if settings.fault_point() == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fault_armed(name: str) -> bool:
     """Whether `name` is the point this process is to be killed at (for a point that needs setup
     first, such as a flush, which normal runs must not pay for)."""
-    return os.environ.get(ENV_VAR) == name
+    return settings.fault_point() == name

@@ -10,7 +10,7 @@ import time
 import dagster as dg
 
 from crypto_assets.defs import incremental
-from crypto_assets.defs.sensors import incremental_run_config
+from crypto_assets.defs.automation import incremental_run_config
 from crypto_assets_tests.helpers import produce, tick
 
 COINS = ("bitcoin", "ethereum", "solana")

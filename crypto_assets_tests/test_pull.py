@@ -168,7 +168,7 @@ def test_pull_commits_the_consumer_group_so_the_backlog_is_zero(kafka, lakehouse
 
     from crypto_assets.kafka.lag import measure_backlog
     from crypto_assets.definitions import incremental_job
-    from crypto_assets.defs.sensors import build_backlog_sensor
+    from crypto_assets.defs.automation import build_backlog_sensor
 
     sensor = build_backlog_sensor(incremental_job, min_messages=1, max_wait_seconds=3600)
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from crypto_assets.warehouse.lake_layout import LAKE_DATASETS
 from crypto_assets.warehouse.lake_compaction import compact_lake as run_compaction
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.defs.schedules import build_schedule
+from crypto_assets.defs.automation import build_schedule
 from crypto_assets.defs.run_purge import prune_mlflow, purge_dagster_storage
 
 

@@ -66,7 +66,7 @@ def predictions_condition(cron: str, tz: str = "UTC") -> dg.AutomationCondition:
     return (tick & news & idle).with_label(f"every '{cron}' tick with new features or models")
 
 
-PREDICTIONS_CRON = automation_settings()["predictions_cron"]
+PREDICTIONS_CRON = automation_settings().predictions_cron
 
 
 class PredictionsConfig(dg.Config):

@@ -112,13 +112,14 @@ def cmd_produce(args) -> int:
     if args.source == "coingecko":
         from crypto_assets.producers.coingecko import DEFAULT_BASE_URL, run_coingecko
 
+        cg = settings.coingecko_settings()
         out = run_coingecko(
             kafka,
             settings.coin_ids(),
             interval_s=args.interval_s if args.interval_s is not None else 60.0,
-            base_url=args.base_url or os.environ.get("COINGECKO_BASE_URL") or DEFAULT_BASE_URL,
-            api_key=os.environ.get("COINGECKO_API_KEY") or None,
-            pro=bool(os.environ.get("COINGECKO_PRO")),
+            base_url=args.base_url or cg.base_url or DEFAULT_BASE_URL,
+            api_key=cg.api_key,
+            pro=cg.pro,
             max_polls=args.count,
             stop_event=stop,
         )

@@ -10,11 +10,10 @@ import shutil
 import time
 from pathlib import Path
 
+from crypto_assets import settings
+from crypto_assets.ops.home import prepare_home
 from crypto_assets.ops.processes import pid_alive
 from crypto_assets.resources.kafka import read_broker_file
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
@@ -25,19 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="delete the data root first")
 
 
-def prepare_home(home: Path) -> Path:
-    """Point Dagster at $CRYPTO_HOME/dagster with the repo's instance config."""
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    src = REPO_ROOT / "dagster.yaml"
-    if src.exists():
-        shutil.copyfile(src, dagster_home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
-    return dagster_home
-
-
 def cmd_demo(args) -> int:
-    home = Path(args.home or os.environ.get("CRYPTO_HOME") or "var").resolve()
+    home = Path(args.home).resolve() if args.home else settings.crypto_home()
     if args.fresh and home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -50,8 +38,8 @@ def cmd_demo(args) -> int:
 
     broker = None
     info = read_broker_file(home)
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        print(f"using Kafka at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+    if settings.kafka_bootstrap_override():
+        print(f"using Kafka at {settings.kafka_bootstrap_override()}")
     elif info and (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
         print(f"using the running embedded broker at {info['bootstrap_servers']}")
     else:

@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from crypto_assets.ops.demo import prepare_home
+from crypto_assets import settings
+from crypto_assets.ops.home import REPO_ROOT, prepare_home
 from crypto_assets.ops.processes import RotatingLogPump
 
 
@@ -57,7 +58,7 @@ def _stop_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
 
 
 def cmd_live(args) -> int:
-    home = Path(args.home or os.environ.get("CRYPTO_HOME") or "var").resolve()
+    home = Path(args.home).resolve() if args.home else settings.crypto_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["CRYPTO_HOME"] = str(home)
     os.environ["CRYPTO_AUTOMATION"] = "on"  # sensors and schedules start RUNNING
@@ -77,7 +78,7 @@ def cmd_live(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     broker = None
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    if not settings.kafka_bootstrap_override():
         broker = EmbeddedBroker()
         broker.start()
         write_broker_file(home, broker)
@@ -95,7 +96,7 @@ def cmd_live(args) -> int:
     dagster = Path(sys.executable).parent / "dagster"
     log_path = home / "dagster-dev.log"
     log = _DevLog(log_path)
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     workspace = repo / "workspace.yaml"
     cmd = [str(dagster), "dev", "-p", str(args.port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "crypto_assets.definitions"]

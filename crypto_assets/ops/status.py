@@ -36,7 +36,7 @@ def _dagster_section(home) -> bool:
     import os
     from pathlib import Path
 
-    dagster_home = Path(os.environ.get("DAGSTER_HOME") or Path(home) / "dagster")
+    dagster_home = settings.dagster_home(Path(home))
     if not (dagster_home / "dagster.yaml").exists() and not (dagster_home / "storage").exists():
         print("dagster      no instance yet (run the demo or `make ui`)")
         return True

@@ -25,6 +25,27 @@ def test_pyspark_connect_still_exits_without_the_guard():
 
 
 def test_the_guard_keeps_pyspark_connect_importable():
+    from crypto_assets.ml.spark_import_guard import PLACEHOLDER
+
     r = _run(GUARDED)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["after", "<crypto_assets", "run", "worker>"]
+    assert r.stdout.split() == ["after", PLACEHOLDER]
+
+
+FORK_AFTER_GUARD = """
+import multiprocessing as mp
+import crypto_assets.ml.registry
+def main():
+    for method in ("forkserver", "spawn"):
+        with mp.get_context(method).Pool(1) as pool:
+            print(method, pool.apply(abs, (-7,)))
+main()
+"""
+
+
+def test_multiprocessing_children_start_after_the_guard():
+    """The guarded __main__ is re-run by spawn/forkserver children (Dagster's run launcher starts
+    a forkserver from processes that may have imported the models): they must start."""
+    r = _run(FORK_AFTER_GUARD)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["forkserver", "7", "spawn", "7"]

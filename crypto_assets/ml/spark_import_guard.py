@@ -8,17 +8,22 @@ model step of a scheduled retrain then ended in `SystemExit: 0`, while the same 
 under pytest, the CLI and the demo (their `__main__` has a file). Giving such a `__main__` a
 `__file__` is the smallest change that keeps pyspark's check as it is for everyone else; the
 test (test_spark_import_guard.py) fails loudly if pyspark changes the check.
+
+The `__file__` given is this module's own path, a real file: multiprocessing's spawn and
+forkserver start methods re-run a parent's `__main__` file in the child, and a made-up name made
+every later forkserver start in that process fail with FileNotFoundError. Re-running this file
+there only defines the function below.
 """
 
 from __future__ import annotations
 
 import sys
 
-PLACEHOLDER = "<crypto_assets run worker>"
+PLACEHOLDER = __file__
 
 
 def guard_spark_connect_import() -> bool:
-    """Give a file-less `__main__` a placeholder `__file__`; True if it had to."""
+    """Give a file-less `__main__` this module's file as its `__file__`; True if it had to."""
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__spec__", None) is not None or hasattr(main, "__file__") or hasattr(sys, "ps1"):
         return False

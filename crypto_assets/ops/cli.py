@@ -123,7 +123,9 @@ def cmd_produce(args) -> int:
             stop_event=stop,
         )
     elif args.source == "simulate":
-        from crypto_assets.producers.simulator import SimulatorConfig, parse_duration, run_simulator
+        from crypto_assets.durations import parse_duration
+        from crypto_assets.producers.simulator.config import SimulatorConfig
+        from crypto_assets.producers.simulator.run import run_simulator
 
         cfg = SimulatorConfig(
             coins=tuple(settings.coin_ids()),

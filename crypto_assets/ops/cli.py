@@ -110,7 +110,8 @@ def cmd_produce(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.source == "coingecko":
-        from crypto_assets.producers.coingecko import DEFAULT_BASE_URL, run_coingecko
+        from crypto_assets.producers.coingecko import run_coingecko
+        from crypto_assets.producers.coingecko_client import DEFAULT_BASE_URL
 
         out = run_coingecko(
             kafka,

@@ -10,8 +10,8 @@ only when a correctness check fails (numpy and Spark disagree on a linear model)
 SETUP (timed and printed, not part of any target). A temporary CRYPTO_HOME with the 10 default
 coins, opened through the package's LakehouseResource (DuckDB 2 threads, 4 GB). Prices and
 volumes come from the simulator's own vectorised path generator
-(`crypto_assets.producers.simulator.MarketSimulator.advance`, the engine behind `simulate_paths` /
-`generate_ticks`, without the per-tick dicts): market factor, regime drifts and ~20 min
+(`crypto_assets.producers.simulator.prices.MarketSimulator.advance`, the engine behind
+`simulate_paths` / `generate_ticks`, without the per-tick dicts): market factor, regime drifts and ~20 min
 momentum, so the direction of the next 15 minutes is partly learnable; jumps and volume spikes,
 so anomalies fire. --rows / 10 time steps per coin, every --step-s seconds (default 60 s:
 1M rows = 100,000 minutes = 69.4 days, so 1h/4h/24h forward labels exist for all but the last
@@ -95,7 +95,7 @@ from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_t
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.resources.mlflow import MlflowResource  # noqa: E402
 from crypto_assets.settings import spark_config  # noqa: E402
-from crypto_assets.producers.simulator import MarketSimulator  # noqa: E402
+from crypto_assets.producers.simulator.prices import MarketSimulator  # noqa: E402
 from crypto_assets.warehouse.watermarks import get_state  # noqa: E402
 from crypto_assets.transforms.chain import run_incremental  # noqa: E402
 

@@ -17,16 +17,14 @@ import pytest
 from werkzeug import Request, Response
 
 from crypto_assets.kafka.tick_contract import FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION, coins_for
-from crypto_assets.producers.coingecko import (
+from crypto_assets.producers.coingecko import filter_changed, map_markets, run_coingecko
+from crypto_assets.producers.coingecko_client import (
     DEMO_KEY_HEADER,
     PRO_KEY_HEADER,
     CoinGeckoClient,
     CoinGeckoRequestError,
     CoinGeckoUnavailable,
-    filter_changed,
-    map_markets,
     parse_retry_after,
-    run_coingecko,
 )
 from crypto_assets_tests import helpers
 

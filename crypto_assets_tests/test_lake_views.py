@@ -16,7 +16,8 @@ from crypto_assets.warehouse.lake_views import lake_reader, lake_views
 from crypto_assets.ml.training_set import build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
-from crypto_assets.producers.simulator import SimulatorConfig, generate_ticks
+from crypto_assets.producers.simulator.config import SimulatorConfig
+from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 

@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, FIELDS
-from crypto_assets.producers.replay import load_replay_frame, run_replay
+from crypto_assets.producers.replay import run_replay
+from crypto_assets.producers.replay_reader import load_replay_frame
 from crypto_assets_tests.helpers import topic_size
 from crypto_assets_tests.test_simulator import assert_contract, consume_all
 

@@ -20,17 +20,12 @@ from crypto_assets.kafka.tick_contract import (
     MAX_MESSAGE_BYTES,
     REQUIRED_FIELDS,
 )
-from crypto_assets.producers.simulator import (
-    BAD_KINDS,
-    SUPPLY,
-    SimulatorConfig,
-    generate_messages,
-    generate_ticks,
-    make_bad_message,
-    parse_duration,
-    run_simulator,
-    simulate_paths,
-)
+from crypto_assets.durations import parse_duration
+from crypto_assets.producers.simulator.bad_messages import BAD_KINDS, make_bad_message
+from crypto_assets.producers.simulator.config import SimulatorConfig
+from crypto_assets.producers.simulator.messages import generate_messages, generate_ticks
+from crypto_assets.producers.simulator.prices import SUPPLY, simulate_paths
+from crypto_assets.producers.simulator.run import run_simulator
 from crypto_assets_tests.helpers import read_topic, topic_size
 
 START = datetime(2025, 12, 1, tzinfo=timezone.utc)

@@ -110,7 +110,8 @@ def cmd_produce(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.source == "coingecko":
-        from crypto_assets.producers.coingecko import DEFAULT_BASE_URL, run_coingecko
+        from crypto_assets.producers.coingecko import run_coingecko
+        from crypto_assets.producers.coingecko_client import DEFAULT_BASE_URL
 
         cg = settings.coingecko_settings()
         out = run_coingecko(
@@ -124,7 +125,9 @@ def cmd_produce(args) -> int:
             stop_event=stop,
         )
     elif args.source == "simulate":
-        from crypto_assets.producers.simulator import SimulatorConfig, parse_duration, run_simulator
+        from crypto_assets.durations import parse_duration
+        from crypto_assets.producers.simulator.config import SimulatorConfig
+        from crypto_assets.producers.simulator.run import run_simulator
 
         cfg = SimulatorConfig(
             coins=tuple(settings.coin_ids()),

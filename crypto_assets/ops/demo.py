@@ -62,7 +62,9 @@ def _run(args, home: Path) -> int:
 
     from crypto_assets import definitions
     from crypto_assets.settings import kafka_resource
-    from crypto_assets.producers.simulator import SimulatorConfig, parse_duration, run_simulator
+    from crypto_assets.durations import parse_duration
+    from crypto_assets.producers.simulator.config import SimulatorConfig
+    from crypto_assets.producers.simulator.run import run_simulator
 
     defs = definitions.defs
     instance = dg.DagsterInstance.get()

@@ -30,7 +30,7 @@ def fmt_price(p: float | None) -> str:
 
 
 def span_label(s: CoinSnapshot) -> str:
-    """"24h", or the shorter span the change covers when the history is younger than a day."""
+    """The span a 24-hour change covers: "24h", or fewer hours when the history is younger than a day."""
     if s.change_span_hours is None or s.change_span_hours >= 23.9:
         return "24h"
     return f"{s.change_span_hours:.1f}h"

@@ -28,7 +28,8 @@ def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig,
     correlation heat-maps; each model's primary metric vs its baseline per MLflow run with the
     champion marked; the key numbers per coin, top correlations and champions in markdown."""
     # Imported here: matplotlib costs ~2 s, which every run worker would pay at code load.
-    from crypto_assets.report.build import coin_table, correlation_table, model_table, write_report
+    from crypto_assets.report.markdown import coin_table, correlation_table, model_table
+    from crypto_assets.report.publish import write_report
 
     with lakehouse.connect() as conn:
         res = write_report(

@@ -7,7 +7,6 @@ it is within 5 minutes of t + h so gaps do not masquerade as returns).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from crypto_assets.warehouse.atomic_files import atomic_write
 
 FEATURES = [
     "return_pct", "log_return", "r_sma_1m", "r_sma_5m", "r_sma_15m", "r_ema_20", "volatility_15m",
@@ -183,9 +184,8 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_m
     finally:
         conn.unregister("feature_lookups")
     path = out_dir / "training_set.parquet"
-    tmp = out_dir / ".training_set.parquet.tmp"
-    conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as tmp:  # rebuilt by the next retrain
+        conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
     stats = conn.sql(
         """
         SELECT count(*), min(event_time), max(event_time), avg(label_up), avg(label_anomaly),

@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from crypto_assets.faults import fault_point
+from crypto_assets.warehouse.atomic_files import atomic_write
 from crypto_assets.warehouse.lake_export import remove_leftovers
 from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
@@ -107,15 +108,6 @@ def _closed_leaves(target: Path, dataset: str, now: datetime, grace: timedelta) 
     return out
 
 
-def _fsync(path: Path) -> None:
-    """The day file's bytes on disk before the rename that makes it the only copy."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _compact_leaf(conn: duckdb.DuckDBPyConnection, staging_root: Path, prefix: str, leaf: Path,
                   order_by: str | None, stats: DatasetCompaction) -> None:
     names = set(os.listdir(leaf))  # listed again under the lock: the export may have changed it
@@ -130,21 +122,16 @@ def _compact_leaf(conn: duckdb.DuckDBPyConnection, staging_root: Path, prefix: s
     inputs = [leaf / n for n in hours] or ([leaf / LEGACY_DAY_FILE] if legacy else [])
     if not inputs:
         return
-    staged = staging_root / f"{prefix}{uuid.uuid4().hex[:8]}.parquet"
     paths = ", ".join(f"'{p}'" for p in inputs)
     order = f"ORDER BY {order_by}" if order_by else ""  # else file (hour) order, kept by DuckDB
-    try:
+    before = sum(p.stat().st_size for p in inputs)
+    # fsync before the rename: the day file becomes the only copy of the hour files' rows
+    with atomic_write(leaf / DAY_FILE, tmp=staging_root / f"{prefix}{uuid.uuid4().hex[:8]}.parquet") as staged:
         rows = conn.execute(
             f"COPY (SELECT * FROM read_parquet([{paths}], hive_partitioning = false, union_by_name = true) {order}) "
             f"TO '{staged}' (FORMAT parquet, COMPRESSION zstd)"
         ).fetchall()[0][0]
-        _fsync(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    fault_point("compact_staged")
-    before = sum(p.stat().st_size for p in inputs)
-    os.replace(staged, leaf / DAY_FILE)
+        fault_point("compact_staged")
     fault_point("compact_day_file_in_place")
     for i, p in enumerate(inputs):
         p.unlink()

@@ -21,7 +21,6 @@ The layout, the locks and the readers are in crypto_assets.warehouse.lake_layout
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import duckdb
 
 from crypto_assets.warehouse.sql import scalar
 from crypto_assets.faults import fault_point
+from crypto_assets.warehouse.atomic_files import publish_file
 from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
     HOUR_FILE_RE,
@@ -223,7 +223,7 @@ def _export_hours(conn, target: Path, dataset: str, staging: Path, table: str, t
                 conn.execute(f"COPY (SELECT * FROM read_parquet([{paths}], hive_partitioning = false) ORDER BY {order_by}) "
                              f"TO '{merged}' (FORMAT parquet, COMPRESSION zstd)")
                 produced = [merged]
-            os.replace(produced[0], final)
+            publish_file(produced[0], final, fsync=False)  # its rows stay in DuckDB
             files.append(str(final))
         else:
             # Every row of the hour is gone (e.g. re-derived elsewhere): drop the file.
@@ -254,7 +254,7 @@ def _export_days(conn, target: Path, dataset: str, staging: Path, table: str, ti
             {"lo": lo, "hi": lo + timedelta(days=1), "day": day} | ({"symbol": symbol} if sym else {}),
         ).fetchall()[0][0]
         if n:
-            os.replace(staged, leaf / DAY_FILE)
+            publish_file(staged, leaf / DAY_FILE, fsync=False)
             files.append(str(leaf / DAY_FILE))
         else:
             (leaf / DAY_FILE).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from crypto_assets.defs import checks
-from crypto_assets.defs.gold import table_definition_metadata
+from crypto_assets.defs.metadata import table_definition_metadata
 from crypto_assets.transforms.clean import CleanConfig
 
 CLEAN_TICKS = dg.AssetSpec(

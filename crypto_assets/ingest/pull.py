@@ -32,10 +32,12 @@ from crypto_assets.ingest.parse import parse_values
 from crypto_assets.warehouse.lake_export import ExportResult, export_dirty, mark_dirty
 from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
+from crypto_assets.warehouse.tables import TABLES
 
 log = logging.getLogger(__name__)
 
-BRONZE_DATASET = "bronze/raw_ticks"
+_BRONZE = TABLES["raw_ticks"]
+BRONZE_DATASET = _BRONZE.dataset
 # Earliest plausible tick (the Bitcoin genesis block); anything before is an absurd timestamp.
 EARLIEST_EVENT_TIME = "2009-01-03"
 
@@ -816,8 +818,7 @@ def pull_raw_ticks(
                 result.dlq_published = publish_dlq(conn, kafka, topic)
             if cfg.export_parquet:
                 result.export = export_dirty(
-                    conn, lakehouse.lake_path, BRONZE_DATASET, "raw_ticks", "last_updated_at",
-                    "coin_id, last_updated_at",
+                    conn, lakehouse.lake_path, BRONZE_DATASET, _BRONZE.name, _BRONZE.time_column, _BRONZE.export_order,
                 )
         result.remaining_lag = {p.partition: p.lag for p in plans}
     finally:

@@ -371,7 +371,7 @@ FROM staged s
 
 # Why a typed row is unusable (NULL = valid). One expression shared by the optimistic insert of
 # a clean batch and the row-by-row judgement, so both always agree.
-_REASON_SQL = """
+_REASON_SQL = f"""
       CASE
         WHEN schema_version IS NULL THEN 'missing:schema_version'
         WHEN schema_version <> $schema_version THEN 'unsupported_schema_version'
@@ -386,7 +386,7 @@ _REASON_SQL = """
         WHEN volume_24h_usd < 0 OR NOT isfinite(volume_24h_usd) THEN 'invalid_volume'
         WHEN market_cap_usd < 0 OR NOT isfinite(market_cap_usd) THEN 'invalid_market_cap'
         WHEN event_time IS NULL THEN 'invalid_timestamp'
-        WHEN event_time < TIMESTAMPTZ '2009-01-03 00:00:00+00' THEN 'timestamp_too_old'
+        WHEN event_time < TIMESTAMPTZ '{EARLIEST_EVENT_TIME} 00:00:00+00' THEN 'timestamp_too_old'
         WHEN event_time > $now + $max_skew THEN 'timestamp_in_future'
         WHEN ingestion_timestamp IS NOT NULL AND ingest_time IS NULL THEN 'invalid_timestamp'
       END"""

@@ -98,7 +98,8 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     Ids are md5(coin|event_time|rule), so a re-run or a recomputation after a late tick never
     duplicates an anomaly. Unpublished anomalies of a recomputed range are re-derived (values
     follow the recomputed features; ones that no longer qualify disappear); published ones are
-    kept as they were sent."""
+    kept as they were sent. The Parquet hours of the anomalies found and of those deleted are
+    marked for re-export."""
     now = datetime.now(timezone.utc)
     with incremental_table(conn, "anomalies", upstream="market_features") as inc:
         if inc.nothing_new:
@@ -128,6 +129,14 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
                    CASE WHEN volume_change_pct > {VOLUME_SPIKE_CRITICAL_PCT} THEN 'critical' ELSE 'warning' END,
                    volume_change_pct, {VOLUME_SPIKE_PCT}, price_usd, volume_24h_usd
             FROM f WHERE volume_change_pct > {VOLUME_SPIKE_PCT}
+            """
+        )
+        inc.mark_touched(
+            """
+            SELECT event_time, symbol FROM anom_found
+            UNION ALL
+            SELECT a.event_time, a.symbol FROM anomalies a JOIN anom_range r
+              ON a.coin_id = r.coin_id AND a.event_time >= r.t_min AND a.published_at IS NULL
             """
         )
         conn.execute(

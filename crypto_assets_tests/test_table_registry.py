@@ -73,7 +73,7 @@ def test_nothing_new_opens_no_transaction_and_writes_nothing(tmp_path):
     with LakehouseResource(home=str(tmp_path / "w")).connect() as conn:
         with incremental_table(conn, "ohlcv_1h", upstream="clean_ticks") as inc:
             assert inc.nothing_new and (inc.hwm, inc.seq, inc.upstream) == (0, 0, 0)
-            with pytest.raises(AssertionError):
+            with pytest.raises(RuntimeError, match="outside the increment's transaction"):
                 inc.mark_touched("SELECT TIMESTAMPTZ '2026-01-01 10:30:00+00' AS event_time, 'btc' AS symbol")
             conn.execute("BEGIN TRANSACTION")  # fails if the manager had opened one
             conn.execute("ROLLBACK")

@@ -61,7 +61,8 @@ class Increment:
     def mark_touched(self, source_sql: str, table: str | None = None) -> None:
         """Mark the Parquet hours of the rows `source_sql` selects (`event_time`, `symbol`) for
         re-export, in this run's transaction; of this table's mirror, or of `table`'s."""
-        assert self._open, "mark_touched outside the increment's transaction"
+        if not self._open:
+            raise RuntimeError("mark_touched outside the increment's transaction (nothing new?)")
         mark_dirty(self.conn, TABLES[table].dataset if table else self.table.dataset, source_sql)
 
     def keep_state(self) -> None:

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from crypto_assets.warehouse.tables import HOURLY_MIRRORED
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO / "var" / "bench" / "cache"
 HISTORY_TOPIC = "crypto_raw_history"
@@ -62,17 +64,9 @@ SPIKE_P = 2e-4  # share of ticks whose 24h volume jumps x4
 VOLUME_BAND = 1.5
 SEC_PER_YEAR = 365 * 24 * 3600
 
-# (dataset, table, time column, order by): as the assets call export_dirty (ingest/pull.py,
-# defs/silver.py, defs/gold.py, defs/incremental.py)
-EXPORTS = (
-    ("bronze/raw_ticks", "raw_ticks", "last_updated_at", "coin_id, last_updated_at"),
-    ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/ohlcv_1h", "ohlcv_1h", "hour", "coin_id, hour"),
-    ("gold/hourly_stats", "hourly_stats", "hour", "coin_id, hour"),
-    ("gold/anomalies", "anomalies", "event_time", "event_time"),
-)
+# (dataset, table, time column, order by) of every hour-file mirror, from the table registry, as
+# the assets call export_dirty (ingest/pull.py, defs/incremental.py)
+EXPORTS = tuple((t.dataset, t.name, t.time_column, t.export_order) for t in HOURLY_MIRRORED)
 
 
 @dataclass

@@ -85,17 +85,15 @@ from crypto_assets.warehouse.lake_export import export_dirty  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.transforms.features import features_increment  # noqa: E402
 from crypto_assets.transforms.chain import run_incremental  # noqa: E402
+from crypto_assets.warehouse.tables import TABLES  # noqa: E402
 
 TARGET_RATIO = 1.5
 TICK_S = 10  # seconds between two ticks of one coin
 HIST_END = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)  # first new tick of coin 0 is here
 
-EXPORTS = [  # (dataset, table, time column, order by): as defs/silver.py and defs/gold.py call export_dirty
-    ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/ohlcv_1h", "ohlcv_1h", "hour", "coin_id, hour"),
-    ("gold/hourly_stats", "hourly_stats", "hour", "coin_id, hour"),
+EXPORTS = [  # (dataset, table, time column, order by): from the table registry, as defs/incremental.py exports
+    (TABLES[t].dataset, t, TABLES[t].time_column, TABLES[t].export_order)
+    for t in ("clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats")
 ]
 
 STEPS = ["clean", "candles_1m", "features", "hourly_1h", "hourly_stats", "correlations", "anomalies"]

@@ -95,7 +95,7 @@ from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks  # noqa: E402
 from crypto_assets.resources import KafkaResource, LakehouseResource  # noqa: E402
 from crypto_assets.kafka.producer import TickProducer  # noqa: E402
 from crypto_assets.kafka.topics import DLQ_TOPIC, RAW_TOPIC  # noqa: E402
-from crypto_assets.warehouse.tables import RAW_TICKS_DDL  # noqa: E402
+from crypto_assets.warehouse.tables import TABLES  # noqa: E402
 
 TARGET_B_RATE = 100_000  # msgs/s
 TARGET_B_OVER_A = 0.60
@@ -531,7 +531,7 @@ def naive_baseline(kafka: KafkaResource, home: Path, topic: str, start: dict[int
     transaction and committed to the Kafka group at the end. Returns (messages, seconds)."""
     conn = duckdb.connect(str(home / "naive.duckdb"), config={"threads": 2, "memory_limit": "4GB"})
     conn.execute("SET TimeZone = 'UTC'")
-    conn.execute(RAW_TICKS_DDL.replace("raw_ticks", "naive_ticks"))
+    conn.execute(TABLES["raw_ticks"].ddl.replace("raw_ticks", "naive_ticks"))
     conn.execute(
         "CREATE TABLE IF NOT EXISTS naive_offsets (kafka_topic VARCHAR, kafka_partition INTEGER, next_offset BIGINT)"
     )

@@ -91,7 +91,8 @@ import polars as pl  # noqa: E402
 from crypto_assets.defs.models import _data_window, training_dataset  # noqa: E402
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, coins_for  # noqa: E402
 from crypto_assets.ml.scoring import score_linear  # noqa: E402
-from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set, feature_rows  # noqa: E402
+from crypto_assets.ml.training_set import (  # noqa: E402
+    DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS, build_training_set, feature_rows)
 from crypto_assets.resources import LakehouseResource  # noqa: E402
 from crypto_assets.resources.mlflow import MlflowResource  # noqa: E402
 from crypto_assets.settings import spark_config  # noqa: E402
@@ -501,8 +502,9 @@ def _model_specs() -> list[tuple[str, str, object]]:
     from crypto_assets.ml import train as T
 
     feats = ",".join(FEATURES)
-    specs = [("trend_model", "trend", lambda df: T.train_trend(df, FEATURES, 15, {
-                  "max_iter": 50, "reg_param": 0.001, "train_fraction": 0.8, "horizon_minutes": 15, "features": feats})),
+    specs = [("trend_model", "trend", lambda df: T.train_trend(df, FEATURES, DIRECTION_HORIZON_MINUTES, {
+                  "max_iter": 50, "reg_param": 0.001, "train_fraction": 0.8, "horizon_minutes": DIRECTION_HORIZON_MINUTES,
+                  "features": feats})),
              ("anomaly_model", "anomaly", lambda df: T.train_anomaly(df, FEATURES, {
                   "num_trees": 100, "max_depth": 10, "train_fraction": 0.8, "negatives_per_positive": 20,
                   "features": feats}))]

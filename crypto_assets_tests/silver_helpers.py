@@ -97,18 +97,14 @@ def table(conn, name: str) -> pl.DataFrame:
     return conn.sql(f"SELECT * FROM {name}").pl().drop(drop).sort(keys)
 
 
-GOLD_MIRRORS = [  # (dataset, table, time column, order by): as defs/gold.py and defs/incremental.py export them
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/anomalies", "anomalies", "event_time", "event_time"),
-]
+GOLD_MIRRORS = ("market_features", "ohlcv_1m", "anomalies")  # the gold mirrors the training set reads
 
 
 def export_gold_mirrors(conn, lake_root) -> None:
-    """What the gold assets do after run_incremental's transforms: the Parquet mirrors the
-    training set reads (anomalies are marked by the anomalies asset, not by the transform)."""
-    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+    """What the incremental step does after run_incremental's transforms: export the Parquet
+    mirrors the training set reads (the transforms marked the hours they touched)."""
+    from crypto_assets.warehouse.lake_export import export_dirty
+    from crypto_assets.warehouse.tables import TABLES
 
-    mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
-    for dataset, tbl, tcol, order in GOLD_MIRRORS:
-        export_dirty(conn, lake_root, dataset, tbl, tcol, order)
+    for t in map(TABLES.get, GOLD_MIRRORS):
+        export_dirty(conn, lake_root, t.dataset, t.name, t.time_column, t.export_order)

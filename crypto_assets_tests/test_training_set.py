@@ -11,11 +11,11 @@ import pyarrow as pa
 import pytest
 
 from crypto_assets.ml.training_set import _lookup_specs, _register_lookups
-from crypto_assets.warehouse.tables import MARKET_FEATURES_DDL
+from crypto_assets.warehouse.tables import TABLES
 
 
 def _market(conn) -> None:
-    conn.execute(MARKET_FEATURES_DDL)
+    conn.execute(TABLES["market_features"].ddl)
     rng = np.random.default_rng(3)
     t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
     rows = []
@@ -72,7 +72,7 @@ def test_lookups_match_asof_joins(horizon, where):
 def _gappy_market(conn) -> None:
     """Two coins; solana pauses for 30 hours right before the rows scored, so a backward lookup
     (momentum) reaches a tick far older than any lookup window."""
-    conn.execute(MARKET_FEATURES_DDL)
+    conn.execute(TABLES["market_features"].ddl)
     t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
     rows, seq = [], 0
     for coin, gap_at in (("bitcoin", None), ("solana", 2500)):
@@ -99,13 +99,12 @@ def _gappy_market(conn) -> None:
 ])
 def test_bounded_lookups_give_the_same_features(where):
     from crypto_assets.ml.training_set import feature_sql
-    from crypto_assets.warehouse.tables import ANOMALIES_DDL, OHLCV_1M_DDL
 
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
     _gappy_market(conn)
-    conn.execute(OHLCV_1M_DDL)
-    conn.execute(ANOMALIES_DDL)
+    conn.execute(TABLES["ohlcv_1m"].ddl)
+    conn.execute(TABLES["anomalies"].ddl)
     out = {}
     for bounded in (False, True):
         _register_lookups(conn, 15, where, bounded=bounded)

@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 
 from crypto_assets.defs import checks
-from crypto_assets.defs.gold import table_definition_metadata
+from crypto_assets.defs.metadata import table_definition_metadata
 from crypto_assets.ingest.pull import PullResult
 
 DUCKDB_POOL = "duckdb_writer"

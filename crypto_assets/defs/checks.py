@@ -233,10 +233,10 @@ INCREMENTAL_CHECKS = [QUARANTINE_RATE, OFFSET_CONTIGUITY, CLEAN_UNIQUE, CLEAN_PO
 def schema_matches(conn, table: str) -> Verdict:
     """The table's columns (DESCRIBE) are the ones the code declares: the declared schema is
     the assets' definition metadata, so no run has to store it to detect drift."""
-    from crypto_assets.warehouse.tables import declared_columns
+    from crypto_assets.warehouse.tables import TABLES
 
     actual = [(r[0], r[1]) for r in conn.sql(f"DESCRIBE {table}").fetchall()]
-    declared = declared_columns(table)
+    declared = TABLES[table].declared_columns()
     missing = [f"{n} {t}" for n, t in declared if (n, t) not in actual]
     extra = [f"{n} {t}" for n, t in actual if (n, t) not in declared]
     return Verdict(not missing and not extra, {"missing_or_changed": ", ".join(missing) or "none",

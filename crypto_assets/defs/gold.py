@@ -5,19 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from crypto_assets.defs import checks
-from crypto_assets.warehouse.tables import column_schema
+from crypto_assets.defs.metadata import table_definition_metadata
 
 
 def _gold(key: str, deps: list[str], description: str, kinds: set[str] | None = None) -> dg.AssetSpec:
     return dg.AssetSpec(key, deps=deps, group_name="gold", kinds=kinds or {"duckdb", "parquet"},
                         owners=["team:data-eng"], tags={"layer": "gold"}, code_version="2", skippable=True,
                         description=description, metadata=table_definition_metadata(key))
-
-
-def table_definition_metadata(table: str) -> dict:
-    """Definition metadata of a warehouse-table asset: its declared columns (with the DDL's
-    comments as descriptions) and table name, shown in the catalog without any run storing it."""
-    return {"dagster/column_schema": column_schema(table), "dagster/table_name": f"warehouse.main.{table}"}
 
 
 MARKET_FEATURES = _gold(
@@ -42,15 +36,3 @@ ANOMALIES = _gold(
 
 GOLD_SPECS = [MARKET_FEATURES, ANOMALIES, OHLCV_1M, OHLCV_1H, HOURLY_STATS, CORRELATIONS]
 CHECKS = [checks.FEATURES_FINITE, checks.RSI_RANGE]
-
-# table, time column, sequence column stamped per run (None: rebuilt whole), Parquet dataset, order
-TABLES = {
-    "raw_ticks": ("last_updated_at", "batch_id", "bronze/raw_ticks", "coin_id, last_updated_at"),
-    "clean_ticks": ("event_time", "clean_seq", "silver/clean_ticks", "coin_id, event_time"),
-    "market_features": ("event_time", "feature_seq", "gold/market_features", "coin_id, event_time"),
-    "ohlcv_1m": ("minute", "candle_seq", "gold/ohlcv_1m", "coin_id, minute"),
-    "ohlcv_1h": ("hour", "candle_seq", "gold/ohlcv_1h", "coin_id, hour"),
-    "hourly_stats": ("hour", "stats_seq", "gold/hourly_stats", "coin_id, hour"),
-    "anomalies": ("event_time", None, "gold/anomalies", "event_time"),
-    "correlations": ("window_end", None, None, "corr DESC NULLS LAST"),
-}

@@ -31,6 +31,8 @@ from pydantic import Field
 
 from crypto_assets.defs import checks
 from crypto_assets.defs import bronze, gold, silver
+from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
 from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
@@ -196,32 +198,36 @@ def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None
     """Rewrite the Parquet hours the passes marked (lake_pending), per dataset."""
     with lakehouse.connect() as conn:
         for asset in selected:
-            time_col, _seq, dataset, order = gold.TABLES[asset]
-            if dataset is None:
+            t = TABLES[asset]
+            if t.dataset is None or t.single_file:
                 continue
-            res, secs = _timed(export_dirty, conn, lakehouse.lake_path, dataset, asset, time_col, order)
+            res, secs = _timed(export_dirty, conn, lakehouse.lake_path, t.dataset, asset, t.time_column, t.export_order)
             run.add(asset, secs, {"parquet_files_rewritten": res.partitions})
         if "correlations" in selected and "correlations" in run.changed:
-            _, secs = _timed(_write_correlations, conn, lakehouse.lake_path / "gold" / "correlations")
+            _, secs = _timed(_write_single_file, conn, lakehouse.lake_path, TABLES["correlations"])
             run.add("correlations", secs)
 
 
-def _write_correlations(conn, directory: Path) -> None:
-    """correlations is rebuilt whole each time: one file, replaced atomically."""
+def _write_single_file(conn, lake_root: Path, table: Table) -> None:
+    """A table rebuilt whole each time (correlations): one file, replaced atomically."""
+    directory = lake_root / table.dataset
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "correlations.parquet.tmp"
-    conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) TO '{tmp}' (FORMAT parquet)")
-    os.replace(tmp, directory / "correlations.parquet")
+    tmp = directory / f"{table.name}.parquet.tmp"
+    conn.execute(f"COPY (SELECT * FROM {table.name} ORDER BY {table.export_order}) TO '{tmp}' (FORMAT parquet)")
+    os.replace(tmp, directory / f"{table.name}.parquet")
 
 
 def _new_rows(asset: str, run: _Run) -> str:
     """The predicate that selects the rows this run wrote (for time range and preview)."""
-    _t, seq_col, _d, _o = gold.TABLES[asset]
+    seq_col = TABLES[asset].seq_column
     if asset == "anomalies":
         return f"detected_at >= '{run.started.isoformat()}'"
     if seq_col is None or not run.seqs[asset]:
         return "TRUE" if asset == "correlations" else "FALSE"
     return f"{seq_col} BETWEEN {min(run.seqs[asset])} AND {max(run.seqs[asset])}"
+
+
+_CORRELATIONS_PREVIEW = "corr DESC NULLS LAST"  # the strongest pairs first
 
 
 def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocked: bool):
@@ -230,8 +236,9 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
             if asset not in selected or (blocked and asset not in run.changed):
                 continue
             t0 = time.perf_counter()
-            time_col, _s, dataset, order = gold.TABLES[asset]
-            md: dict[str, Any] = table_metadata(conn, asset, time_col, order if asset == "correlations" else None,
+            t = TABLES[asset]
+            md: dict[str, Any] = table_metadata(conn, asset, t.time_column,
+                                                _CORRELATIONS_PREVIEW if asset == "correlations" else None,
                                                 new_rows=_new_rows(asset, run))
             md.update({k: (int(v) if float(v).is_integer() else round(v, 4)) for k, v in run.sums[asset].items()})
             md.update(run.last[asset])
@@ -239,8 +246,8 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
                 by_rule = conn.sql(f"SELECT rule, severity, count(*) FROM anomalies WHERE {_new_rows(asset, run)} "
                                    "GROUP BY ALL ORDER BY ALL").fetchall()
                 md["new_by_rule"] = dg.MetadataValue.md(markdown_table(by_rule, ["rule", "severity", "count"]))
-            if dataset:
-                md["parquet_path"] = dg.MetadataValue.path(str(lakehouse.lake_path / dataset))
+            if t.dataset and not t.single_file:
+                md["parquet_path"] = dg.MetadataValue.path(str(lakehouse.lake_path / t.dataset))
             md["passes"] = run.passes
             md["duration_s"] = round(run.seconds[asset] + time.perf_counter() - t0, 4)
             yield dg.MaterializeResult(asset_key=asset, metadata=md)

@@ -16,7 +16,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from crypto_assets.ml.registry import ERROR, GateVerdict, Logged, gate_and_promote, load_champion, log_model
-from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS
+from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.resources.priority import ComputePriorityResource
@@ -135,7 +135,7 @@ def _champion_metrics(context: dg.AssetExecutionContext, champ_version: str | No
 
 # ----------------------------------------------------------------------------- models
 class TrendModelConfig(dg.Config):
-    horizon_minutes: int = 15
+    horizon_minutes: int = DIRECTION_HORIZON_MINUTES
     max_iter: int = Field(default=50, description="LogisticRegression iterations")
     reg_param: float = 0.001
     train_fraction: float = 0.8

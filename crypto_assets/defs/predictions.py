@@ -16,7 +16,7 @@ import polars as pl
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from crypto_assets.defs.metadata import markdown_table
+from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
 from crypto_assets.warehouse.sql import transaction
 from crypto_assets.ml.registry import champion_artifact, champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
@@ -24,27 +24,9 @@ from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import automation_settings
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, set_state
 
-PREDICTIONS_DDL = """
-CREATE TABLE IF NOT EXISTS predictions (
-    coin_id                VARCHAR NOT NULL,
-    symbol                 VARCHAR NOT NULL,
-    event_time             TIMESTAMPTZ NOT NULL,
-    price_usd              DOUBLE NOT NULL,
-    trend_prob_up          DOUBLE,
-    trend_model_version    VARCHAR,
-    anomaly_prob           DOUBLE,
-    anomaly_model_version  VARCHAR,
-    forecast_return_1h     DOUBLE,
-    forecast_return_4h     DOUBLE,
-    forecast_return_24h    DOUBLE,
-    price_model_versions   VARCHAR,
-    predicted_at           TIMESTAMPTZ NOT NULL,
-    published_at           TIMESTAMPTZ,
-    PRIMARY KEY (coin_id, event_time)
-)
-"""
 OUTBOX_COLUMNS = ["coin_id", "event_time", "trend_prob_up", "trend_model_version", "anomaly_prob", "anomaly_model_version",
                   "forecast_return_1h", "forecast_return_4h", "forecast_return_24h", "price_model_versions"]
 
@@ -103,6 +85,7 @@ class Champions:
     owners=["team:ml"],
     code_version="1",
     automation_condition=predictions_condition(PREDICTIONS_CRON),
+    metadata=table_definition_metadata("predictions"),
 )
 def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
                 kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
@@ -176,7 +159,7 @@ def _champions(mlflow: MlflowResource, pyspark: LazyPySparkResource) -> Champion
 def _read_batch(lakehouse: LakehouseResource, max_age_hours: float) -> Batch:
     """One short connection: the state and the feature rows past the high-water mark."""
     with lakehouse.connect() as conn:
-        conn.execute(PREDICTIONS_DDL)
+        conn.execute(TABLES["predictions"].ddl)
         hwm, seq = get_state(conn, "predictions")
         upstream = get_state(conn, "market_features")[1]
         rows = feature_rows(conn, hwm, upstream, max_age_hours)
@@ -230,7 +213,7 @@ def _publish(lakehouse: LakehouseResource, kafka: KafkaResource, limit: int = 10
     connection open, then mark exactly those rows (key and predicted_at: a row re-scored
     meanwhile stays unpublished). A crash before the mark re-sends them (at least once)."""
     with lakehouse.connect() as conn:
-        conn.execute(PREDICTIONS_DDL)
+        conn.execute(TABLES["predictions"].ddl)
         rows = conn.sql(
             f"SELECT {', '.join(OUTBOX_COLUMNS)}, predicted_at FROM predictions WHERE published_at IS NULL "
             "ORDER BY event_time, coin_id LIMIT ?",

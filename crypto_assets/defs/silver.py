@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from crypto_assets.defs import checks
-from crypto_assets.defs.gold import table_definition_metadata
+from crypto_assets.defs.metadata import table_definition_metadata
 from crypto_assets.transforms.clean import CleanConfig
 
 CLEAN_TICKS = dg.AssetSpec(
@@ -28,9 +28,12 @@ CHECKS = [checks.CLEAN_UNIQUE, checks.CLEAN_POSITIVE, checks.FRESHNESS, checks.R
 
 
 class CleanTicksConfig(dg.Config):
-    lateness_minutes: float = Field(default=10.0, description="ticks older than the coin's newest minus this are quarantined as late")
-    max_future_skew_minutes: float = Field(default=5.0, description="allowed clock skew ahead of ingestion time")
-    horizon_days: float = Field(default=365.0, description="ticks older than this (vs ingestion) are rejected")
+    lateness_minutes: float = Field(default=CleanConfig.lateness.total_seconds() / 60,
+                                    description="ticks older than the coin's newest minus this are quarantined as late")
+    max_future_skew_minutes: float = Field(default=CleanConfig.max_future_skew.total_seconds() / 60,
+                                           description="allowed clock skew ahead of ingestion time")
+    horizon_days: float = Field(default=CleanConfig.horizon.days,
+                                description="ticks older than this (vs ingestion) are rejected")
     min_price_usd: float = Field(default=CleanConfig.min_price_usd, description="lowest plausible price (price_out_of_range)")
     max_price_usd: float = Field(default=CleanConfig.max_price_usd, description="highest plausible price (price_out_of_range)")
     min_positive_volume_usd: float = Field(default=CleanConfig.min_positive_volume_usd,

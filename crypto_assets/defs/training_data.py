@@ -15,17 +15,20 @@ from pydantic import Field
 
 from crypto_assets.warehouse.lake_layout import newest_date
 from crypto_assets.warehouse.lake_views import lake_reader
-from crypto_assets.ml.training_set import FEATURES, build_training_set
+from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
-from crypto_assets.transforms.features import DATASET as FEATURES_DATASET
+from crypto_assets.warehouse.tables import TABLES
 
 TRAINING_WINDOW_DAYS = 7.0  # a week of minute-level history: ~600k rows for 10 coins
-TRAINING_INPUTS = (FEATURES_DATASET, "gold/ohlcv_1m", "gold/anomalies")  # lake datasets, views named like the tables
+FEATURES_DATASET = TABLES["market_features"].dataset
+# lake datasets, read as views named like the tables
+TRAINING_INPUTS = (FEATURES_DATASET, TABLES["ohlcv_1m"].dataset, TABLES["anomalies"].dataset)
 
 
 class TrainingSetConfig(dg.Config):
-    horizon_minutes: int = Field(default=15, description="direction label: sign of the return over this horizon")
+    horizon_minutes: int = Field(default=DIRECTION_HORIZON_MINUTES,
+                                 description="direction label: sign of the return over this horizon")
     window_days: Optional[float] = Field(
         default=TRAINING_WINDOW_DAYS, gt=0,
         description="train on the last N days of features (null: the whole history); bounds a retrain's cost")

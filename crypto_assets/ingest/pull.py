@@ -32,10 +32,12 @@ from crypto_assets.ingest.parse import parse_values
 from crypto_assets.warehouse.lake_export import ExportResult, export_dirty, mark_dirty
 from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
+from crypto_assets.warehouse.tables import TABLES
 
 log = logging.getLogger(__name__)
 
-BRONZE_DATASET = "bronze/raw_ticks"
+_BRONZE = TABLES["raw_ticks"]
+BRONZE_DATASET = _BRONZE.dataset
 # Earliest plausible tick (the Bitcoin genesis block); anything before is an absurd timestamp.
 EARLIEST_EVENT_TIME = "2009-01-03"
 
@@ -369,7 +371,7 @@ FROM staged s
 
 # Why a typed row is unusable (NULL = valid). One expression shared by the optimistic insert of
 # a clean batch and the row-by-row judgement, so both always agree.
-_REASON_SQL = """
+_REASON_SQL = f"""
       CASE
         WHEN schema_version IS NULL THEN 'missing:schema_version'
         WHEN schema_version <> $schema_version THEN 'unsupported_schema_version'
@@ -384,7 +386,7 @@ _REASON_SQL = """
         WHEN volume_24h_usd < 0 OR NOT isfinite(volume_24h_usd) THEN 'invalid_volume'
         WHEN market_cap_usd < 0 OR NOT isfinite(market_cap_usd) THEN 'invalid_market_cap'
         WHEN event_time IS NULL THEN 'invalid_timestamp'
-        WHEN event_time < TIMESTAMPTZ '2009-01-03 00:00:00+00' THEN 'timestamp_too_old'
+        WHEN event_time < TIMESTAMPTZ '{EARLIEST_EVENT_TIME} 00:00:00+00' THEN 'timestamp_too_old'
         WHEN event_time > $now + $max_skew THEN 'timestamp_in_future'
         WHEN ingestion_timestamp IS NOT NULL AND ingest_time IS NULL THEN 'invalid_timestamp'
       END"""
@@ -816,8 +818,7 @@ def pull_raw_ticks(
                 result.dlq_published = publish_dlq(conn, kafka, topic)
             if cfg.export_parquet:
                 result.export = export_dirty(
-                    conn, lakehouse.lake_path, BRONZE_DATASET, "raw_ticks", "last_updated_at",
-                    "coin_id, last_updated_at",
+                    conn, lakehouse.lake_path, BRONZE_DATASET, _BRONZE.name, _BRONZE.time_column, _BRONZE.export_order,
                 )
         result.remaining_lag = {p.partition: p.lag for p in plans}
     finally:

@@ -22,6 +22,7 @@ FEATURES = [
     "zscore_15m", "volume_change_pct", "momentum_15m", "momentum_60m", "rsi_14", "bb_pctb",
 ]
 REGRESSION_HORIZONS = {"1h": 60, "4h": 240, "24h": 1440}
+DIRECTION_HORIZON_MINUTES = 15  # the direction label (fwd_return_h) and the trend model look this far ahead
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
     conn.register("feature_lookups", pa.table(cols))
 
 
-def feature_sql(horizon_minutes: int = 15, where: str = "TRUE") -> str:
+def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "TRUE") -> str:
     """SELECT of features and labels for the market_features rows matching `where` (alias f);
     needs the `feature_lookups` view of the same rows (`_register_lookups`)."""
     fwd_cols = [
@@ -155,14 +156,14 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, hwm: int, upstream_seq: int, m
         f"f.feature_seq > {int(hwm)} AND f.feature_seq <= {int(upstream_seq)} AND "
         f"f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL {float(max_age_hours) * 3600} SECOND"
     )
-    _register_lookups(conn, 15, where, bounded=True)
+    _register_lookups(conn, DIRECTION_HORIZON_MINUTES, where, bounded=True)
     try:
-        return conn.sql(f"SELECT * FROM ({feature_sql(15, where)}) ORDER BY event_time, coin_id").pl()
+        return conn.sql(f"SELECT * FROM ({feature_sql(DIRECTION_HORIZON_MINUTES, where)}) ORDER BY event_time, coin_id").pl()
     finally:
         conn.unregister("feature_lookups")
 
 
-def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = 15,
+def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = DIRECTION_HORIZON_MINUTES,
                        window_days: float | None = None) -> TrainingSetInfo:
     """The labelled rows of the last `window_days` before the newest feature row (all of them if
     None), with the same features and labels as over the whole history (bounded lookups)."""

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import duckdb
 import orjson
 
+from crypto_assets.warehouse.incremental_table import incremental_table
 from crypto_assets.warehouse.sql import first, transaction
-from crypto_assets.warehouse.watermarks import get_state, set_state
 
 ZSCORE_THRESHOLD = 3.0
 ZSCORE_CRITICAL = 5.0
@@ -42,19 +42,16 @@ def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
     are recomputed only for the hours whose candles changed; a window adds up its whole hours and
     reads the minutes of its one partial (oldest) hour, so a refresh costs the same on a week of
     history as on a month."""
-    hwm, seq = get_state(conn, "correlations")
-    upstream = get_state(conn, "ohlcv_1m")[1]
-    if upstream <= hwm:
-        return {"rows": 0, "skipped": True}
-    with transaction(conn):
+    with incremental_table(conn, "correlations", upstream="ohlcv_1m") as inc:
+        if inc.nothing_new:
+            return {"rows": 0, "skipped": True}
         end = first(conn, "SELECT max(minute) FROM ohlcv_1m")[0]
         if end is None:
-            set_state(conn, "correlations", upstream, seq + 1)
             return {"rows": 0, "window_end": None, "skipped": False}
         # bounds as literals, so DuckDB prunes row groups by their minute zone maps
         horizon = _ts(end - timedelta(days=7, hours=1))  # buckets older than this are not needed
         rebuild = first(conn, "SELECT count(*) = 0 FROM corr_buckets")[0]  # first refresh: every hour of the window
-        touched = "" if rebuild else f"AND candle_seq > {int(hwm)}"
+        touched = "" if rebuild else f"AND candle_seq > {int(inc.hwm)}"
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE corr_hours AS SELECT DISTINCT date_trunc('hour', minute) AS hour
                          FROM ohlcv_1m WHERE minute > {horizon} {touched}""")
         lo, hi = first(conn, "SELECT min(hour), max(hour) FROM corr_hours")
@@ -92,7 +89,6 @@ def correlations_refresh(conn: duckdb.DuckDBPyConnection) -> dict:
             """
         )
         rows = first(conn, "SELECT count(*) FROM correlations")[0]
-        set_state(conn, "correlations", upstream, seq + 1)
     return {"rows": int(rows), "window_end": end, "skipped": False}
 
 
@@ -102,20 +98,18 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     Ids are md5(coin|event_time|rule), so a re-run or a recomputation after a late tick never
     duplicates an anomaly. Unpublished anomalies of a recomputed range are re-derived (values
     follow the recomputed features; ones that no longer qualify disappear); published ones are
-    kept as they were sent."""
-    hwm, seq = get_state(conn, "anomalies")
-    upstream = get_state(conn, "market_features")[1]
-    if upstream <= hwm:
-        return {"new": 0, "skipped": True}
+    kept as they were sent. The Parquet hours of the anomalies found and of those deleted are
+    marked for re-export."""
     now = datetime.now(timezone.utc)
-    with transaction(conn):
+    with incremental_table(conn, "anomalies", upstream="market_features") as inc:
+        if inc.nothing_new:
+            return {"new": 0, "skipped": True}
         conn.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE anom_range AS
             SELECT coin_id, min(event_time) AS t_min FROM market_features
-            WHERE feature_seq > $hwm AND feature_seq <= $up GROUP BY 1
-            """,
-            {"hwm": hwm, "up": upstream},
+            WHERE {inc.window} GROUP BY 1
+            """
         )
         conn.execute(
             f"""
@@ -137,6 +131,14 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
             FROM f WHERE volume_change_pct > {VOLUME_SPIKE_PCT}
             """
         )
+        inc.mark_touched(
+            """
+            SELECT event_time, symbol FROM anom_found
+            UNION ALL
+            SELECT a.event_time, a.symbol FROM anomalies a JOIN anom_range r
+              ON a.coin_id = r.coin_id AND a.event_time >= r.t_min AND a.published_at IS NULL
+            """
+        )
         conn.execute(
             """
             DELETE FROM anomalies USING anom_range r
@@ -154,7 +156,6 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
             {"now": now},
         )
         new = first(conn, "SELECT count(*) FROM anomalies WHERE detected_at = $now", {"now": now})[0]
-        set_state(conn, "anomalies", upstream, seq + 1)
     return {"new": int(new), "skipped": False}
 
 

@@ -12,21 +12,12 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
-from crypto_assets.warehouse.sql import first, scalar, transaction
-from crypto_assets.faults import fault_point
-from crypto_assets.warehouse.lake_export import mark_dirty
-from crypto_assets.warehouse.watermarks import get_state, set_state
 from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
+from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.warehouse.sql import first
+from crypto_assets.warehouse.tables import TABLES
 
 ASSET = "clean_ticks"
-DATASET = "silver/clean_ticks"
-
-COIN_STATE_DDL = """
-CREATE TABLE IF NOT EXISTS clean_coin_state (
-    coin_id         VARCHAR PRIMARY KEY,
-    max_event_time  TIMESTAMPTZ NOT NULL
-)
-"""
 
 
 @dataclass
@@ -81,24 +72,19 @@ _DETAILS = {
 
 def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: CleanConfig | None = None) -> CleanResult:
     cfg = cfg or CleanConfig()
-    conn.execute(COIN_STATE_DDL)
+    conn.execute(TABLES["clean_coin_state"].ddl)
     ensure_window(conn, cfg.jump_window)
-    hwm, seq = get_state(conn, ASSET)
-    # ingest_batches is written in the same transaction as the batch rows: one row per batch, not per tick
-    last_batch = scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM ingest_batches")
-    if last_batch <= hwm:
-        return CleanResult(None, seq=seq)
-    new_seq = seq + 1
     now = datetime.now(timezone.utc)
-    with transaction(conn):
+    with incremental_table(conn, ASSET, upstream="raw_ticks", before_commit="clean_before_commit") as inc:
+        if inc.nothing_new:
+            return CleanResult(None, seq=inc.seq)
         conn.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE clean_in AS
             SELECT r.*, row_number() OVER (PARTITION BY coin_id, last_updated_at
                                            ORDER BY batch_id, kafka_partition, kafka_offset) AS dup_rank
-            FROM raw_ticks r WHERE batch_id > $hwm AND batch_id <= $last
-            """,
-            {"hwm": hwm, "last": last_batch},
+            FROM raw_ticks r WHERE {inc.window}
+            """
         )
         conn.execute(
             """
@@ -170,7 +156,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                    batch_id, $seq
             FROM clean_judged WHERE verdict IS NULL ORDER BY last_updated_at
             """,
-            {"seq": new_seq},
+            {"seq": inc.new_seq},
         )
         conn.execute(
             """
@@ -188,11 +174,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             ON CONFLICT (coin_id) DO UPDATE SET max_event_time = greatest(clean_coin_state.max_event_time, excluded.max_event_time)
             """
         )
-        mark_dirty(
-            conn,
-            DATASET,
-            "SELECT last_updated_at AS event_time, symbol FROM clean_judged WHERE verdict IS NULL",
-        )
+        inc.mark_touched("SELECT last_updated_at AS event_time, symbol FROM clean_judged WHERE verdict IS NULL")
         counts = first(
             conn,
             """
@@ -204,16 +186,14 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
         reasons = dict(
             conn.sql("SELECT verdict, count(*) FROM clean_judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall()
         )
-        set_state(conn, ASSET, last_batch, new_seq)
-        fault_point("clean_before_commit")
     rows_in, rows_out = int(counts[0]), int(counts[1])
     return CleanResult(
-        raw_batches=(hwm + 1, last_batch),
+        raw_batches=(inc.hwm + 1, inc.upstream),
         rows_in=rows_in,
         rows_out=rows_out,
         quarantined=rows_in - rows_out,
         reasons={k: int(v) for k, v in reasons.items()},
         min_event_time=counts[2],
         max_event_time=counts[3],
-        seq=new_seq,
+        seq=inc.new_seq,
     )

@@ -27,24 +27,18 @@ from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
 
+from crypto_assets.warehouse.tables import HOURLY_MIRRORED
+
 LEGACY_DAY_FILE = "part-0.parquet"
 DAY_FILE = "day.parquet"
 HOUR_FILE_RE = re.compile(r"part-\d\d\.parquet")
 LOCK_TIMEOUT_S = 300.0
 
-# Every dataset mirrored hour by hour, with the ORDER BY its export uses (as the assets call
-# export_dirty); compaction sorts day files the same way. gold/correlations is one file, not here.
-LAKE_DATASETS: dict[str, str] = {
-    "bronze/raw_ticks": "coin_id, last_updated_at",
-    "silver/clean_ticks": "coin_id, event_time",
-    "gold/market_features": "coin_id, event_time",
-    "gold/ohlcv_1m": "coin_id, minute",
-    "gold/ohlcv_1h": "coin_id, hour",
-    "gold/hourly_stats": "coin_id, hour",
-    "gold/anomalies": "event_time",
-}
+# Every dataset mirrored hour by hour, with the ORDER BY its export uses (the table registry's);
+# compaction sorts day files the same way. gold/correlations is one file, not here.
+LAKE_DATASETS: dict[str, str] = {t.dataset: t.export_order for t in HOURLY_MIRRORED}
 # The small datasets, partitioned by date only; every other one has a symbol= directory level.
-BY_DATE: frozenset[str] = frozenset({"gold/ohlcv_1m", "gold/ohlcv_1h", "gold/hourly_stats", "gold/anomalies"})
+BY_DATE: frozenset[str] = frozenset(t.dataset for t in HOURLY_MIRRORED if t.by_date)
 
 
 def by_date_marker(lake_root: Path, dataset: str) -> Path:

@@ -26,10 +26,9 @@ from pathlib import Path
 import duckdb
 
 from crypto_assets.warehouse.lake_layout import hive_types, list_dataset_files, read_lock
-from crypto_assets.warehouse.tables import ALL_DDL
+from crypto_assets.warehouse.tables import TABLES
 
 SHAPE_SCHEMA = "lake_shape"  # empty tables with the warehouse DDL: the views' column list
-_DDL = {re.search(r"CREATE TABLE IF NOT EXISTS (\w+)", d).group(1): d for d in ALL_DDL}
 
 
 def _quote(s: str) -> str:
@@ -45,7 +44,7 @@ def lake_views(conn: duckdb.DuckDBPyConnection, lake_root: Path, datasets: Itera
     for dataset in datasets:
         table = dataset.rsplit("/", 1)[-1]
         shape = f"{SHAPE_SCHEMA}.{table}"
-        conn.execute(re.sub(r"CREATE TABLE IF NOT EXISTS \w+", f"CREATE OR REPLACE TABLE {shape}", _DDL[table], count=1))
+        conn.execute(re.sub(r"CREATE TABLE IF NOT EXISTS \w+", f"CREATE OR REPLACE TABLE {shape}", TABLES[table].ddl, count=1))
         cols = conn.sql(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
             "ORDER BY column_index", params=[SHAPE_SCHEMA, table],

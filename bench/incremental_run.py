@@ -49,9 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (MB, RUNS_ROOT, Walk, dir_stats, fmt, load_avg, med, prepare_dagster_home,  # noqa: E402
-                           run_stats, start_broker, stop_broker, tick_bytes)
+from bench._common import MB, RUNS_ROOT, dir_stats, fmt, load_avg, med  # noqa: E402
 from bench._history import build_history  # noqa: E402
+from bench._live import Walk, tick_bytes  # noqa: E402
+from bench._runs import run_stats  # noqa: E402
+from bench._stack import prepare_dagster_home, start_broker, stop_broker  # noqa: E402
 
 TARGET = 1.2
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

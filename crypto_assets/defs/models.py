@@ -38,7 +38,7 @@ def _lineage(context: dg.AssetExecutionContext, path: str, split, extra: dict | 
     return tags
 
 
-def _data_window(path: str) -> dict[str, str]:
+def data_window(path: str) -> dict[str, str]:
     """Min/max event time and row count of the training set file the models read, exact, from
     its event_time column alone (pyarrow, milliseconds; was a Spark job per model)."""
     import pyarrow.compute as pc
@@ -60,12 +60,14 @@ def training_dataset(df, path: str, window: dict[str, str]):
     class _Counted(SparkDataset):
         @property
         def profile(self):
-            return {"approx_count": int(window["data_rows"])}  # exact, from _data_window
+            return {"approx_count": int(window["data_rows"])}  # exact, from data_window
 
     return _Counted(df=df, source=SparkDatasetSource(path=path), name="training_set")
 
 
-def _with_baseline(metrics: dict, baseline: dict, higher_better: dict[str, bool]) -> dict[str, float]:
+def with_baseline(metrics: dict, baseline: dict, higher_better: dict[str, bool]) -> dict[str, float]:
+    """The metrics plus baseline_<k> and lift_<k> (over the baseline; higher is better unless
+    higher_better[k] is False) for every metric the baseline has."""
     out = dict(metrics)
     for k, v in metrics.items():
         b = baseline.get(k)
@@ -155,12 +157,12 @@ def trend_model(context: dg.AssetExecutionContext, config: TrendModelConfig, lak
     params = {"max_iter": config.max_iter, "reg_param": config.reg_param, "train_fraction": config.train_fraction,
               "horizon_minutes": config.horizon_minutes, "features": ",".join(FEATURES)}
     t = train_trend(df, FEATURES, config.horizon_minutes, params)
-    metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
+    metrics = with_baseline(t.metrics, t.extra["baseline"], {})
     champ_version, champ = load_champion(mlflow, mlflow.registered_name("trend_model"))
     if champ is not None:
         cm = _champion_metrics(context, champ_version, lambda: binary_metrics(champ.transform(t.split.test), "label_up"))
         metrics.update({f"champion_{k}": v for k, v in cm.items()})
-    window = _data_window(path)
+    window = data_window(path)
     logged = log_model(
         mlflow, "trend_model", t.model, params=params, metrics=metrics,
         tags=_lineage(context, path, t.split, window), dataset=training_dataset(df, path, window),
@@ -202,12 +204,12 @@ def anomaly_model(context: dg.AssetExecutionContext, config: AnomalyModelConfig,
         context.log.info(f"anomaly_model skipped: {exc}")
         return dg.MaterializeResult(metadata={"skipped": str(exc)}, check_results=[dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.WARN, description=f"no model trained: {exc}; champion unchanged")])
-    metrics = _with_baseline(t.metrics, t.extra["baseline"], {})
+    metrics = with_baseline(t.metrics, t.extra["baseline"], {})
     champ_version, champ = load_champion(mlflow, mlflow.registered_name("anomaly_model"))
     if champ is not None:
         cm = _champion_metrics(context, champ_version, lambda: binary_metrics(champ.transform(t.split.test), "label_anomaly"))
         metrics.update({f"champion_{k}": v for k, v in cm.items()})
-    window = _data_window(path)
+    window = data_window(path)
     logged = log_model(
         mlflow, "anomaly_model", t.model, params=params, metrics=metrics,
         tags=_lineage(context, path, t.split, window),
@@ -249,7 +251,7 @@ def price_model(context: dg.AssetExecutionContext, config: PriceModelConfig, lak
     md: dict[str, Any] = {}
     verdicts: dict[str, GateVerdict] = {}
     skipped: dict[str, str] = {}
-    window = _data_window(path)  # once, not per horizon
+    window = data_window(path)  # once, not per horizon
     frame = price_frame(df, FEATURES)  # read and cached once for all horizons
     try:
         for h in config.horizons:
@@ -341,7 +343,7 @@ def coin_clusters(context: dg.AssetExecutionContext, config: ClustersConfig, lak
             context, champ_version, lambda: {"silhouette": ev.evaluate(champ.transform(t.split.test))}).items()})
     logged = log_model(
         mlflow, "coin_clusters", t.model, params={"k": t.params["k"]}, metrics=metrics,
-        tags={**_lineage(context, path, t.split, _data_window(path))},
+        tags={**_lineage(context, path, t.split, data_window(path))},
         artifacts={"assignment.json": t.extra["assignment"]},
     )
     verdict = _gate(context, mlflow, logged, "silhouette", True, config.gate_margin)

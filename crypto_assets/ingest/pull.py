@@ -101,6 +101,10 @@ class PullResult:
     dlq_published: int = 0
     export: ExportResult | None = None
     remaining_lag: dict[int, int] = field(default_factory=dict)
+    # Wall seconds per phase, summed over the batches (what bench/ingest.py breaks the pull into):
+    # consumer_open, metadata, watermarks, consume (of which consume_fetch: inside
+    # Consumer.consume), write (of which parse), group_commit, dlq, export, consumer_close.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def messages(self) -> int:
@@ -139,6 +143,11 @@ class PullResult:
             for p, (lo, hi) in b.ranges.items():
                 out[p] = (min(lo, out[p][0]), max(hi, out[p][1])) if p in out else (lo, hi)
         return out
+
+
+def _add_time(timings: dict[str, float] | None, phase: str, since: float) -> None:
+    if timings is not None:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - since
 
 
 def _broker_error(bootstrap: str, exc: Exception) -> BrokerUnavailable:
@@ -278,7 +287,8 @@ _TS_MS = operator.itemgetter(1)  # Message.timestamp() -> (type, ms)
 
 
 def _consume_batch(
-    client: _Consumer, topic: str, plans: list[PartitionPlan], limit: int, cfg: PullConfig
+    client: _Consumer, topic: str, plans: list[PartitionPlan], limit: int, cfg: PullConfig,
+    timings: dict[str, float] | None = None,
 ) -> tuple[list[int], list[int], list[bytes | None], list[bytes | None], list[int]]:
     """Read up to `limit` messages, each partition from its next_offset up to its snapshot high.
 
@@ -307,7 +317,9 @@ def _consume_batch(
         while todo and len(offs) < limit:
             below_snapshot = sum(ends[p] - position[p] for p in todo)
             want = max(1, min(cfg.consume_chunk, limit - len(offs), below_snapshot))
+            t_fetch = time.perf_counter()
             msgs = consumer.consume(want, timeout=cfg.poll_timeout_s)
+            _add_time(timings, "consume_fetch", t_fetch)
             if not msgs:
                 # Nothing arrived: partitions whose fetch position is past the snapshot are done
                 # (covers offset gaps such as transaction markers).
@@ -438,13 +450,16 @@ _COORD_TYPES = {"kafka_partition": pl.Int32, "kafka_offset": pl.Int64, "kafka_ts
 
 
 def _stage(
-    consumed: tuple[list[int], list[int], list, list, list[int]], cfg: PullConfig
+    consumed: tuple[list[int], list[int], list, list, list[int]], cfg: PullConfig,
+    timings: dict[str, float] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Parse the values and attach their Kafka coordinates: (staged rows, parse rejects with their
     raw bytes and key)."""
     parts, offs, keys, vals, tss = consumed
+    t_parse = time.perf_counter()
     parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else vals,
                           max_bytes=cfg.max_message_bytes)
+    _add_time(timings, "parse", t_parse)
     coords = pl.DataFrame(
         [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
     )
@@ -558,11 +573,12 @@ def _write_batch(
     coins: list[str],
     cfg: PullConfig,
     started_at: datetime,
+    timings: dict[str, float] | None = None,
 ) -> BatchStats:
     _parts, offs, keys, vals, _tss = consumed
     n = len(offs)
     now = datetime.now(timezone.utc)
-    staged, rejects = _stage(consumed, cfg)
+    staged, rejects = _stage(consumed, cfg, timings)
     conn.register("staged", staged.to_arrow())
     conn.register("rejects_in", rejects.to_arrow())
     fault_point("before_write")
@@ -777,15 +793,22 @@ def pull_raw_ticks(
     t0 = time.monotonic()
     started_at = datetime.now(timezone.utc)
     topic = kafka.raw_topic
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
     client = _Consumer(kafka)
-    result = PullResult(topic=topic, bootstrap=client.bootstrap, cluster_id=None)
+    _add_time(timings, "consumer_open", t)
+    result = PullResult(topic=topic, bootstrap=client.bootstrap, cluster_id=None, timings=timings)
     try:
+        t = time.perf_counter()
         cluster_id, partitions = client.metadata(topic)
+        _add_time(timings, "metadata", t)
         result.cluster_id = cluster_id
         if not partitions:
             result.notices.append(f"topic {topic} does not exist yet on {client.bootstrap}: nothing to read")
             return result
+        t = time.perf_counter()
         watermarks = client.watermarks(topic, partitions)
+        _add_time(timings, "watermarks", t)
         with lakehouse.connect() as conn:
             plans = plan_partitions(watermarks, _stored_offsets(conn, topic), cluster_id)
             result.plans = plans
@@ -797,12 +820,16 @@ def pull_raw_ticks(
             first = True
             while True:
                 limit = min(cfg.batch_size, budget)
-                consumed = _consume_batch(client, topic, plans, limit, cfg)
+                t = time.perf_counter()
+                consumed = _consume_batch(client, topic, plans, limit, cfg, timings)
+                _add_time(timings, "consume", t)
                 if not consumed[1] and not (first and any(p.reset_reason for p in plans)):
                     break
+                t = time.perf_counter()
                 stats = _write_batch(
-                    conn, topic, cluster_id, run_id, plans, consumed, list(lakehouse.coins), cfg, started_at
+                    conn, topic, cluster_id, run_id, plans, consumed, list(lakehouse.coins), cfg, started_at, timings
                 )
+                _add_time(timings, "write", t)
                 first = False
                 result.batches.append(stats)
                 logger.info(
@@ -810,18 +837,26 @@ def pull_raw_ticks(
                     f"{stats.quarantined} quarantined"
                 )
                 fault_point("after_duckdb_commit")
+                t = time.perf_counter()
                 result.kafka_commit_ok &= _commit_group_offsets(client, topic, plans)
+                _add_time(timings, "group_commit", t)
                 budget -= stats.messages
                 if budget <= 0 or not consumed[1]:
                     break
             if cfg.publish_dlq:
+                t = time.perf_counter()
                 result.dlq_published = publish_dlq(conn, kafka, topic)
+                _add_time(timings, "dlq", t)
             if cfg.export_parquet:
+                t = time.perf_counter()
                 result.export = export_dirty(
                     conn, lakehouse.lake_path, BRONZE_DATASET, _BRONZE.name, _BRONZE.time_column, _BRONZE.export_order,
                 )
+                _add_time(timings, "export", t)
         result.remaining_lag = {p.partition: p.lag for p in plans}
     finally:
+        t = time.perf_counter()
         client.close()
+        _add_time(timings, "consumer_close", t)
         result.duration_s = time.monotonic() - t0
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,15 +25,19 @@ class TickProducer:
 
     `send` encodes a tick dict (key = coin_id); `send_raw` writes arbitrary bytes, which the
     simulator uses to inject malformed messages. `flush` raises if any delivery failed, so a
-    source never reports success for messages the broker did not take.
+    source never reports success for messages the broker did not take. `on_delivery(err, msg)`,
+    when given, is called after the accounting for every delivery report (a benchmark times acks
+    with it); `poll` serves delivery reports while the caller waits.
     """
 
-    def __init__(self, kafka: KafkaResource, topic: str | None = None, **overrides: Any) -> None:
+    def __init__(self, kafka: KafkaResource, topic: str | None = None,
+                 on_delivery: Callable[[Any, Any], None] | None = None, **overrides: Any) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic or kafka.raw_topic
         self.bootstrap = kafka.bootstrap()
         self._producer = Producer(kafka.producer_config(**overrides))
+        self._delivery_hook = on_delivery
         self.stats = DeliveryStats()
 
     def _on_delivery(self, err, msg) -> None:
@@ -42,6 +47,12 @@ class TickProducer:
             self.stats.failed += 1
             if len(self.stats.errors) < 20:
                 self.stats.errors.append(str(err))
+        if self._delivery_hook is not None:
+            self._delivery_hook(err, msg)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports for up to timeout_s; returns how many were served."""
+        return self._producer.poll(timeout_s)
 
     def send_raw(self, key: bytes | str | None, value: bytes, headers: list | None = None) -> None:
         while True:

@@ -4,8 +4,9 @@ import json
 
 import dagster as dg
 
+from crypto_assets.kafka.errors import BrokerUnavailable
 from crypto_assets.kafka.lag import measure_backlog
-from crypto_assets.resources import BrokerUnavailable, KafkaResource
+from crypto_assets.resources import KafkaResource
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED]

@@ -30,7 +30,8 @@ from crypto_assets.warehouse.sql import first, scalar, transaction
 from crypto_assets.faults import fault_armed, fault_point
 from crypto_assets.ingest.parse import parse_values
 from crypto_assets.warehouse.lake_export import ExportResult, export_dirty, mark_dirty
-from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.resources.kafka import KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from crypto_assets.warehouse.sql import transaction
-from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.resources.kafka import KafkaResource
 
 
 def _consumer(kafka: KafkaResource):

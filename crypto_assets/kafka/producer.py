@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
 
-from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.resources.kafka import KafkaResource
 
 
 @dataclass
@@ -28,8 +30,6 @@ class TickProducer:
     """
 
     def __init__(self, kafka: KafkaResource, topic: str | None = None, **overrides: Any) -> None:
-        from confluent_kafka import Producer
-
         self.topic = topic or kafka.raw_topic
         self.bootstrap = kafka.bootstrap()
         self._producer = Producer(kafka.producer_config(**overrides))

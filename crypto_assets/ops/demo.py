@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from crypto_assets.ops.processes import pid_alive
-from crypto_assets.resources.kafka import read_broker_file
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,6 @@ def cmd_demo(args) -> int:
     prepare_home(home)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    from crypto_assets.kafka.embedded_broker import EmbeddedBroker, remove_broker_file, write_broker_file
 
     broker = None
     info = read_broker_file(home)

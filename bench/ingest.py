@@ -88,10 +88,13 @@ import orjson  # noqa: E402
 import polars as pl  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition  # noqa: E402
 
+import crypto_assets.ingest.consumer as consumer_mod  # noqa: E402
 import crypto_assets.ingest.pull as pull_mod  # noqa: E402
+import crypto_assets.ingest.write as write_mod  # noqa: E402
 from crypto_assets.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
 from crypto_assets.kafka.tick_contract import DEFAULT_COINS, make_tick  # noqa: E402
-from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks  # noqa: E402
+from crypto_assets.ingest.config import BRONZE_DATASET, PullConfig  # noqa: E402
+from crypto_assets.ingest.pull import pull_raw_ticks  # noqa: E402
 from crypto_assets.resources import KafkaResource, LakehouseResource  # noqa: E402
 from crypto_assets.kafka.producer import TickProducer  # noqa: E402
 from crypto_assets.kafka.topics import DLQ_TOPIC, RAW_TOPIC  # noqa: E402
@@ -389,13 +392,17 @@ def _wrap(key: str, fn):
 
 @contextlib.contextmanager
 def instrument_pull():
-    """Monkeypatch crypto_assets.ingest.pull for the duration (restored afterwards)."""
-    cls = pull_mod._Consumer
-    saved_mod = {
-        name: getattr(pull_mod, name)
-        for name in ("_consume_batch", "parse_values", "_write_batch", "_commit_group_offsets",
-                     "publish_dlq", "export_dirty")
+    """Monkeypatch the pull's modules (crypto_assets.ingest.*) for the duration (restored afterwards)."""
+    cls = consumer_mod.RawConsumer
+    patched = {  # (module, name looked up there) -> label
+        (pull_mod, "consume_batch"): "consume: consume_batch total",
+        (write_mod, "parse_values"): "parse: parse_values (NDJSON -> polars)",
+        (pull_mod, "write_batch"): "write: write_batch total (incl. parse)",
+        (pull_mod, "_commit_group_offsets"): "kafka: _commit_group_offsets total",
+        (pull_mod, "publish_dlq"): "dlq: publish_dlq (nothing to send)",
+        (pull_mod, "export_dirty"): "export: export_dirty total",
     }
+    saved_mod = {(mod, name): getattr(mod, name) for mod, name in patched}
     saved_cls = {name: getattr(cls, name) for name in ("__init__", "metadata", "watermarks", "close")}
     orig_init = saved_cls["__init__"]
 
@@ -406,20 +413,16 @@ def instrument_pull():
         _rec("setup: create Consumer", time.perf_counter() - t)
 
     try:
-        pull_mod._consume_batch = _wrap("consume: _consume_batch total", saved_mod["_consume_batch"])
-        pull_mod.parse_values = _wrap("parse: parse_values (NDJSON -> polars)", saved_mod["parse_values"])
-        pull_mod._write_batch = _wrap("write: _write_batch total (incl. parse)", saved_mod["_write_batch"])
-        pull_mod._commit_group_offsets = _wrap("kafka: _commit_group_offsets total", saved_mod["_commit_group_offsets"])
-        pull_mod.publish_dlq = _wrap("dlq: publish_dlq (nothing to send)", saved_mod["publish_dlq"])
-        pull_mod.export_dirty = _wrap("export: export_dirty total", saved_mod["export_dirty"])
+        for (mod, name), label in patched.items():
+            setattr(mod, name, _wrap(label, saved_mod[(mod, name)]))
         cls.__init__ = init
         cls.metadata = _wrap("setup: metadata (list_topics)", saved_cls["metadata"])
         cls.watermarks = _wrap("setup: watermarks", saved_cls["watermarks"])
         cls.close = _wrap("teardown: close Consumer", saved_cls["close"])
         yield
     finally:
-        for name, fn in saved_mod.items():
-            setattr(pull_mod, name, fn)
+        for (mod, name), fn in saved_mod.items():
+            setattr(mod, name, fn)
         for name, fn in saved_cls.items():
             setattr(cls, name, fn)
 
@@ -427,9 +430,9 @@ def instrument_pull():
 def breakdown(t: Timers, total: float) -> list[tuple[str, float]]:
     """Exclusive time per category (parents minus their instrumented children)."""
     g = t.t.get
-    consume_total = g("consume: _consume_batch total", 0.0)
+    consume_total = g("consume: consume_batch total", 0.0)
     consume_c = g("consume: Consumer.consume() (fetch + Message objects)", 0.0)
-    write_total = g("write: _write_batch total (incl. parse)", 0.0)
+    write_total = g("write: write_batch total (incl. parse)", 0.0)
     parse = g("parse: parse_values (NDJSON -> polars)", 0.0)
     sql_in_write = sum(
         v for k, v in t.t.items()
@@ -587,7 +590,8 @@ def kb(key):
 bootstrap, home, max_messages, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 os.environ["CRYPTO_HOME"] = home
 import pyarrow  # noqa: F401  (the pull imports it on its first batch; count it in the baseline)
-from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
+from crypto_assets.ingest.config import PullConfig
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.resources import KafkaResource, LakehouseResource
 kafka = KafkaResource(bootstrap_servers=bootstrap, home=home, consumer_group="bench.memprobe")
 lake = LakehouseResource(home=home)
@@ -850,7 +854,7 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
                 "count(DISTINCT (coin_id, last_updated_at)) FROM raw_ticks"
             ).fetchall()[0]
             q = conn.sql("SELECT count(*) FROM quarantine").fetchall()[0][0]
-            files = sorted(str(p) for p in (lake.lake_path / pull_mod.BRONZE_DATASET).rglob("*.parquet"))
+            files = sorted(str(p) for p in (lake.lake_path / BRONZE_DATASET).rglob("*.parquet"))
             pq = conn.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0] if files else 0
             nxt = conn.sql(
                 "SELECT kafka_partition, max(next_offset) FROM ingest_offsets GROUP BY 1 ORDER BY 1"

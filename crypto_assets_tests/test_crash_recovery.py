@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from crypto_assets.faults import ENV_VAR
-from crypto_assets.ingest.pull import BRONZE_DATASET
+from crypto_assets.ingest.config import BRONZE_DATASET
 from crypto_assets_tests.helpers import encoded, produce, tick, ticks
 from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
 from crypto_assets_tests.topic_helpers import read_topic, watermarks

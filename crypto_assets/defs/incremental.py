@@ -33,7 +33,8 @@ from crypto_assets.defs import checks
 from crypto_assets.defs import bronze, gold, silver
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
-from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
+from crypto_assets.ingest.config import PullConfig
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.warehouse.watermarks import get_state

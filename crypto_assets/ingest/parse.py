@@ -7,7 +7,7 @@ the survivors are parsed in bulk again. Bad messages are rare in production; the
 only costs what a bad chunk costs.
 
 Rules that need no parsing context (required fields, price > 0, timestamps, duplicates, known
-coins) are applied afterwards in SQL, vectorised, by the pull (see pull.py).
+coins) are applied afterwards in SQL, vectorised, by the pull (see validate.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class ParseResult:
 
     parsed: pl.DataFrame
     rejects: pl.DataFrame
-    slow_chunks: int = 0
 
 
 def _ndjson(values: list[bytes]) -> pl.DataFrame:
@@ -80,12 +79,12 @@ def triage(value: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, list[tuple[int, str, str]], bool]:
-    """Parse one chunk; returns (parsed frame with idx, rejects, used_slow_path)."""
+def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
+    """Parse one chunk; returns (parsed frame with idx, rejects)."""
     try:
         df = _ndjson(values)
         if df.height == len(values):
-            return df.with_columns(pl.Series("idx", idx, dtype=pl.UInt32)), [], False
+            return df.with_columns(pl.Series("idx", idx, dtype=pl.UInt32)), []
     except Exception:  # noqa: BLE001 - any polars parse error sends the chunk to triage
         pass
     rejects: list[tuple[int, str, str]] = []
@@ -115,7 +114,7 @@ def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, lis
                 except Exception as exc:  # noqa: BLE001
                     rejects.append((i, "unparseable", str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
-    return parsed, rejects, True
+    return parsed, rejects
 
 
 def _empty_parsed() -> pl.DataFrame:
@@ -145,7 +144,7 @@ def parse_values(
                 df = pl.read_ndjson(io.BytesIO(blob), schema=CONTRACT_SCHEMA)
                 if df.height == len(values):
                     idx = pl.int_range(pl.len(), dtype=pl.UInt32).alias("idx")
-                    return ParseResult(df.with_columns(idx), _rejects_frame([]), 0)
+                    return ParseResult(df.with_columns(idx), _rejects_frame([]))
             except Exception:  # noqa: BLE001 - a bad message somewhere: take the careful path
                 pass
         del blob
@@ -174,14 +173,12 @@ def parse_values(
                 fast_idx.append(i)
 
     frames: list[pl.DataFrame] = []
-    slow_chunks = 0
     for start in range(0, len(fast_idx), chunk_size):
         idx = fast_idx[start : start + chunk_size]
         chunk_vals = values[idx[0] : idx[-1] + 1] if idx[-1] - idx[0] + 1 == len(idx) else [values[i] for i in idx]
-        df, rej, slow = _parse_chunk(chunk_vals, idx)
+        df, rej = _parse_chunk(chunk_vals, idx)
         frames.append(df)
         rejects.extend(rej)
-        slow_chunks += slow
     for i in slow_idx:
         verdict = triage(values[i])
         if verdict is not None:
@@ -193,4 +190,4 @@ def parse_values(
         except Exception as exc:  # noqa: BLE001
             rejects.append((i, "unparseable", str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
-    return ParseResult(parsed, _rejects_frame(rejects), slow_chunks)
+    return ParseResult(parsed, _rejects_frame(rejects))

@@ -114,7 +114,7 @@ CREATE TABLE IF NOT EXISTS lake_pending (
 # what it already holds.
 OUTBOX_SENDS_DDL = """
 CREATE TABLE IF NOT EXISTS outbox_sends (
-    outbox          VARCHAR NOT NULL,       -- alerts, or dlq:<source topic>
+    outbox          VARCHAR NOT NULL,       -- alerts, predictions, or dlq:<source topic>
     topic           VARCHAR NOT NULL,       -- the topic the send writes to
     kafka_partition INTEGER NOT NULL,       -- -1: the topic did not exist yet (read it from its start)
     start_offset    BIGINT NOT NULL,        -- the partition's high watermark before the send

@@ -37,7 +37,7 @@ BAD = {
     b"": "empty_message",
     b"\xff\xfe not utf-8": "not_utf8",
     encoded(tick(9001, "bitcoin") | {"coin_id": "notacoin"}): "unknown_coin",
-    encoded(tick(9002, "litecoin", price=-5.0)): "non_positive_price",
+    encoded(tick(9002, "litecoin", price=-5.0)): "invalid_price",
 }
 
 

@@ -108,4 +108,4 @@ def test_kill_inside_the_write_transaction_then_rerun(kafka, lakehouse, home, ta
     with lakehouse.connect(read_only=True) as conn:
         rejected = conn.execute("SELECT kafka_partition, kafka_offset, reason FROM quarantine WHERE kafka_topic = ?",
                                 [kafka.raw_topic]).fetchall()
-    assert len(rejected) == 1 and rejected[0][2] == "non_positive_price", rejected
+    assert len(rejected) == 1 and rejected[0][2] == "invalid_price", rejected

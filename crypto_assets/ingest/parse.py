@@ -7,7 +7,8 @@ the survivors are parsed in bulk again. Bad messages are rare in production; the
 only costs what a bad chunk costs.
 
 Rules that need no parsing context (required fields, price > 0, timestamps, duplicates, known
-coins) are applied afterwards in SQL, vectorised, by the pull (see validate.py).
+coins) are applied afterwards in SQL, vectorised, by the pull (see validate.py). Reasons are
+named by crypto_assets.rejections.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import orjson
 import polars as pl
 
+from crypto_assets import rejections as R
 from crypto_assets.kafka.tick_contract import FIELDS, MAX_MESSAGE_BYTES
 
 _POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}
@@ -55,7 +57,7 @@ def triage(value: bytes) -> tuple[str, str] | None:
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return "not_utf8", f"invalid UTF-8 at byte {exc.start}"
+        return R.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}"
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -63,19 +65,19 @@ def triage(value: bytes) -> tuple[str, str] | None:
         try:
             loose = json.loads(value)
         except (ValueError, RecursionError):
-            return "invalid_json", str(exc)[:200]
+            return R.INVALID_JSON, str(exc)[:200]
         if isinstance(loose, dict):
             bad = [k for k, v in loose.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad:
-                reason = "non_finite_price" if "price_usd" in bad else "non_finite_number"
+                reason = R.INVALID_PRICE if "price_usd" in bad else R.NON_FINITE_NUMBER
                 return reason, f"non-finite number(s) (NaN/Infinity are not JSON) in: {', '.join(sorted(bad))}"
-        return "invalid_json", str(exc)[:200]
+        return R.INVALID_JSON, str(exc)[:200]
     if not isinstance(obj, dict):
-        return "not_object", f"JSON {type(obj).__name__} where an object was expected"
+        return R.NOT_OBJECT, f"JSON {type(obj).__name__} where an object was expected"
     for name, kind in FIELDS.items():
         v = obj.get(name)
         if v is not None and not _type_ok(kind, v):
-            return "wrong_type", f"{name}: expected {kind}, got {type(v).__name__} {str(v)[:40]!r}"
+            return R.WRONG_TYPE, f"{name}: expected {kind}, got {type(v).__name__} {str(v)[:40]!r}"
     return None
 
 
@@ -112,7 +114,7 @@ def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, lis
                         raise ValueError("not exactly one JSON document")
                     frames.append(one.with_columns(pl.Series("idx", [i], dtype=pl.UInt32)))
                 except Exception as exc:  # noqa: BLE001
-                    rejects.append((i, "unparseable", str(exc)[:200]))
+                    rejects.append((i, R.UNPARSEABLE, str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
     return parsed, rejects
 
@@ -164,9 +166,9 @@ def parse_values(
     else:
         for i, (big, emp, nl) in enumerate(zip(oversized, empty, has_newline)):
             if big:
-                rejects.append((i, "oversized", f"{len(values[i])} bytes > limit {max_bytes}"))
+                rejects.append((i, R.OVERSIZED, f"{len(values[i])} bytes > limit {max_bytes}"))
             elif emp:
-                rejects.append((i, "empty_message", "message value is empty or null"))
+                rejects.append((i, R.EMPTY_MESSAGE, "message value is empty or null"))
             elif nl:
                 slow_idx.append(i)
             else:
@@ -188,6 +190,6 @@ def parse_values(
             obj = orjson.loads(values[i])
             frames.append(_ndjson([orjson.dumps(obj)]).with_columns(pl.Series("idx", [i], dtype=pl.UInt32)))
         except Exception as exc:  # noqa: BLE001
-            rejects.append((i, "unparseable", str(exc)[:200]))
+            rejects.append((i, R.UNPARSEABLE, str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
     return ParseResult(parsed, _rejects_frame(rejects))

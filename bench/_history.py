@@ -13,7 +13,7 @@ coin), in raw batches of `batch_ticks` (default 500: about what a live increment
 msg/s pulls, so ingest_batches / ingest_offsets grow like a month of live runs) under the
 historical topic `crypto_raw_history`, with contiguous per-partition offsets (coin k on
 partition k % 4), one ingest_batches row per batch and one ingest_offsets row per batch and
-partition, exactly what ingest/pull.py commits. A live pull reads `crypto_raw`, which has no
+partition, exactly what ingest/write.py commits. A live pull reads `crypto_raw`, which has no
 stored offsets, so it starts fresh on the new broker and continues the batch ids.
 
 Everything derived comes from the package itself: after every chunk of `chunk_ticks` raw rows

@@ -18,7 +18,8 @@ from crypto_assets.resources import KafkaResource, LakehouseResource
 
 
 def _pull(argv: list[str]) -> None:
-    from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
+    from crypto_assets.ingest.config import PullConfig
+    from crypto_assets.ingest.pull import pull_raw_ticks
 
     kafka = KafkaResource(**json.loads(argv[0]))
     lakehouse = LakehouseResource(home=argv[1])

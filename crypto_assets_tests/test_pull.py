@@ -6,7 +6,9 @@ import random
 import string
 from collections import Counter
 
-from crypto_assets.ingest.pull import BRONZE_DATASET, PullConfig, lost_offsets_notice, plan_partitions, pull_raw_ticks
+from crypto_assets.ingest.config import BRONZE_DATASET, PullConfig
+from crypto_assets.ingest.offsets import lost_offsets_notice, plan_partitions
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets_tests.helpers import produce, tick, ticks
 from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
 from crypto_assets_tests.topic_helpers import read_topic, watermarks

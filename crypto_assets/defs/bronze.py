@@ -13,7 +13,7 @@ import dagster as dg
 
 from crypto_assets.defs import checks
 from crypto_assets.defs.metadata import table_definition_metadata
-from crypto_assets.ingest.pull import PullResult
+from crypto_assets.ingest.results import PullResult
 
 DUCKDB_POOL = "duckdb_writer"
 

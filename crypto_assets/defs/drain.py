@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from crypto_assets.ingest.pull import PartitionPlan
+from crypto_assets.ingest.results import PartitionPlan
 from crypto_assets.resources import KafkaResource
 
 

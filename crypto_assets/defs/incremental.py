@@ -35,7 +35,8 @@ from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
-from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
+from crypto_assets.ingest.config import PullConfig
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.warehouse.watermarks import get_state

@@ -17,6 +17,7 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
+from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, idents_frame, publish
 from crypto_assets.warehouse.sql import transaction
 from crypto_assets.ml.registry import champion_artifact, champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
@@ -209,35 +210,55 @@ def _write(lakehouse: LakehouseResource, batch: Batch, out: pl.DataFrame) -> boo
 
 
 def _publish(lakehouse: LakehouseResource, kafka: KafkaResource, limit: int = 100_000) -> int:
-    """Outbox to crypto_predictions (key = coin_id): read the unpublished rows, send them with no
-    connection open, then mark exactly those rows (key and predicted_at: a row re-scored
-    meanwhile stays unpublished). A crash before the mark re-sends them (at least once)."""
-    with lakehouse.connect() as conn:
-        conn.execute(TABLES["predictions"].ddl)
-        rows = conn.sql(
-            f"SELECT {', '.join(OUTBOX_COLUMNS)}, predicted_at FROM predictions WHERE published_at IS NULL "
-            "ORDER BY event_time, coin_id LIMIT ?",
-            params=[limit],
-        ).fetchall()
-    if not rows:
-        return 0
-    from crypto_assets.kafka.producer import TickProducer
+    """Outbox to crypto_predictions (key = coin_id), exactly once also across a kill
+    (crypto_assets.kafka.outbox), with no connection open while sending. A row is marked by its
+    key and predicted_at: a row re-scored meanwhile stays unpublished."""
+    return publish(kafka, predictions_outbox(kafka), lakehouse.connect, limit)
 
-    producer = TickProducer(kafka, topic=kafka.predictions_topic)
+
+def predictions_outbox(kafka: KafkaResource) -> Outbox:
+    """The predictions: a JSON message of OUTBOX_COLUMNS per row, identified by its key and its
+    `event_time` and `predicted_at` headers."""
+    return Outbox(name="predictions", topic=kafka.predictions_topic, pending=_pending_predictions,
+                  mark_sent=_mark_predictions_sent, identity=_prediction_identity)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat()
+
+
+def _pending_predictions(conn, limit: int) -> list[OutboxMessage]:
+    conn.execute(TABLES["predictions"].ddl)
+    rows = conn.sql(
+        f"SELECT {', '.join(OUTBOX_COLUMNS)}, predicted_at FROM predictions WHERE published_at IS NULL "
+        "ORDER BY event_time, coin_id LIMIT ?",
+        params=[limit],
+    ).fetchall()
+    out = []
     for r in rows:
         doc = dict(zip(OUTBOX_COLUMNS, r))
-        doc["event_time"] = doc["event_time"].astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-        producer.send_raw(doc["coin_id"], orjson.dumps(doc))
-    producer.flush()
-    sent = pl.DataFrame({"coin_id": [r[0] for r in rows], "event_time": [r[1] for r in rows],
-                         "predicted_at": [r[-1] for r in rows]},
-                        schema={"coin_id": pl.String, "event_time": pl.Datetime("us", "UTC"),
-                                "predicted_at": pl.Datetime("us", "UTC")})
-    with lakehouse.connect() as conn, transaction(conn):
-        conn.register("pred_sent", sent.to_arrow())
+        event_time, predicted_at = _iso(doc["event_time"]), _iso(r[-1])
+        doc["event_time"] = event_time.replace("+00:00", "Z")
+        out.append(OutboxMessage((doc["coin_id"], event_time, predicted_at), doc["coin_id"], orjson.dumps(doc),
+                                 [("event_time", event_time.encode()), ("predicted_at", predicted_at.encode())]))
+    return out
+
+
+def _prediction_identity(message) -> tuple[str, str, str] | None:
+    event_time, predicted_at = header(message, "event_time"), header(message, "predicted_at")
+    if message.key() is None or event_time is None or predicted_at is None:
+        return None
+    return message.key().decode(), event_time, predicted_at
+
+
+def _mark_predictions_sent(conn, sent: list[tuple[str, str, str]]) -> None:
+    parsed = [(coin, datetime.fromisoformat(t), datetime.fromisoformat(p)) for coin, t, p in sent]
+    conn.register("pred_sent", idents_frame(parsed, {"coin_id": pl.String, "event_time": pl.Datetime("us", "UTC"),
+                                                     "predicted_at": pl.Datetime("us", "UTC")}))
+    try:
         conn.execute(
             "UPDATE predictions p SET published_at = now() FROM pred_sent s WHERE p.coin_id = s.coin_id "
             "AND p.event_time = s.event_time AND p.predicted_at = s.predicted_at AND p.published_at IS NULL"
         )
+    finally:
         conn.unregister("pred_sent")
-    return len(rows)

@@ -1,25 +1,35 @@
-"""The embedded Kafka broker: librdkafka's mock cluster, owned by one process.
+"""The embedded Kafka broker: librdkafka's mock cluster, owned by one process, and how other
+processes find it.
 
 A client created with `test.mock.num.brokers` starts an in-memory cluster that speaks the real
 Kafka protocol on 127.0.0.1; other processes connect to the address it logs. Data lives only as
 long as the owning process, and each partition keeps only about 5 MB (older messages are
 dropped, like retention on a real broker).
+
+The owning process records its address in `$CRYPTO_HOME/broker.json`; `resolve_bootstrap` is
+the one reader of that record (with a check that its process still runs), used by
+KafkaResource when no address is configured.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from crypto_assets.resources.kafka import BROKER_FILE
+from confluent_kafka import Consumer, Producer
+
+from crypto_assets.kafka.errors import BrokerUnavailable
 from crypto_assets.kafka.topics import TOPICS
+from crypto_assets.ops.processes import pid_alive
+
+BROKER_FILE = "broker.json"
 
 _ADDR_RE = re.compile(r"replaced with (\S+)")
 
@@ -47,8 +57,6 @@ class EmbeddedBroker:
         self.cluster_id: str | None = None
 
     def start(self, topics: list[str] | None = None, timeout_s: float = 10.0) -> str:
-        from confluent_kafka import Consumer, Producer
-
         catcher = _AddressCatcher()
         logger = logging.getLogger(f"crypto_assets.kafka.embedded_broker.{id(self)}")
         logger.propagate = False
@@ -76,8 +84,6 @@ class EmbeddedBroker:
         owner, self._owner = self._owner, None
         if owner is not None:
             del owner
-            import gc
-
             gc.collect()
 
     def __enter__(self) -> "EmbeddedBroker":
@@ -121,10 +127,33 @@ def remove_broker_file(home: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def port_open(bootstrap: str, timeout_s: float = 1.0) -> bool:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+def read_broker_file(home: str | Path) -> dict | None:
+    """The embedded broker's record in `home` (None when absent or unreadable)."""
+    path = Path(home) / BROKER_FILE
+    if not path.exists():
+        return None
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_bootstrap(explicit: str | None, home: str | Path) -> str:
+    """Bootstrap servers: explicit/env value, else the embedded broker's file, else an error."""
+    if explicit:
+        return explicit
+    info = read_broker_file(home)
+    path = Path(home) / BROKER_FILE
+    if info is None:
+        raise BrokerUnavailable(
+            "No Kafka broker configured: KAFKA_BOOTSTRAP_SERVERS is not set and "
+            f"{path} does not exist. Start the embedded broker with "
+            "`crypto-assets broker --background` (or point KAFKA_BOOTSTRAP_SERVERS at a cluster)."
+        )
+    pid = info.get("pid")
+    if pid and info.get("host") == os.uname().nodename and not pid_alive(int(pid)):
+        raise BrokerUnavailable(
+            f"{path} names the embedded broker at {info.get('bootstrap_servers')} but its process "
+            f"(pid {pid}) is not running. Start it again with `crypto-assets broker --background`."
+        )
+    return str(info["bootstrap_servers"])

@@ -1,4 +1,5 @@
-"""Kafka backlog measurement for the sensor and `status`: short timeouts, no long poll().
+"""The one consumer-lag reader, for the backlog sensor and `crypto-assets status`: short
+timeouts, no long poll().
 
 Lag = high watermark − the consumer group's committed offset (mirrored from DuckDB by every
 pull). The oldest pending message's age comes from reading ONE message at the committed offset
@@ -10,7 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from crypto_assets.kafka.errors import unreachable
+from crypto_assets.resources.kafka import KafkaResource
 
 
 @dataclass
@@ -34,8 +38,8 @@ class Backlog:
 
 
 def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool = True) -> Backlog:
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
+    """Lag per partition of the raw topic (none when the topic does not exist yet) and, with
+    `with_age`, the age of the oldest pending message. BrokerUnavailable when Kafka is down."""
     bootstrap = kafka.bootstrap()
     c = Consumer(
         kafka.consumer_config(
@@ -46,7 +50,7 @@ def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool
         try:
             md = c.list_topics(topic=kafka.raw_topic, timeout=timeout_s)
         except KafkaException as exc:
-            raise BrokerUnavailable(f"Kafka broker at {bootstrap} is unreachable: {exc}") from exc
+            raise unreachable(bootstrap, exc) from exc
         tmd = md.topics.get(kafka.raw_topic)
         out = Backlog(bootstrap)
         if tmd is None or not tmd.partitions:
@@ -60,7 +64,7 @@ def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool
                 pos = max(pos, lo)
                 out.partitions[tp.partition] = (pos, hi, max(hi - pos, 0))
         except KafkaException as exc:
-            raise BrokerUnavailable(f"Kafka broker at {bootstrap} is unreachable: {exc}") from exc
+            raise unreachable(bootstrap, exc) from exc
         pending = [TopicPartition(kafka.raw_topic, p, v[0]) for p, v in out.partitions.items() if v[2] > 0]
         if with_age and pending:
             c.assign(pending)

@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
 
-from crypto_assets.resources.kafka import BrokerUnavailable, KafkaResource
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.resources.kafka import KafkaResource
 
 
 @dataclass
@@ -32,8 +34,6 @@ class TickProducer:
 
     def __init__(self, kafka: KafkaResource, topic: str | None = None,
                  on_delivery: Callable[[Any, Any], None] | None = None, **overrides: Any) -> None:
-        from confluent_kafka import Producer
-
         self.topic = topic or kafka.raw_topic
         self.bootstrap = kafka.bootstrap()
         self._producer = Producer(kafka.producer_config(**overrides))

@@ -18,7 +18,10 @@ from pathlib import Path
 
 from crypto_assets import settings
 from crypto_assets.ops.processes import pid_alive
-from crypto_assets.resources.kafka import BROKER_FILE, BrokerUnavailable, read_broker_file
+from crypto_assets.kafka.embedded_broker import (
+    BROKER_FILE, EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file,
+)
+from crypto_assets.kafka.errors import BrokerUnavailable
 
 
 def _home(args) -> Path:
@@ -34,8 +37,6 @@ def cmd_broker(args) -> int:
         return _stop_broker(home)
     if args.background:
         return _broker_background(home)
-    from crypto_assets.kafka.embedded_broker import EmbeddedBroker, remove_broker_file, write_broker_file
-
     broker = EmbeddedBroker()
     address = broker.start()
     path = write_broker_file(home, broker)

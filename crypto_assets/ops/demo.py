@@ -13,7 +13,7 @@ from pathlib import Path
 from crypto_assets import settings
 from crypto_assets.ops.home import prepare_home
 from crypto_assets.ops.processes import pid_alive
-from crypto_assets.resources.kafka import read_broker_file
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
@@ -33,8 +33,6 @@ def cmd_demo(args) -> int:
     prepare_home(home)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    from crypto_assets.kafka.embedded_broker import EmbeddedBroker, remove_broker_file, write_broker_file
 
     broker = None
     info = read_broker_file(home)

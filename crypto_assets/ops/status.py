@@ -6,29 +6,8 @@ import sys
 from datetime import datetime, timezone
 
 from crypto_assets import settings
-from crypto_assets.resources.kafka import BrokerUnavailable
-
-
-def kafka_lag(kafka, timeout_s: float = 3.0) -> dict[int, tuple[int, int, int]]:
-    """partition -> (committed, high, lag) from the consumer group's committed offsets."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    c = Consumer(kafka.consumer_config(**{"socket.timeout.ms": int(timeout_s * 1000)}))
-    try:
-        try:
-            md = c.list_topics(topic=kafka.raw_topic, timeout=timeout_s)
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"Kafka broker at {kafka.bootstrap()} is unreachable: {exc}") from exc
-        parts = sorted(md.topics[kafka.raw_topic].partitions)
-        committed = c.committed([TopicPartition(kafka.raw_topic, p) for p in parts], timeout=timeout_s)
-        out = {}
-        for tp in committed:
-            lo, hi = c.get_watermark_offsets(TopicPartition(kafka.raw_topic, tp.partition), timeout=timeout_s)
-            pos = tp.offset if tp.offset >= 0 else lo
-            out[tp.partition] = (pos, hi, max(hi - pos, 0))
-        return out
-    finally:
-        c.close()
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.kafka.lag import measure_backlog
 
 
 def _dagster_section(home) -> bool:
@@ -100,11 +79,10 @@ def cmd_status(args) -> int:
     print(f"CRYPTO_HOME  {lakehouse.root}")
     try:
         address = kafka.bootstrap()
-        lag = kafka_lag(kafka)
-        total = sum(v[2] for v in lag.values())
+        backlog = measure_backlog(kafka, timeout_s=3.0, with_age=False)
         print(f"broker       OK   {address}")
-        print(f"topic        {kafka.raw_topic}: lag {total} "
-              + " ".join(f"p{p}={v[2]}" for p, v in sorted(lag.items())))
+        print(f"topic        {kafka.raw_topic}: lag {backlog.lag} "
+              + " ".join(f"p{p}={v[2]}" for p, v in sorted(backlog.partitions.items())))
     except BrokerUnavailable as exc:
         healthy = False
         print(f"broker       DOWN {exc}")

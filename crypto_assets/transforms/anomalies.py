@@ -8,6 +8,8 @@ import duckdb
 import orjson
 
 from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, held, publish
+from crypto_assets.resources.kafka import KafkaResource
 from crypto_assets.warehouse.sql import first, transaction
 
 ZSCORE_THRESHOLD = 3.0
@@ -162,28 +164,26 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
 ALERTS_OUTBOX = "alerts"
 
 
-def _alert_identity(message) -> str | None:
-    from crypto_assets.kafka.outbox import header
-
-    return header(message, "anomaly_id")
-
-
-def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) -> int:
+def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka: KafkaResource, limit: int = 50_000) -> int:
     """Outbox: send unpublished anomalies to crypto_alerts (key = coin_id), then mark them; exactly
     once also across a kill (crypto_assets.kafka.outbox). Returns how many were sent by this call."""
-    from crypto_assets.faults import fault_armed, fault_point
-    from crypto_assets.kafka.outbox import already_sent, begin_send, end_send
+    return publish(kafka, alerts_outbox(kafka), held(conn), limit)
 
-    found = already_sent(conn, kafka, ALERTS_OUTBOX, _alert_identity)
-    if found is not None:  # an interrupted send: mark what reached the topic, send the rest below
-        with transaction(conn):
-            if found:
-                conn.execute(
-                    "UPDATE anomalies SET published_at = now() "
-                    "WHERE published_at IS NULL AND anomaly_id IN (SELECT unnest($ids))",
-                    {"ids": sorted(found)},
-                )
-            end_send(conn, ALERTS_OUTBOX)
+
+def alerts_outbox(kafka: KafkaResource) -> Outbox:
+    """The alerts: a JSON message per anomaly, identified by its `anomaly_id` header."""
+    return Outbox(
+        name=ALERTS_OUTBOX,
+        topic=kafka.alerts_topic,
+        pending=_pending_alerts,
+        mark_sent=_mark_alerts_sent,
+        identity=lambda message: header(message, "anomaly_id"),
+        half_sent_fault="alerts_half_sent",
+        before_mark_fault="before_alert_mark",
+    )
+
+
+def _pending_alerts(conn: duckdb.DuckDBPyConnection, limit: int) -> list[OutboxMessage]:
     rows = conn.sql(
         """
         SELECT anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, volume_24h_usd
@@ -191,17 +191,9 @@ def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) 
         """,
         params=[limit],
     ).fetchall()
-    if not rows:
-        return 0
-    from crypto_assets.kafka.producer import TickProducer
-
-    begin_send(conn, kafka, ALERTS_OUTBOX, kafka.alerts_topic)
-    producer = TickProducer(kafka, topic=kafka.alerts_topic)
-    for i, (aid, coin, sym, t, rule, sev, value, thr, price, vol) in enumerate(rows):
-        if i == len(rows) // 2 and fault_armed("alerts_half_sent"):
-            producer.flush()
-            fault_point("alerts_half_sent")
-        producer.send_raw(
+    return [
+        OutboxMessage(
+            aid,
             coin,
             orjson.dumps(
                 {
@@ -211,14 +203,14 @@ def publish_alerts(conn: duckdb.DuckDBPyConnection, kafka, limit: int = 50_000) 
                     "price_usd": price, "volume_24h_usd": vol,
                 }
             ),
-            headers=[("anomaly_id", aid.encode())],
+            [("anomaly_id", aid.encode())],
         )
-    producer.flush()
-    fault_point("before_alert_mark")
-    with transaction(conn):
-        conn.execute(
-            "UPDATE anomalies SET published_at = now() WHERE anomaly_id IN (SELECT unnest($ids))",
-            {"ids": [r[0] for r in rows]},
-        )
-        end_send(conn, ALERTS_OUTBOX)
-    return len(rows)
+        for aid, coin, sym, t, rule, sev, value, thr, price, vol in rows
+    ]
+
+
+def _mark_alerts_sent(conn: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+    conn.execute(
+        "UPDATE anomalies SET published_at = now() WHERE published_at IS NULL AND anomaly_id IN (SELECT unnest($ids))",
+        {"ids": ids},
+    )

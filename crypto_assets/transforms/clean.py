@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
+from crypto_assets import rejections as R
 from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
 from crypto_assets.warehouse.incremental_table import incremental_table
 from crypto_assets.warehouse.sql import first
@@ -57,16 +58,16 @@ class CleanResult:
 
 
 _DETAILS = {
-    "unknown_coin": "coin_id is not in the configured COINS",
-    "invalid_price": "price_usd must be finite and > 0",
-    "price_out_of_range": "price_usd is outside the plausible range",
-    "invalid_volume": "volume_24h_usd must be finite and >= 0",
-    "volume_out_of_range": "volume_24h_usd is outside the plausible range",
-    "future_timestamp": "last_updated_at is ahead of its ingestion time by more than the allowed skew",
-    "too_old": "last_updated_at is older than the configured horizon",
-    "late": "arrived after the coin's newest tick minus the lateness window",
-    "price_jump": "price_usd is many times away from the coin's recent prices",
-    "duplicate": "same (coin_id, last_updated_at) is already in clean_ticks",
+    R.UNKNOWN_COIN: "coin_id is not in the configured COINS",
+    R.INVALID_PRICE: "price_usd must be finite and > 0",
+    R.PRICE_OUT_OF_RANGE: "price_usd is outside the plausible range",
+    R.INVALID_VOLUME: "volume_24h_usd must be finite and >= 0",
+    R.VOLUME_OUT_OF_RANGE: "volume_24h_usd is outside the plausible range",
+    R.TIMESTAMP_IN_FUTURE: "last_updated_at is ahead of its ingestion time by more than the allowed skew",
+    R.TIMESTAMP_TOO_OLD: "last_updated_at is older than the configured horizon",
+    R.LATE: "arrived after the coin's newest tick minus the lateness window",
+    R.PRICE_JUMP: "price_usd is many times away from the coin's recent prices",
+    R.DUPLICATE: "same (coin_id, last_updated_at) is already in clean_ticks",
 }
 
 
@@ -97,8 +98,8 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN NOT isfinite(i.volume_24h_usd) OR i.volume_24h_usd < 0 THEN 'invalid_volume'
                 WHEN i.volume_24h_usd > $max_volume OR (i.volume_24h_usd > 0 AND i.volume_24h_usd < $min_volume)
                   THEN 'volume_out_of_range'
-                WHEN i.last_updated_at > i.ingested_at + $skew THEN 'future_timestamp'
-                WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'too_old'
+                WHEN i.last_updated_at > i.ingested_at + $skew THEN 'timestamp_in_future'
+                WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'timestamp_too_old'
                 WHEN i.dup_rank > 1 THEN 'duplicate'
                 WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
               END AS verdict,
@@ -109,10 +110,10 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN verdict = 'invalid_volume' THEN printf('volume_24h_usd %g must be finite and >= 0', i.volume_24h_usd)
                 WHEN verdict = 'volume_out_of_range'
                   THEN printf('volume_24h_usd %g is neither 0 nor within [%g, %g] USD', i.volume_24h_usd, $min_volume, $max_volume)
-                WHEN verdict = 'future_timestamp'
+                WHEN verdict = 'timestamp_in_future'
                   THEN printf('last_updated_at %s is %s ahead of its ingestion at %s (allowed skew %s)',
                               i.last_updated_at, i.last_updated_at - i.ingested_at, i.ingested_at, $skew)
-                WHEN verdict = 'too_old'
+                WHEN verdict = 'timestamp_too_old'
                   THEN printf('last_updated_at %s is %s before its ingestion at %s (horizon %s)',
                               i.last_updated_at, i.ingested_at - i.last_updated_at, i.ingested_at, $horizon)
                 WHEN verdict = 'late'

@@ -9,20 +9,30 @@ This launcher keeps one `multiprocessing` forkserver per launching process (the 
 webserver) with those third-party libraries imported once; each run is a fork of it, so a run
 worker is up in well under a second. The project's own code is NOT preloaded: every run imports
 `crypto_assets` afresh in its fork, so a reloaded code location takes effect exactly as with
-the default launcher. The worker runs the same body as `dagster api execute_run`.
+the default launcher.
+
+What a worker runs is Dagster's own worker contract, the one its container launchers (docker,
+k8s, ECS) hand their workers: the command `ExecuteRunArgs(...).get_command_args()` builds,
+`dagster api execute_run <serialized ExecuteRunArgs>`, here executed by the `dagster` CLI inside
+the fork instead of a new interpreter. No private Dagster function is called; if a Dagster
+release changes the command's shape, launching fails with a message saying so
+(crypto_assets_tests/test_launcher.py checks the contract).
 
 Configured in dagster.yaml (local / live mode). The compose stack keeps the default launcher.
 """
 
 import multiprocessing
 import os
+import runpy
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Mapping, Sequence
+from multiprocessing.process import BaseProcess
 from typing import Any
 
-import dagster._check as check
+import dagster as dg
 from dagster import Array, Field, Noneable, StringSource
 from dagster._core.launcher import (
     CheckRunHealthResult,
@@ -30,7 +40,7 @@ from dagster._core.launcher import (
     RunLauncher,
     WorkerStatus,
 )
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from crypto_assets.ops.processes import pid_alive
@@ -72,15 +82,43 @@ DEFAULT_PRELOAD = (
 _forkserver_lock = threading.Lock()
 
 
-def run_worker(instance_ref: Any, run_id: str) -> None:
-    """Body of a forked run worker: what `dagster api execute_run` does after its imports."""
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance import DagsterInstance
-    from dagster._utils.interrupts import capture_interrupts
+EXECUTE_RUN = ("api", "execute_run")
 
-    with capture_interrupts():
-        with DagsterInstance.from_ref(instance_ref) as instance:
-            _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+
+class LaunchContractError(RuntimeError):
+    """The installed Dagster no longer builds `dagster api execute_run <args>` worker commands."""
+
+
+def execute_run_cli_args(command: Sequence[str]) -> list[str]:
+    """The `dagster` CLI arguments of a worker command from `ExecuteRunArgs.get_command_args()`:
+    `api execute_run <serialized ExecuteRunArgs>` after the entry point (`dagster`, or
+    `<python> -m dagster`), which is this process's Dagster in a fork."""
+    command = list(command)
+    entry, cli = command[:-3], command[-3:]
+    dagster_entry = entry[-2:] == ["-m", "dagster"] or (len(entry) == 1 and os.path.basename(entry[0]) == "dagster")
+    if not dagster_entry or tuple(cli[:2]) != EXECUTE_RUN:
+        raise LaunchContractError(
+            "ForkserverRunLauncher runs Dagster's worker command `dagster api execute_run <ExecuteRunArgs>`, "
+            f"but dagster {dg.__version__} builds {[*command[:-1], '<args>'] if command else command}: set "
+            "run_launcher to DefaultRunLauncher in dagster.yaml, or adapt crypto_assets/ops/launcher.py"
+        )
+    return cli
+
+
+def worker_cli_args(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
+    """What a worker for `run` executes: the `dagster` CLI arguments Dagster's launchers pass."""
+    if run.job_code_origin is None:
+        raise dg.DagsterInvariantViolationError(f"run {run.run_id} has no job code origin")
+    args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=instance.get_ref())
+    return execute_run_cli_args(args.get_command_args())
+
+
+def run_worker(cli_args: Sequence[str]) -> None:
+    """Body of a forked run worker: `python -m dagster <cli_args>`, in this process (the CLI
+    exits the process with its status)."""
+    sys.argv = ["dagster", *cli_args]
+    # alter_sys=False: __main__ stays the forkserver's (see crypto_assets/ml/spark_import_guard.py)
+    runpy.run_module("dagster", run_name="__main__")
 
 
 class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
@@ -90,7 +128,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
         self._inst_data = inst_data
         self._preload = list(DEFAULT_PRELOAD if preload is None else preload)
         self._ctx: Any = None
-        self._processes: dict[str, multiprocessing.process.BaseProcess] = {}
+        self._processes: dict[str, BaseProcess] = {}
         super().__init__()
 
     @property
@@ -122,20 +160,19 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        check.inst_param(run, "run", DagsterRun)
-        check.invariant(run.job_code_origin is not None, f"run {run.run_id} has no job code origin")
+        cli_args = worker_cli_args(self._instance, run)
         # forget finished workers (the forkserver reaps them; a live session launches thousands)
         self._processes = {rid: p for rid, p in self._processes.items() if p.is_alive()}
         process = self._context().Process(
             target=run_worker,
-            args=(self._instance.get_ref(), run.run_id),
+            args=(cli_args,),
             name=f"dagster-run-{run.run_id[:8]}",
         )
         process.start()
         self._processes[run.run_id] = process
         self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid), HOST_TAG: socket.gethostname()})
 
-    def _worker_pid(self, run: DagsterRun) -> int | None:
+    def _worker_pid(self, run: dg.DagsterRun) -> int | None:
         if run.tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in run.tags:
             return None
         return int(run.tags[PID_TAG])
@@ -159,7 +196,7 @@ class ForkserverRunLauncher(RunLauncher, ConfigurableClass):
     def supports_check_run_worker_health(self) -> bool:
         return True
 
-    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         pid = self._worker_pid(run)
         if pid is None:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "run worker was not launched on this host")

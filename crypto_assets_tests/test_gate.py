@@ -214,3 +214,22 @@ def test_gate_and_promote_price_model_rmse_margin(registry):
     res = _price_gate_result({"1h": v}, {"24h": "not enough history"})
     assert res.passed and res.metadata["1h_champion_after"].value == edge
     assert res.metadata["horizons_skipped"].value == ["24h"]
+
+
+@pytest.mark.slow
+def test_champion_version_is_none_only_when_there_is_none(registry):
+    """No such registered model, or no champion alias yet: None. Any other failure (here a name
+    the registry refuses) raises: taken for "no champion", it would let a gate promote a version
+    without comparing it with the champion."""
+    from mlflow.exceptions import MlflowException
+
+    from crypto_assets.ml.registry import champion_version
+
+    mlf = registry
+    assert champion_version(mlf, mlf.registered_name("never_registered")) is None
+    _version(mlf, "no_alias_yet", "no_alias_yet", {"auc_roc": 0.6})
+    assert champion_version(mlf, mlf.registered_name("no_alias_yet")) is None
+    mlf.client().set_registered_model_alias(mlf.registered_name("no_alias_yet"), "champion", "1")
+    assert champion_version(mlf, mlf.registered_name("no_alias_yet")) == "1"
+    with pytest.raises(MlflowException, match="name"):
+        champion_version(mlf, "")

@@ -28,9 +28,9 @@ MEASURED (the target is (a) + (b) + (c) <= 120 s; Spark session start-up is repo
       negatives per positive), `train_price` for 1h/4h/24h (each horizon that has enough rows),
       `train_clusters` (k=3).
   (c) per model, what the asset does after training before it returns: `load_champion` (a
-      registry lookup; there is no champion in a fresh store), `_data_window` (min/max/count
+      registry lookup; there is no champion in a fresh store), `data_window` (min/max/count
       of the training set: a Spark job at first, now the Parquet event_time column via pyarrow),
-      the MLflow input dataset (`assets.models.training_dataset`) and
+      the MLflow input dataset (`crypto_assets.ml.lineage.training_dataset`) and
       `crypto_assets.ml.registry.log_model` (params, metrics, lineage tags, input dataset, JSON
       artifacts, `mlflow.spark.log_model` + registration) into a temporary sqlite MLflow
       (`MlflowResource(home=<tmp>)`). The champion gates (`gate_and_promote`) run after that and
@@ -88,8 +88,8 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from crypto_assets.defs.models import _data_window, training_dataset  # noqa: E402
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, coins_for  # noqa: E402
+from crypto_assets.ml.lineage import data_window, training_dataset  # noqa: E402
 from crypto_assets.ml.scoring import score_linear  # noqa: E402
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, build_training_set, feature_rows  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
@@ -468,7 +468,7 @@ def start_spark():
 
 
 def _with_baseline(metrics, baseline, higher_better):
-    from crypto_assets.defs.models import _with_baseline as wb
+    from crypto_assets.ml.model_specs import with_baseline as wb
 
     return wb(metrics, baseline, higher_better)
 
@@ -592,8 +592,8 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
         load_champion(mlf, mlf.registered_name(register_as or asset))
     parts["load_champion"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    window = _data_window(path)
-    parts["_data_window"] = time.perf_counter() - t1
+    window = data_window(path)
+    parts["data_window"] = time.perf_counter() - t1
     tags = {"dagster_run_id": run_id, "asset_key": asset, "code_version": "1", "training_set_path": path,
             "split_time": str(t.split.split_time), "train_rows": str(t.split.train_rows),
             "test_rows": str(t.split.test_rows), "train_max_time": str(t.split.train_max_time),

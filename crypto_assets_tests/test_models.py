@@ -90,7 +90,9 @@ def test_lineage_tags(trained):
     tags = run.data.tags
     assert tags["dagster_run_id"] == result.run_id
     assert tags["asset_key"] == "trend_model"
-    assert tags["code_version"] == "1"
+    # the asset's code version (a hash of its code, defs/code_versions.py), on the run and the version
+    code_version = models.trend_model.code_versions_by_key[dg.AssetKey("trend_model")]
+    assert tags["code_version"] == code_version and len(code_version) == 12
     assert tags["training_set_path"].endswith("training/training_set.parquet")
     _assert_split_counts(tags, horizon=timedelta(minutes=15))
     assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
@@ -99,6 +101,7 @@ def test_lineage_tags(trained):
         assert metric in run.data.metrics
     mv = client.get_model_version(mlf.registered_name("trend_model"), "1")
     assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
+    assert mv.tags["code_version"] == code_version
 
 
 def _assert_split_counts(tags: dict, horizon: timedelta) -> None:

@@ -22,6 +22,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.errors import AnalysisException, IllegalArgumentException
 from pyspark.sql import DataFrame
 
+from crypto_assets.defs.code_versions import source_version
 from crypto_assets.ml.lineage import data_window, lineage_tags, training_dataset
 from crypto_assets.ml.model_specs import (
     ANOMALY_MODEL,
@@ -37,7 +38,7 @@ from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.resources.priority import ComputePriorityResource
 
-MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"], code_version="1")
+MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"])
 
 # What a champion that cannot score this run's holdout raises (a feature or label column it
 # reads is missing or of another type: the feature set changed since it was trained). The gate
@@ -202,7 +203,10 @@ def _per_horizon_result(done: dict[str, _Registered], skipped: dict[str, str]) -
 
 # ----------------------------------------------------------------------------- the assets
 def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
-    """The spec's asset, with its gate as its blocking check spec."""
+    """The spec's asset, its gate as its blocking check spec, and its code version: a hash of the
+    source of this step, the spec's entry and what they call (defs/code_versions.py), so that
+    Dagster shows a model stale, and its MLflow versions carry another `code_version`, exactly
+    when its training or gating logic changed."""
 
     def step(context: dg.AssetExecutionContext, config: spec.config,  # type: ignore[valid-type]
              lakehouse: LakehouseResource, pyspark: LazyPySparkResource, mlflow: MlflowResource,
@@ -211,7 +215,7 @@ def model_asset(spec: ModelSpec) -> dg.AssetsDefinition:
         return _train_and_gate(context, spec, config, lakehouse, pyspark, mlflow)
 
     return dg.asset(name=spec.name, deps=["training_set"], description=spec.description, check_specs=[gate_spec(spec)],
-                    **MODELS)(step)
+                    code_version=source_version(model_asset, spec), **MODELS)(step)
 
 
 trend_model = model_asset(TREND_MODEL)

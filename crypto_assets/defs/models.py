@@ -32,13 +32,20 @@ from crypto_assets.ml.model_specs import (
     GatedConfig,
     ModelSpec,
 )
-from crypto_assets.ml.registry import ERROR, GateVerdict, Logged, gate_and_promote, load_champion, log_model
+from crypto_assets.ml.registry import (
+    ERROR,
+    GateVerdict,
+    Logged,
+    gate_and_promote,
+    load_champion,
+    log_model,
+)
 from crypto_assets.ml.train import NotEnoughData, Trained
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.resources.priority import ComputePriorityResource
 
-MODELS = dict(group_name="models", kinds={"spark", "mlflow"}, owners=["team:ml"])
+MODELS: dict[str, Any] = {"group_name": "models", "kinds": {"spark", "mlflow"}, "owners": ["team:ml"]}
 
 # What a champion that cannot score this run's holdout raises (a feature or label column it
 # reads is missing or of another type: the feature set changed since it was trained). The gate

@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 
 from bench._training_profile import Profiler
 from bench._training_setup import CpuMeter, spark_jobs
-from crypto_assets.defs.models import data_window, training_dataset, with_baseline
+from crypto_assets.ml.lineage import data_window, training_dataset
+from crypto_assets.ml.model_specs import with_baseline
 from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
 from crypto_assets.resources.mlflow import MlflowResource
 

@@ -30,7 +30,7 @@ MEASURED (the target is (a) + (b) + (c) <= 120 s; Spark session start-up is repo
   (c) per model, what the asset does after training before it returns: `load_champion` (a
       registry lookup; there is no champion in a fresh store), `data_window` (min/max/count
       of the training set: a Spark job at first, now the Parquet event_time column via pyarrow),
-      the MLflow input dataset (`defs.models.training_dataset`) and
+      the MLflow input dataset (`crypto_assets.ml.lineage.training_dataset`) and
       `crypto_assets.ml.registry.log_model` (params, metrics, lineage tags, input dataset, JSON
       artifacts, `mlflow.spark.log_model` + registration) into a temporary sqlite MLflow
       (`MlflowResource(home=<tmp>)`). The champion gates (`gate_and_promote`) run after that and

@@ -4,6 +4,7 @@ and predictions from champions. One small deterministic market, trained once per
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from datetime import datetime, timedelta, timezone
 
@@ -17,10 +18,10 @@ from dagster_pyspark import LazyPySparkResource
 
 from crypto_assets.defs import models, predictions, training_data
 from crypto_assets.kafka.outbox import publish
-from crypto_assets.ml.registry import champion_version
+from crypto_assets.ml.registry import champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES
-from crypto_assets.ml.train import linear_coefficients, time_split
+from crypto_assets.ml.train import binary_metrics, linear_coefficients, time_split
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.resources.mlflow import MlflowResource
@@ -93,7 +94,9 @@ def test_lineage_tags(trained):
     tags = run.data.tags
     assert tags["dagster_run_id"] == result.run_id
     assert tags["asset_key"] == "trend_model"
-    assert tags["code_version"] == "1"
+    # the asset's code version (a hash of its code, defs/code_versions.py), on the run and the version
+    code_version = models.trend_model.code_versions_by_key[dg.AssetKey("trend_model")]
+    assert tags["code_version"] == code_version and len(code_version) == 12
     assert tags["training_set_path"].endswith("training/training_set.parquet")
     _assert_split_counts(tags, horizon=timedelta(minutes=15))
     assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
@@ -102,6 +105,7 @@ def test_lineage_tags(trained):
         assert metric in run.data.metrics
     mv = client.get_model_version(mlf.registered_name("trend_model"), "1")
     assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
+    assert mv.tags["code_version"] == code_version
 
 
 def _assert_split_counts(tags: dict, horizon: timedelta) -> None:
@@ -149,6 +153,39 @@ def test_worse_model_is_rejected_the_run_stays_green_and_predictions_use_the_cha
     assert latest.version != before and latest.tags["gate"] == "rejected"
     md = worse.asset_materializations_for_node("predictions")[0].metadata  # not blocked by the rejection
     assert md["trend_model_version"].value == before
+
+
+def test_the_gate_margin_comes_from_the_assets_own_config(trained):
+    """The same training as the fixture's (its version beat the baseline by ~0.1), judged with
+    a margin of 0.5 set on the asset's config: rejected by the margin, the champion stays."""
+    mlf = trained["mlf"]
+    name = mlf.registered_name("trend_model")
+    before = champion_version(mlf, name)
+    res = dg.materialize([models.trend_model], resources=trained["resources"],
+                         run_config={"ops": {"trend_model": {"config": {"gate_margin": 0.5}}}})
+    assert res.success
+    gate = _gates(res)["trend_model_gate"]
+    assert gate.metadata["outcome"].value == "rejected" and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.description.endswith("does not beat the baseline 0.5 by the margin 0.5"), gate.description
+    assert champion_version(mlf, name) == before
+
+
+def test_a_champion_that_cannot_score_the_holdout_is_left_out_and_other_errors_propagate(trained, spark, caplog):
+    """The gate compares with the champion where it can score this run's holdout. A feature it
+    reads missing (the feature set changed) leaves its metrics out with a warning; any other
+    failure is not taken for that: it propagates and fails the step."""
+    mlf = trained["mlf"]
+    version, champ = load_champion(mlf, mlf.registered_name("trend_model"))
+    holdout = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet")).limit(500)
+    log = logging.getLogger("gate-test")
+    scored = models.champion_metrics(log, version, lambda: binary_metrics(champ.transform(holdout), "label_up"))
+    assert set(scored) == {"auc_roc", "pr_auc", "accuracy"} and 0 < scored["auc_roc"] < 1
+    missing = holdout.drop(FEATURES[0])
+    with caplog.at_level(logging.WARNING, logger="gate-test"):
+        assert models.champion_metrics(log, version, lambda: binary_metrics(champ.transform(missing), "label_up")) == {}
+    assert f"champion v{version} could not score this holdout" in caplog.text and FEATURES[0] in caplog.text
+    with pytest.raises(ZeroDivisionError):
+        models.champion_metrics(log, version, lambda: {"auc_roc": 1 / 0})
 
 
 def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):

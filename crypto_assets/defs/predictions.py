@@ -16,6 +16,7 @@ import polars as pl
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
+from crypto_assets.defs.code_versions import source_version
 from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
 from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, idents_frame, publish
 from crypto_assets.warehouse.sql import transaction
@@ -79,15 +80,6 @@ class Champions:
         return self.trend[0] is None and self.anomaly[0] is None and not self.price
 
 
-@dg.asset(
-    deps=["market_features", "trend_model", "anomaly_model", "price_model"],
-    group_name="models",
-    kinds={"duckdb", "kafka", "mlflow"},
-    owners=["team:ml"],
-    code_version="1",
-    automation_condition=predictions_condition(PREDICTIONS_CRON),
-    metadata=table_definition_metadata("predictions"),
-)
 def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
                 kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
     """Trend probability, anomaly probability and return forecasts for feature rows not yet
@@ -262,3 +254,16 @@ def _mark_predictions_sent(conn, sent: list[tuple[str, str, str]]) -> None:
         )
     finally:
         conn.unregister("pred_sent")
+
+
+# Decorated here, at the end, so that its code version can hash its source and every helper
+# above that it calls (see defs/code_versions.py).
+predictions = dg.asset(
+    deps=["market_features", "trend_model", "anomaly_model", "price_model"],
+    group_name="models",
+    kinds={"duckdb", "kafka", "mlflow"},
+    owners=["team:ml"],
+    code_version=source_version(predictions, PredictionsConfig),
+    automation_condition=predictions_condition(PREDICTIONS_CRON),
+    metadata=table_definition_metadata("predictions"),
+)(predictions)

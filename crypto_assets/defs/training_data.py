@@ -13,6 +13,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
+from crypto_assets.defs.code_versions import source_version
 from crypto_assets.warehouse.lake_layout import newest_date
 from crypto_assets.warehouse.lake_views import lake_reader
 from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, build_training_set
@@ -38,13 +39,6 @@ class TrainingSetConfig(dg.Config):
 _LOOKBACK_DAYS = 2
 
 
-@dg.asset(
-    deps=["market_features", "ohlcv_1m", "anomalies"],
-    group_name="models",
-    kinds={"duckdb", "parquet"},
-    owners=["team:ml"],
-    code_version="1",
-)
 def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource,
                  compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """Features (backward-looking only) and labels (direction over the horizon, forward returns at
@@ -76,3 +70,14 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, l
             "features": FEATURES,
         }
     )
+
+
+# Decorated here, not with @, so that its code version can hash the function's own source and
+# what it calls (see defs/code_versions.py).
+training_set = dg.asset(
+    deps=["market_features", "ohlcv_1m", "anomalies"],
+    group_name="models",
+    kinds={"duckdb", "parquet"},
+    owners=["team:ml"],
+    code_version=source_version(training_set, TrainingSetConfig),
+)(training_set)

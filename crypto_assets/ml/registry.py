@@ -76,11 +76,20 @@ def log_model(
 
 
 def champion_version(mlf: MlflowResource, registered_name: str) -> str | None:
-    client = mlf.client()
+    """The version the `champion` alias points at; None when there is no such registered model
+    or no champion yet. Any other failure (the store unreachable, a bad name) raises: taken for
+    "no champion", it would let a gate promote a version without comparing it with the champion."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
     try:
-        return str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - no model or no alias yet
+        model = mlf.client().get_registered_model(registered_name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
         return None
+    version = (model.aliases or {}).get(CHAMPION)
+    return str(version) if version is not None else None
 
 
 def load_champion(mlf: MlflowResource, registered_name: str):

@@ -29,6 +29,7 @@ from crypto_assets.settings import spark_config
 from crypto_assets.producers.simulator.config import SimulatorConfig
 from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.transforms.chain import run_incremental
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 from crypto_assets_tests.topic_helpers import read_topic
 
@@ -327,7 +328,7 @@ def test_predictions_outbox_finishes_an_interrupted_send_exactly_once(kafka, tmp
     rows = [(coin, t0 + timedelta(minutes=m), 100.0 + m, 0.25 + 0.1 * m, scored)
             for coin in COINS[:3] for m in (0, 1)]
     with lh.connect() as conn:
-        conn.execute(predictions.PREDICTIONS_DDL)
+        conn.execute(TABLES["predictions"].ddl)
         conn.executemany("INSERT INTO predictions (coin_id, symbol, event_time, price_usd, trend_prob_up, "
                          "trend_model_version, predicted_at) VALUES (?, 'x', ?, ?, ?, '3', ?)", rows)
 

@@ -8,7 +8,7 @@ run that wrote first wins, and this one scores the rows after it). No pool: the 
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import orjson
@@ -18,13 +18,13 @@ from pydantic import Field
 
 from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
 from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, idents_frame, publish
-from crypto_assets.warehouse.sql import transaction
 from crypto_assets.ml.registry import champion_artifact, champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import automation_settings
+from crypto_assets.warehouse.sql import transaction
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, set_state
 
@@ -191,7 +191,7 @@ def _score(rows: pl.DataFrame, champs: Champions, pyspark: LazyPySparkResource) 
         out = out.with_columns(fc.alias(f"forecast_return_{h}"))
     return out.with_columns(
         price_model_versions=pl.lit(",".join(f"{h}:v{v}" for h, (v, _) in champs.price.items()) or None, dtype=pl.String),
-        predicted_at=pl.lit(datetime.now(timezone.utc)),
+        predicted_at=pl.lit(datetime.now(UTC)),
         published_at=pl.lit(None, dtype=pl.Datetime("us", "UTC")),
     )
 
@@ -224,7 +224,7 @@ def predictions_outbox(kafka: KafkaResource) -> Outbox:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat()
+    return t.astimezone(UTC).isoformat()
 
 
 def _pending_predictions(conn, limit: int) -> list[OutboxMessage]:
@@ -236,7 +236,7 @@ def _pending_predictions(conn, limit: int) -> list[OutboxMessage]:
     ).fetchall()
     out = []
     for r in rows:
-        doc = dict(zip(OUTBOX_COLUMNS, r))
+        doc = dict(zip(OUTBOX_COLUMNS, r, strict=False))
         event_time, predicted_at = _iso(doc["event_time"]), _iso(r[-1])
         doc["event_time"] = event_time.replace("+00:00", "Z")
         out.append(OutboxMessage((doc["coin_id"], event_time, predicted_at), doc["coin_id"], orjson.dumps(doc),

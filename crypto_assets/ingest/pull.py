@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -52,7 +52,7 @@ def pull_raw_ticks(
     cfg = cfg or PullConfig()
     logger = logger or log
     t0 = time.monotonic()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     topic = kafka.raw_topic
     timings: dict[str, float] = {}
     t = time.perf_counter()

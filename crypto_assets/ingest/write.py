@@ -5,7 +5,7 @@ bytes, and record offsets, positions and the batch, all in ONE DuckDB transactio
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
@@ -32,7 +32,7 @@ def stage(consumed: Consumed, cfg: PullConfig,
                           max_bytes=cfg.max_message_bytes)
     add_time(timings, "parse", t_parse)
     coords = pl.DataFrame(
-        [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
+        [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss), strict=True)]
     )
     meta = coords.with_row_index("idx")
     if not parsed.rejects.height and parsed.parsed.height == len(offs) and parsed.parsed["idx"].is_sorted():
@@ -152,7 +152,7 @@ def write_batch(
     batch record and Parquet dirty markers; then advance the plans' next offsets."""
     _parts, offs, keys, vals, _tss = consumed
     n = len(offs)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     staged, rejects = stage(consumed, cfg, timings)
     conn.register("staged", staged.to_arrow())
     conn.register("rejects_in", rejects.to_arrow())

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -97,7 +97,7 @@ def publish(kafka: KafkaResource, outbox: Outbox, connect: Connect, limit: int) 
     if not messages:
         return 0
     ends = _watermarks(kafka, outbox.topic)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # A partition missing here (the topic does not exist yet) is read from its start.
     rows = [[outbox.name, outbox.topic, p, hi, now] for p, (_lo, hi) in ends.items()] or [
         [outbox.name, outbox.topic, -1, 0, now]]
@@ -201,5 +201,5 @@ def _read_from(marks: dict[int, tuple[int, int]], starts: dict[int, int]) -> dic
 def idents_frame(idents: Sequence[tuple], schema: dict[str, Any]) -> Any:
     """Tuple idents as an Arrow table with `schema`'s columns (name -> polars type), for a
     mark_sent to register and join on."""
-    columns = [list(col) for col in zip(*idents)] if idents else [[] for _ in schema]
+    columns = [list(col) for col in zip(*idents, strict=True)] if idents else [[] for _ in schema]
     return pl.DataFrame(columns, schema=schema, orient="col").to_arrow()

@@ -14,14 +14,19 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 from crypto_assets import settings
-from crypto_assets.ops.processes import pid_alive
 from crypto_assets.kafka.embedded_broker import (
-    BROKER_FILE, EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file,
+    BROKER_FILE,
+    EmbeddedBroker,
+    read_broker_file,
+    remove_broker_file,
+    write_broker_file,
 )
 from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.ops.processes import pid_alive
 
 
 def _home(args) -> Path:
@@ -180,13 +185,13 @@ def cmd_topics(args) -> int:
 # --------------------------------------------------------------------------------- quarantine-ticks
 def cmd_quarantine_ticks(args) -> int:
     """Move clean ticks of one coin to quarantine; the next run recomputes what they fed."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from crypto_assets.transforms.repair import quarantine_clean_ticks
 
     def ts(text: str) -> datetime:
         t = datetime.fromisoformat(text)
-        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
 
     _home(args)
     start = ts(args.start)

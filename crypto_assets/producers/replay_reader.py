@@ -29,7 +29,7 @@ whose coin is empty get an `invalid_reason` (one of `INVALID_REASONS`).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def _from_epoch(x: float) -> datetime | None:
     ax = abs(x)
     seconds = x if ax < 1e11 else x / 1e3 if ax < 1e14 else x / 1e6 if ax < 1e17 else x / 1e9
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -99,8 +99,8 @@ def _parse_timestamp(value: Any) -> datetime | None:
     except ValueError:
         return None
     if ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
 
 
 def _timestamps(series: pl.Series) -> pl.Series:

@@ -57,7 +57,7 @@ def model_table(series: list[ModelSeries], note: str | None = None) -> str:
         c, latest = s.champion, s.latest
         champ = f"v{s.champion_version}" if s.champion_version else "none"
 
-        def vs(p: ModelPoint | None) -> str:
+        def vs(p: ModelPoint | None, s: ModelSeries = s) -> str:
             if p is None:
                 return "–"
             base = "–" if p.baseline is None else f"{p.baseline:.4g}"

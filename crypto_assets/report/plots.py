@@ -26,7 +26,6 @@ from matplotlib.ticker import FuncFormatter
 from crypto_assets.report.formatting import fmt_price, fmt_time, span_label
 from crypto_assets.report.market_data import MarketData
 
-
 # Figure sizes (inches); pixel size = size * dpi (the model figure's is in model_plot).
 CANDLES_SIZE = (14.0, 8.0)
 CORR_SIZE = (14.0, 6.5)
@@ -199,7 +198,7 @@ def plot_correlations(market: MarketData, dpi: int = DEFAULT_DPI) -> Figure:
     axes = fig.subplots(1, 2)
     end = corr["window_end"].max()
     im = None
-    for ax, window in zip(axes, ("24h", "7d")):
+    for ax, window in zip(axes, ("24h", "7d"), strict=True):
         m, n = correlation_matrix(corr, window, coins)
         diag = np.eye(len(coins), dtype=bool)
         # the diagonal (always 1) is drawn neutral so it does not drown the pairs in colour

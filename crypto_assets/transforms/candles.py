@@ -202,12 +202,14 @@ def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResul
         )
         if asset == "ohlcv_1h":
             conn.execute(
-                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq FROM h_new ORDER BY bucket",
+                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq "
+                "FROM h_new ORDER BY bucket",
                 {"seq": inc.new_seq},
             )
         else:
             conn.execute(
-                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, tick_count, $seq FROM h_new ORDER BY bucket",
+                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, "
+                "tick_count, $seq FROM h_new ORDER BY bucket",
                 {"seq": inc.new_seq},
             )
         inc.mark_touched("SELECT bucket AS event_time, symbol FROM h_new")

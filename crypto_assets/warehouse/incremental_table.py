@@ -25,8 +25,8 @@ import duckdb
 from crypto_assets.faults import fault_point
 from crypto_assets.warehouse.lake_export import mark_dirty
 from crypto_assets.warehouse.sql import transaction
-from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, position, set_state
 
 

@@ -210,6 +210,7 @@ def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None
 
 def _write_single_file(conn, lake_root: Path, table: Table) -> None:
     """A table rebuilt whole each time (correlations): one file, replaced atomically."""
+    assert table.dataset is not None, table.name  # a single-file table has a mirror
     directory = lake_root / table.dataset
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{table.name}.parquet.tmp"

@@ -9,6 +9,7 @@ run that wrote first wins, and this one scores the rows after it). No pool: the 
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import dagster as dg
 import orjson
@@ -123,7 +124,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, la
         "anomaly_model_version": champs.anomaly[0] or "none",
         "price_model_versions": {h: v for h, (v, _) in champs.price.items()},
     }
-    if n:
+    if out is not None and n:
         latest = (out.sort("event_time").group_by("coin_id").last().sort("coin_id")
                   .select("coin_id", "event_time", pl.col("trend_prob_up").round(3), pl.col("anomaly_prob").round(3),
                           pl.col("forecast_return_1h").round(5)))
@@ -178,10 +179,12 @@ def _score(rows: pl.DataFrame, champs: Champions, pyspark: LazyPySparkResource) 
     )
     if anomaly_model is not None and n:
         from pyspark.ml.functions import vector_to_array
+        from pyspark.sql.functions import col
 
         # Arrow both ways: one double column back instead of VectorUDT objects unpickled row by row
         sdf = pyspark.spark_session.createDataFrame(rows.select(FEATURES).to_pandas())
-        probs = anomaly_model.transform(sdf).select(vector_to_array("probability")[1].alias("p")).toPandas()
+        model = cast(Any, anomaly_model)  # a Spark PipelineModel (load_champion)
+        probs = model.transform(sdf).select(vector_to_array(col("probability"))[1].alias("p")).toPandas()
         out = out.with_columns(anomaly_prob=pl.Series(probs["p"].to_numpy()))
     else:
         out = out.with_columns(anomaly_prob=null)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import time
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -69,13 +70,14 @@ def consume_batch(client: RawConsumer, topic: str, plans: list[PartitionPlan], l
             # is the pull's hot path.
             if any(map(Message.error, msgs)):
                 errors = [m for m in msgs if m.error() is not None]
-                err = errors[0].error()
+                err = cast(KafkaError, errors[0].error())
                 if err.code() == KafkaError._PARTITION_EOF:
                     msgs = [m for m in msgs if m.error() is None]
                 else:
                     raise broker_error(client.bootstrap, KafkaException(err))
-            m_parts = list(map(Message.partition, msgs))
-            m_offs = list(map(Message.offset, msgs))
+            # a message without an error has its partition and offset (the stubs say int | None)
+            m_parts = cast("list[int]", list(map(Message.partition, msgs)))
+            m_offs = cast("list[int]", list(map(Message.offset, msgs)))
             # Within a partition messages arrive in offset order, so the last one seen is the highest.
             last = dict(zip(m_parts, m_offs, strict=True))
             if any(o >= ends[p] for p, o in last.items()):  # past a snapshot end: drop those

@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from crypto_assets.faults import fault_point
-from crypto_assets.ingest.config import BRONZE, BRONZE_DATASET, PullConfig
+from crypto_assets.ingest.config import BRONZE, BRONZE_DATASET, BRONZE_EXPORT_ORDER, BRONZE_TIME_COLUMN, PullConfig
 from crypto_assets.ingest.consume import consume_batch
 from crypto_assets.ingest.consumer import RawConsumer
 from crypto_assets.ingest.dlq import publish_dlq
@@ -50,7 +50,8 @@ def pull_raw_ticks(
 ) -> PullResult:
     """Run one bounded pull (possibly several committed batches) and return what happened."""
     cfg = cfg or PullConfig()
-    logger = logger or log
+    if not logger:
+        logger = log
     t0 = time.monotonic()
     started_at = datetime.now(UTC)
     topic = kafka.raw_topic
@@ -111,7 +112,7 @@ def pull_raw_ticks(
             if cfg.export_parquet:
                 t = time.perf_counter()
                 result.export = export_dirty(
-                    conn, lakehouse.lake_path, BRONZE_DATASET, BRONZE.name, BRONZE.time_column, BRONZE.export_order,
+                    conn, lakehouse.lake_path, BRONZE_DATASET, BRONZE.name, BRONZE_TIME_COLUMN, BRONZE_EXPORT_ORDER,
                 )
                 add_time(timings, "export", t)
         result.remaining_lag = {p.partition: p.lag for p in plans}

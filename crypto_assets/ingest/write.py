@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import cast
 
 import duckdb
 import polars as pl
@@ -28,7 +29,7 @@ def stage(consumed: Consumed, cfg: PullConfig,
     raw bytes and key)."""
     parts, offs, keys, vals, tss = consumed
     t_parse = time.perf_counter()
-    parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else vals,
+    parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else cast("list[bytes]", vals),
                           max_bytes=cfg.max_message_bytes)
     add_time(timings, "parse", t_parse)
     coords = pl.DataFrame(
@@ -57,10 +58,10 @@ def insert_clean(
     then prove it was clean on the stored, typed columns (cheap: no casts, zone maps on batch_id
     and event time). Returns (min, max) event time, or None when the batch needs the careful path
     (the caller rolls back)."""
-    (inserted,) = conn.execute(
+    (inserted,) = cast(tuple, conn.execute(
         f"INSERT INTO raw_ticks SELECT {RAW_COLUMNS_SQL} FROM ({TYPED_SQL}) WHERE ({REASON_SQL}) IS NULL",
         {**rules, "topic": topic, "batch_id": batch_id},
-    ).fetchone()
+    ).fetchone())  # an INSERT returns its row count
     if inserted != expected:
         return None
     lo, hi = first(conn, "SELECT min(last_updated_at), max(last_updated_at) FROM raw_ticks WHERE batch_id = ?", [batch_id])

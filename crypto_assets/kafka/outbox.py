@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import polars as pl
@@ -175,8 +175,8 @@ def _already_sent(kafka: KafkaResource, outbox: Outbox, topic: str, starts: dict
                     f"what an interrupted send of the {outbox.name} outbox published; nothing was sent or marked"
                 )
             for m in msgs:
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
+                if (err := m.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise BrokerUnavailable(f"reading {topic} at {kafka.bootstrap()}: {m.error()}")
                 p = m.partition()
@@ -184,7 +184,7 @@ def _already_sent(kafka: KafkaResource, outbox: Outbox, topic: str, starts: dict
                     ident = outbox.identity(m)
                     if ident is not None:
                         found.add(ident)
-                    if m.offset() + 1 >= marks[p][1]:
+                    if cast(int, m.offset()) + 1 >= marks[p][1]:
                         todo.pop(p)
     finally:
         c.close()

@@ -160,7 +160,8 @@ def cmd_produce(args) -> int:
 # --------------------------------------------------------------------------------- topics
 def cmd_topics(args) -> int:
     """Create the declared topics on a real cluster (docker-compose's init step)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    # the documented import path (the type stubs declare NewTopic in confluent_kafka.cimpl only)
+    from confluent_kafka.admin import AdminClient, NewTopic  # pyright: ignore[reportPrivateImportUsage]
 
     from crypto_assets.kafka.topics import TOPICS
 
@@ -207,7 +208,7 @@ def cmd_quarantine_ticks(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crypto-assets", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="crypto-assets", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -83,6 +83,7 @@ def cmd_live(args) -> int:
         broker = EmbeddedBroker()
         broker.start()
         write_broker_file(home, broker)
+        assert broker.bootstrap_servers is not None  # set by start()
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         print(f"embedded Kafka broker on {broker.bootstrap_servers}", flush=True)
     producer = threading.Thread(

@@ -32,7 +32,7 @@ def _dagster_section(home) -> bool:
             ev = instance.get_latest_materialization_event(key)
             when = f"{now - ev.timestamp:,.0f}s ago" if ev else "never"
             failed = []
-            checks = [c for c in graph.get_check_keys_for_assets([key])] if hasattr(graph, "get_check_keys_for_assets") else []
+            checks = [c for c in graph.get_check_keys_for_assets({key})] if hasattr(graph, "get_check_keys_for_assets") else []
             for ck in checks:
                 rec = instance.event_log_storage.get_latest_asset_check_execution_by_key([ck]).get(ck)
                 if rec is None or rec.event is None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
@@ -108,7 +108,7 @@ def run_replay(
         valid = valid.head(limit)
     if shift_to_now and valid.height:
         now = datetime.now(UTC).replace(microsecond=0)
-        shift = now - valid["timestamp"].max()
+        shift = now - cast(datetime, valid["timestamp"].max())
         counters["shifted_by_s"] = shift.total_seconds()
         valid = valid.with_columns(pl.col("timestamp") + shift)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -163,6 +163,7 @@ def load_replay_frame(path: str | Path) -> pl.DataFrame:
         missing.append("close (or price)")
     if missing:
         raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}; has {raw.columns}")
+    assert ts_col is not None and price_col is not None
 
     frame = raw.with_row_index("row").with_columns(
         _timestamps(raw[ts_col]).alias("_ts"),
@@ -181,7 +182,7 @@ def load_replay_frame(path: str | Path) -> pl.DataFrame:
                 pl.col(sym_col).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
             ).otherwise(coin)
     else:
-        coin = pl.col(sym_col).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
+        coin = pl.col(cast(str, sym_col)).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
     frame = frame.with_columns(coin.alias("_coin"))
     frame = frame.with_columns(
         pl.when(pl.col("_coin") == "").then(None).otherwise(pl.col("_coin")).alias("_coin")

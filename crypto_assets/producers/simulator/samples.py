@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m crypto_assets.producers.simulator", description=__doc__.split("\n")[0]
+        prog="python -m crypto_assets.producers.simulator", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--write-sample", metavar="PATH", help="write the OHLCV replay sample CSV")
     parser.add_argument("--seed", type=int, default=7)

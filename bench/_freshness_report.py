@@ -64,7 +64,7 @@ def breakdown(samples: list[Sample], runs: list[RunInfo]) -> None:
         bounds = [s.produced]
         for t in tl:
             bounds.append(max(t if t is not None else bounds[-1], bounds[-1]))
-        c = {n: b - a for (n, _), a, b in zip(PHASES, bounds, bounds[1:])}
+        c = {n: b - a for (n, _), a, b in zip(PHASES, bounds, bounds[1:], strict=False)}
         c["detect"] = s.visible - bounds[-1]
         c["total"] = s.visible - s.produced
         for k, v in c.items():
@@ -150,7 +150,7 @@ def medians(runs: list[RunInfo], label: str) -> None:
     gaps = []
     for r in ok:
         sp = sorted((s, e) for s, e in r.steps.values() if s and e)
-        gaps += [b[0] - a[1] for a, b in zip(sp, sp[1:])]
+        gaps += [b[0] - a[1] for a, b in zip(sp, sp[1:], strict=False)]
     if gaps:
         print(f"    between steps (framework): median {med(gaps):.3f} s, {sum(gaps) / len(ok):.2f} s per run")
 
@@ -159,7 +159,7 @@ def cycle_report(runs: list[RunInfo], measured_ids: set[str]) -> None:
     """A tick waits for the next pull (raw_ticks step start), then pull -> market_features: so the
     pull-to-pull cycle sets the freshness, whatever phase the tick happens to wait in."""
     rows = []
-    for a, b in zip(runs, runs[1:]):
+    for a, b in zip(runs, runs[1:], strict=False):
         pa = a.steps.get("raw_ticks", (None, None))[0]
         pb = b.steps.get("raw_ticks", (None, None))[0]
         if b.run_id not in measured_ids or None in (pa, pb, a.end, b.start, b.starting, b.proc):
@@ -194,7 +194,7 @@ def sensor_report(ticks, t_from: float, t_to: float, interval_s: int) -> None:
     if len(ts) < 2:
         print(f"  kafka_backlog_sensor: {len(ts)} ticks in the measured window")
         return
-    iv = [b.timestamp - a.timestamp for a, b in zip(ts, ts[1:])]
+    iv = [b.timestamp - a.timestamp for a, b in zip(ts, ts[1:], strict=False)]
     dur = [t.end_timestamp - t.timestamp for t in ts if t.end_timestamp]
     why = Counter()
     for t in ts:
@@ -222,8 +222,8 @@ def print_result(args, samples: list[Sample], stuck: dict[str, int], runs: list[
     """Everything after the stop; returns (p95 target met, measured samples seen)."""
     meas = [s for s in samples if s.phase == "measure"]
     print()
-    print(f"RESULT ({'dagster dev' if args.mode != 'loop' else 'loop worker'} stopped: {stop_how}; produced {sent} ticks in {t_end - t0:.0f} s; "
-          f"load average at end: {load_end})")
+    print(f"RESULT ({'dagster dev' if args.mode != 'loop' else 'loop worker'} stopped: {stop_how}; "
+          f"produced {sent} ticks in {t_end - t0:.0f} s; load average at end: {load_end})")
     acks = [s.acked - s.produced for s in samples if s.acked]
     print(f"  produce->ack (acks=all, linger 20 ms, in-process mock broker): p50 {pct(acks, 50) * 1000:.0f} ms, "
           f"p95 {pct(acks, 95) * 1000:.0f} ms (freshness below is measured from produce(), not from the ack)")

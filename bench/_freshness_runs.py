@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import duckdb
@@ -69,7 +69,7 @@ def read_instance(dagster_home: Path):
                 ev.setdefault(t, e.timestamp)
         ct = rec.create_timestamp
         if ct.tzinfo is None:
-            ct = ct.replace(tzinfo=timezone.utc)
+            ct = ct.replace(tzinfo=UTC)
         end = ev.get(E.RUN_SUCCESS) or ev.get(E.RUN_FAILURE) or ev.get(E.RUN_CANCELED) or rec.end_time
         start = ev.get(E.RUN_START) or rec.start_time
         # --mode loop (execute_in_process): no sensor tick, queue or launch; those phases are 0

@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -22,7 +22,7 @@ from bench._freshness_runs import LOOP_JOB
 from bench._live import TickFn
 from bench._stack import dagster_dev_cmd, free_port
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def write_dagster_yaml(args, dagster_home: Path) -> tuple[object, str]:
@@ -113,8 +113,8 @@ def loop_worker(min_messages: int, loop_assets: str | None) -> int:
     process), whenever the backlog is >= min_messages. Shows what the per-run launch costs."""
     import dagster as dg
 
-    from crypto_assets.kafka.lag import measure_backlog
     from crypto_assets.definitions import defs
+    from crypto_assets.kafka.lag import measure_backlog
     from crypto_assets.settings import kafka_resource
 
     stop = threading.Event()
@@ -132,7 +132,7 @@ def loop_worker(min_messages: int, loop_assets: str | None) -> int:
         while not stop.is_set() and not stop_file.exists():
             try:
                 lag = measure_backlog(kafka, timeout_s=2.0, with_age=False).lag
-            except Exception as exc:  # broker not up yet / going away
+            except Exception as exc:  # noqa: BLE001 - broker not up yet / going away
                 print(f"backlog: {exc}", flush=True)
                 stop.wait(0.5)
                 continue

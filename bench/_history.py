@@ -6,8 +6,8 @@
 WHAT IS BUILT. raw_ticks holds N ticks of `coins` coins (default 10), one tick per second per
 coin (coin k offset by k/coins s, so every (coin_id, event_time) is unique), ending `lead_s`
 (default 1 h) before the build time, so that a bench can continue it for up to that long without
-producing ticks from the future (clean_ticks rejects those): tick i is at end - (N - i) * (1 s / coins). Prices are geometric random walks at each
-coin's annual volatility, 24h volumes a slow random walk with rare x4 spikes (so anomalies fire).
+producing ticks from the future (clean_ticks rejects those): tick i is at end - (N - i) * (1 s / coins).
+Prices are geometric random walks at each coin's annual volatility, 24h volumes a slow random walk with rare x4 spikes (so anomalies fire).
 The raw rows are generated in DuckDB SQL (range(), hash-based normals, a windowed cumsum per
 coin), in raw batches of `batch_ticks` (default 500: about what a live incremental run at 100
 msg/s pulls, so ingest_batches / ingest_offsets grow like a month of live runs) under the
@@ -45,7 +45,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from crypto_assets.warehouse.tables import HOURLY_MIRRORED
@@ -94,7 +94,7 @@ class History:
         how = f"built in {self.build_s:.1f} s" if self.build_s is not None else f"from the cache (built {age / 60:.0f} min ago)"
         how += f"; ends {(time.time() - self.end_us / 1e6) / 60:.0f} min before now"
         return (f"history of {self.ticks:,} ticks x {len(self.coin_ids)} coins ({self.ticks * self.step_us / 86400e6:.1f} days "
-                f"to {datetime.fromtimestamp(self.end_us / 1e6, timezone.utc):%Y-%m-%d %H:%M:%S} UTC), {how}"
+                f"to {datetime.fromtimestamp(self.end_us / 1e6, UTC):%Y-%m-%d %H:%M:%S} UTC), {how}"
                 + (f", copied in {self.copy_s:.1f} s" if self.copy_s else ""))
 
 
@@ -230,10 +230,10 @@ FROM hist_chunk GROUP BY batch_id, p ORDER BY batch_id, p
 def _build(root: Path, params: dict, log) -> dict:
     """Build a history home into `root` (see the module docstring); returns its meta."""
     from crypto_assets.kafka.tick_contract import DEFAULT_COINS
-    from crypto_assets.warehouse.sql import transaction
-    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
     from crypto_assets.resources import LakehouseResource
     from crypto_assets.transforms.chain import run_incremental
+    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+    from crypto_assets.warehouse.sql import transaction
 
     n_ticks, n = params["ticks"], params["coins"]
     if not 1 <= n <= len(DEFAULT_COINS):
@@ -306,5 +306,6 @@ def _build(root: Path, params: dict, log) -> dict:
     return {
         "ticks": n_ticks, "coin_ids": [c.coin_id for c in coins], "symbols": [c.symbol for c in coins],
         "start_us": start_us, "step_us": step_us, "last_price": [math.exp(x) for x in logp],
-        "last_volume": [math.exp(r + VOLUME_BAND * math.tanh(x / VOLUME_BAND)) for r, x in zip(logref, logv)], "built_at": built_at, "params": params, "counts": counts,
+        "last_volume": [math.exp(r + VOLUME_BAND * math.tanh(x / VOLUME_BAND)) for r, x in zip(logref, logv, strict=False)],
+        "built_at": built_at, "params": params, "counts": counts,
     }

@@ -29,7 +29,7 @@ from crypto_assets.warehouse.lake_export import export_dirty
 EXPORTS = [e for e in ALL_EXPORTS if e[0].startswith(("silver/", "gold/")) and e[0] != "gold/anomalies"]
 STEPS = ["clean", "candles_1m", "features", "hourly_1h", "hourly_stats", "correlations", "anomalies"]
 STEP_OF = dict(zip(["clean_ticks", "ohlcv_1m", "market_features", "ohlcv_1h", "hourly_stats", "correlations",
-                    "anomalies"], STEPS))  # run_incremental's result names -> the report's step names
+                    "anomalies"], STEPS, strict=True))  # run_incremental's result names -> the report's step names
 
 
 def _norm_sql(sql: str) -> str:

@@ -58,8 +58,8 @@ def report(small: Warehouse, large: Warehouse, args, n_new_per_rep: int, t_start
     print(f"  {'PARQUET EXPORT TOTAL':<34}{ms(ea)}{ms(eb)}{eb / ea:>12.2f}x"
           f"   (partitions per increment: {small.export_parts[0]} / {large.export_parts[0]})")
     ra, rb = med([r["total"] for r in small.runs]), med([r["total"] for r in large.runs])
-    ta = med([r["total"] + e["total"] for r, e in zip(small.runs, small.exports)])
-    tb = med([r["total"] + e["total"] for r, e in zip(large.runs, large.exports)])
+    ta = med([r["total"] + e["total"] for r, e in zip(small.runs, small.exports, strict=False)])
+    tb = med([r["total"] + e["total"] for r, e in zip(large.runs, large.exports, strict=False)])
     print(f"  {'RUN + EXPORT':<34}{ms(ta)}{ms(tb)}{tb / ta:>12.2f}x")
     print("  " + "-" * (len(hdr) - 2))
     ca_run, cb_run = med([r["cpu"] for r in small.runs]), med([r["cpu"] for r in large.runs])
@@ -74,7 +74,7 @@ def report(small: Warehouse, large: Warehouse, args, n_new_per_rep: int, t_start
     print("\n  all reps, in run order (run_incremental / export, ms):")
     for wh in (small, large):
         print(f"    {wh.label:>5}: " + ", ".join(f"{r['total'] * 1000:.1f} / {e['total'] * 1000:.1f}"
-                                           for r, e in zip(wh.runs, wh.exports)))
+                                           for r, e in zip(wh.runs, wh.exports, strict=False)))
     print(f"  load average after the measured increments: {' '.join(f'{x:.2f}' for x in args.load_after)} "
           f"({os.cpu_count()} CPUs; anything else running on the machine shows up as noise)")
 
@@ -121,7 +121,7 @@ def report(small: Warehouse, large: Warehouse, args, n_new_per_rep: int, t_start
                 print(f"      {a * 1000:8.1f} {b * 1000:8.1f}  {caller}")
             keys = set(ps) | set(pg)
             diffs = sorted(keys, key=lambda k: med(pg.get(k, [0.0])) - med(ps.get(k, [0.0])), reverse=True)
-            print(f"    statements whose time grows most with history (small, large):")
+            print("    statements whose time grows most with history (small, large):")
             for k in diffs[: args.profile_top]:
                 caller, sql = k
                 print(f"      {med(ps.get(k, [0.0])) * 1000:8.1f} {med(pg.get(k, [0.0])) * 1000:8.1f}  {caller}: {sql[:140]}")

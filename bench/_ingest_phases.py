@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -39,7 +39,7 @@ class TickStream:
         self.rng = random.Random(seed)
         self.coins = DEFAULT_COINS
         span = timedelta(milliseconds=self.STEP_MS * total)
-        base = datetime.now(timezone.utc) - span - timedelta(hours=1)
+        base = datetime.now(UTC) - span - timedelta(hours=1)
         self.base = base.replace(minute=0, second=0, microsecond=0)
         self.i = 0
         sec_per_year = 365 * 24 * 3600
@@ -193,7 +193,7 @@ def naive_baseline(kafka: KafkaResource, home: Path, topic: str, start: dict[int
     c.assign([TopicPartition(topic, p, o) for p, o in start.items()])
     n = 0
     next_off: dict[int, int] = {}
-    utc = timezone.utc
+    utc = UTC
     t0 = time.perf_counter()
     conn.execute("BEGIN TRANSACTION")
     while n < limit:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 TickFn = Callable[[int, int], tuple[str, bytes]]  # (tick number, event time in epoch ms) -> (key, value)
@@ -53,7 +53,7 @@ def walk_ticks(walk: Walk, rate: float) -> TickFn:
 
     def tick(i: int, ms: int) -> tuple[str, bytes]:
         coin, price, vol = walk.step(i, dt_coin)
-        return coin.coin_id, tick_bytes(coin, price, vol, datetime.fromtimestamp(ms / 1000, timezone.utc))
+        return coin.coin_id, tick_bytes(coin, price, vol, datetime.fromtimestamp(ms / 1000, UTC))
 
     return tick
 
@@ -118,7 +118,7 @@ class Producer(threading.Thread):
                 if nxt < now - 1.0:  # fell behind by more than a second: do not burst
                     nxt = now
             self.tp.flush(10.0)
-        except BaseException as exc:  # surfaced by the main thread
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the main thread
             self.error = exc
 
     def move_new_samples(self, pending: dict[tuple[str, int], Sample]) -> None:

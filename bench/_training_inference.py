@@ -47,7 +47,7 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
     linear = [(k, t) for k, t in trained.items() if (k == "trend" or k.startswith("price_")) and not isinstance(t, ValueError)]
     for name, t in linear:
         coef = linear_coefficients(t.model)
-        ours, med_s, all_s = timed(lambda: score_linear(rows, coef), reps=3)
+        ours, med_s, all_s = timed(lambda coef=coef: score_linear(rows, coef), reps=3)
         results[f"numpy {name}"] = (med_s, all_s)
         # Spark: the same pipeline model; price models need the coalesce train_price applies
         s_in = sdf
@@ -57,8 +57,8 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
         pred = t.model.transform(s_in)
         col = vector_to_array("probability")[1] if name == "trend" else F.col("prediction")
         out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), col.alias("p"))
-        _, s_noop, _ = timed(lambda: out.write.format("noop").mode("overwrite").save())
-        spark_pdf, s_collect, _ = timed(lambda: out.toPandas())
+        _, s_noop, _ = timed(lambda out=out: out.write.format("noop").mode("overwrite").save())
+        spark_pdf, s_collect, _ = timed(lambda out=out: out.toPandas())
         results[f"spark {name}"] = (s_noop, s_collect)
         sp = pl.from_pandas(spark_pdf).with_columns(pl.col("t_us").cast(pl.Int64))
         joined = keys.with_columns(ours=pl.Series(ours)).join(sp, on=["coin_id", "t_us"], how="inner")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench._training_profile import Profiler
 from bench._training_setup import CpuMeter, spark_jobs
@@ -43,7 +43,7 @@ def run_models(spark, mlf: MlflowResource, path: str, prof: Profiler, timings: d
     cpu = CpuMeter()
     trained: dict = {}
     logged: dict = {}
-    run_id = "bench-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    run_id = "bench-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     from crypto_assets.ml import train as T
 
     shared: dict = {}  # the price_model asset caches one price_frame for all its horizons
@@ -139,7 +139,7 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
     if name == "trend" or name.startswith("price_"):
         artifacts["linear_coefficients.json"] = linear_coefficients(t.model)
     if name == "anomaly":
-        artifacts["feature_importances.json"] = dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))
+        artifacts["feature_importances.json"] = dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist(), strict=False))
     if name == "clusters":
         artifacts = {"assignment.json": t.extra["assignment"]}
     dataset = None

@@ -110,8 +110,8 @@ class Profiler:
         for mod, fn in ((mlflow, "log_params"), (mlflow, "log_metrics"), (mlflow, "set_tags"), (mlflow, "log_input"),
                         (mlflow, "log_artifact"), (mlflow, "start_run"), (mlflow.spark, "log_model"),
                         (mlflow.data, "from_spark")):
-            self._wrap(mod, fn, lambda *a, _n=f"mlflow.{mod.__name__.split('.')[-1]}.{fn}" if mod is not mlflow
-                       else f"mlflow.{fn}", **k: _n)
+            label = f"mlflow.{mod.__name__.split('.')[-1]}.{fn}" if mod is not mlflow else f"mlflow.{fn}"
+            self._wrap(mod, fn, lambda *a, _n=label, **k: _n)
 
     def uninstall(self) -> None:
         for owner, attr, orig in reversed(self._orig):

@@ -151,7 +151,7 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
         print(f"  {'':<10} {f'(iii) first predictions asset code, {n_asset:,} rows':<52} {s_asset:8.2f}s {rate(n_asset, s_asset)}  "
               f"{verdict(n_asset / s_asset >= TARGET_RATE)}")
         print(f"  {'':<10}   (polars -> pandas -> createDataFrame -> transform -> toPandas of VectorUDT -> per-row p[1])")
-        print(f"  {'':<10} {f'(iii) same rows, Arrow both ways (the asset now)':<52} {s_arrow:8.2f}s "
+        print(f"  {'':<10} {'(iii) same rows, Arrow both ways (the asset now)':<52} {s_arrow:8.2f}s "
               f"{rate(n_asset, s_arrow)}  {verdict(n_asset / s_arrow >= TARGET_RATE)}  (identical values: {same})")
     if "feature_rows" in results:
         s_fr, n_fr = results["feature_rows"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -21,7 +21,7 @@ from crypto_assets.resources import LakehouseResource
 from crypto_assets.settings import spark_config
 from crypto_assets.transforms.chain import run_incremental
 
-END = datetime(2026, 11, 1, tzinfo=timezone.utc)
+END = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def tick_frame(batch, ids: list[str], symbols: list[str]) -> pl.DataFrame:

@@ -4,13 +4,13 @@ batch, the way a pull commits one, without going through Kafka."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 
 TICK_S = 10  # seconds between two ticks of one coin (TickGen)
-HIST_END = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)  # first new tick of coin 0 is here
+HIST_END = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)  # first new tick of coin 0 is here
 
 RAW_COLUMNS = (
     "coin_id, symbol, source, schema_version, price_usd, market_cap_usd, volume_24h_usd, change_24h_pct, "

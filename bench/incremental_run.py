@@ -44,7 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,7 +56,7 @@ from bench._runs import run_stats  # noqa: E402
 from bench._stack import prepare_dagster_home, start_broker, stop_broker  # noqa: E402
 
 TARGET = 1.2
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def worker() -> int:
@@ -90,8 +90,8 @@ def worker() -> int:
 
 def produce(hist, n_new: int, broker, seed: int) -> None:
     """n_new ticks continuing the history: tick i (from hist.ticks on) at start + i * step."""
-    from crypto_assets.resources import KafkaResource
     from crypto_assets.kafka.producer import TickProducer
+    from crypto_assets.resources import KafkaResource
 
     walk = Walk(hist.coin_ids, hist.last_price, hist.last_volume, seed)
     tp = TickProducer(KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(hist.home)))
@@ -157,7 +157,7 @@ def one_run(label: str, ticks: int, rnd: int, args) -> dict:
 
 
 def report(results: list[dict], args, sizes: dict[str, int]) -> bool:
-    print(f"\nALL RUNS in order (s; storage = bytes/files the run added under DAGSTER_HOME):")
+    print("\nALL RUNS in order (s; storage = bytes/files the run added under DAGSTER_HOME):")
     step_keys: list[str] = []
     for r in results:
         step_keys += [k for k in r["steps"] if k not in step_keys]

@@ -109,7 +109,8 @@ def main() -> int:
             while left > 0:
                 n = min(args.batch // len(coins), left)
                 batch = loader.append(gen.take(n))
-                mark_dirty(conn, "bronze/raw_ticks", f"SELECT last_updated_at AS event_time, symbol FROM raw_ticks WHERE batch_id = {batch}")
+                mark_dirty(conn, "bronze/raw_ticks",
+                           f"SELECT last_updated_at AS event_time, symbol FROM raw_ticks WHERE batch_id = {batch}")
                 run_incremental(conn, coins)
                 # what the anomalies asset does around publish_alerts (marks, then stamps the rows)
                 mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
@@ -121,7 +122,8 @@ def main() -> int:
                 left -= n
             corr = lh.lake_path / "gold" / "correlations"  # the one-file dataset, as its asset writes it
             corr.mkdir(parents=True, exist_ok=True)
-            conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) TO '{corr / 'correlations.parquet'}' (FORMAT parquet)")
+            conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) "
+                         f"TO '{corr / 'correlations.parquet'}' (FORMAT parquet)")
             span = conn.sql("SELECT min(last_updated_at), max(last_updated_at), count(*) FROM raw_ticks").fetchall()[0]
             print(f"{span[2]:,} ticks from {span[0]} to {span[1]}; pipeline + mirror {time.perf_counter() - t0:.0f} s "
                   f"(export {export_s:.0f} s)")

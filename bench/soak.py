@@ -61,8 +61,16 @@ from bench._common import MB, RUNS_ROOT, db_bytes, dir_stats, fmt, keep_or_remov
 from bench._history import build_history  # noqa: E402
 from bench._live import Poller, Producer, Walk, stack_exit, stop_producer, walk_ticks  # noqa: E402
 from bench._runs import run_stats, sensor_ticks  # noqa: E402
-from bench._stack import (interrupt_flag, launch_dagster_dev, prepare_dagster_home, role_rss, stack_roles,  # noqa: E402
-                          start_broker, stop_broker, stop_group)
+from bench._stack import (  # noqa: E402
+    interrupt_flag,
+    launch_dagster_dev,
+    prepare_dagster_home,
+    role_rss,
+    stack_roles,
+    start_broker,
+    stop_broker,
+    stop_group,
+)
 
 RUN_TARGET = 1.1
 STORAGE_PER_CYCLE = 100 * 1024
@@ -155,7 +163,8 @@ def at(snaps: list[Snap], t: float) -> Snap:
 def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> tuple[bool, ...]:
     n_win = max(1, round((t_end - t_meas) / args.window))
     edges = [t_meas + k * args.window for k in range(n_win)] + [t_end]
-    print(f"\nPER WINDOW ({n_win} x {args.window:g} s after warm-up; incremental runs by their end; storage/db/lake/RSS at the window's end):")
+    print(f"\nPER WINDOW ({n_win} x {args.window:g} s after warm-up; incremental runs by their end; "
+          "storage/db/lake/RSS at the window's end):")
     print(f"  {'win':>3} {'samples':>7} {'unseen':>6} {'fresh p50':>9} {'p95':>6} {'runs':>4} {'run p50':>7} {'p95':>6} "
           f"{'checks':>6} {'ticks':>5} {'other runs':>14} {'storage MB':>10} {'files':>6} {'KB/run':>7} {'db MB':>8} "
           f"{'lake':>7} {'daemon':>7} {'websrv':>7} {'codesrv':>7} {'tree MB':>7}")
@@ -174,7 +183,7 @@ def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> t
         for job, start, end, _st in oth:
             jobs.setdefault(job.replace("__ASSET_JOB", "assets").replace("_job", ""), []).append(_dur(start, end))
         ojobs = " ".join(f"{j}{len(v)}:{med(v):.0f}s" for j, v in jobs.items()) or "-"
-        mb = lambda x: f"{s1.rss.get(x, 0) / MB:7.0f}"  # noqa: E731
+        mb = lambda x, s1=s1: f"{s1.rss.get(x, 0) / MB:7.0f}"  # noqa: E731
         print(f"  {k + 1:>3} {len(win):>7} {len(win) - len(fresh):>6} {fmt(pct(fresh, 50), 9)} {fmt(pct(fresh, 95))} "
               f"{len(runs):>4} {fmt(med([r.duration for r in runs]), 7)} {fmt(pct([r.duration for r in runs], 95))} "
               f"{fmt(med([r.check_time for r in runs]))} {sum(1 for t in ticks if a <= t < b):>5} {ojobs:>14} "

@@ -111,8 +111,8 @@ def main() -> int:
     mlf = MlflowResource(home=str(home))
     import crypto_assets as pkg
 
-    print(f"package {Path(pkg.__file__).parent}; CRYPTO_HOME {home}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs",
-          flush=True)
+    print(f"package {Path(pkg.__file__).parent}; CRYPTO_HOME {home}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs", flush=True)
     errors: list[str] = []
     hwm: dict[str, int | None] = {}
     timings: dict = {}

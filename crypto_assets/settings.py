@@ -36,7 +36,7 @@ def coin_ids(env: Mapping[str, str] | None = None) -> list[str]:
     return ids or list(DEFAULT_COIN_IDS)
 
 
-def kafka_resource(env: Mapping[str, str] | None = None) -> "KafkaResource":
+def kafka_resource(env: Mapping[str, str] | None = None) -> KafkaResource:
     from crypto_assets.resources.kafka import KafkaResource
 
     env = os.environ if env is None else env
@@ -52,7 +52,7 @@ def kafka_resource(env: Mapping[str, str] | None = None) -> "KafkaResource":
     )
 
 
-def lakehouse_resource(env: Mapping[str, str] | None = None) -> "LakehouseResource":
+def lakehouse_resource(env: Mapping[str, str] | None = None) -> LakehouseResource:
     from crypto_assets.resources.lakehouse import LakehouseResource
 
     return LakehouseResource(home=str(crypto_home(env)), coins=coin_ids(env))

@@ -36,9 +36,9 @@ def _pull(argv: list[str]) -> None:
 
 
 def _alerts(argv: list[str]) -> None:
+    from crypto_assets.transforms.anomalies import anomalies_increment, publish_alerts
     from crypto_assets.transforms.clean import clean_increment
     from crypto_assets.transforms.features import features_increment
-    from crypto_assets.transforms.anomalies import anomalies_increment, publish_alerts
 
     kafka = KafkaResource(**json.loads(argv[0]))
     lakehouse = LakehouseResource(**json.loads(argv[1]))

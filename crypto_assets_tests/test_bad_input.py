@@ -7,9 +7,9 @@ import json
 import orjson
 import pytest
 
-from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
 from crypto_assets.ingest.parse import parse_values, triage
 from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
 from crypto_assets_tests.helpers import produce, read_topic, tick, ticks
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from crypto_assets.ingest.pull import pull_raw_ticks
-from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.kafka.embedded_broker import resolve_bootstrap
 from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets_tests.helpers import produce, ticks
 
 pytestmark = pytest.mark.slow

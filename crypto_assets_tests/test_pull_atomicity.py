@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -83,7 +83,7 @@ def _stored(lakehouse, topic: str) -> tuple[list[tuple[int, int]], set[tuple[int
 
 @pytest.mark.parametrize("target, kill_on", [("insert_clean", 2), ("write_judged", 1)])
 def test_kill_inside_the_write_transaction_then_rerun(kafka, lakehouse, home, target, kill_on):
-    base = datetime.now(timezone.utc) - timedelta(hours=1)
+    base = datetime.now(UTC) - timedelta(hours=1)
     coins = ("bitcoin", "ethereum", "solana", "cardano")
     messages = [tick(i, coins[i % len(coins)], base=base) for i in range(1500)]
     messages[700] = tick(700, "bitcoin", price=-1.0, base=base)  # a semantic reject: the careful path

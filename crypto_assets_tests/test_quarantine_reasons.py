@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import polars as pl
@@ -24,7 +24,7 @@ from crypto_assets_tests.silver_helpers import insert_raw_batch
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _t(iso: str) -> datetime:
@@ -33,7 +33,7 @@ def _t(iso: str) -> datetime:
 
 def _duck_ts(t: datetime) -> str:
     """A TIMESTAMPTZ as DuckDB's printf('%s') renders it in a UTC session."""
-    s = t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    s = t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if t.microsecond:
         s += f".{t.microsecond:06d}".rstrip("0")
     return s + "+00"
@@ -43,7 +43,7 @@ def _send(kafka, messages: list[dict]) -> dict[bytes, tuple[int, int]]:
     """Produce the ticks (key = coin_id) and return {value bytes: (partition, offset)} read back
     from the topic: where each message really is."""
     values = [orjson.dumps(m) for m in messages]
-    assert produce(kafka, [(m["coin_id"].encode(), v) for m, v in zip(messages, values)]) == len(values)
+    assert produce(kafka, [(m["coin_id"].encode(), v) for m, v in zip(messages, values, strict=True)]) == len(values)
     c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "where", "enable.auto.commit": False})
     md = c.list_topics(kafka.raw_topic, timeout=5)
     c.assign([TopicPartition(kafka.raw_topic, p, 0) for p in md.topics[kafka.raw_topic].partitions])
@@ -228,7 +228,7 @@ def test_a_rule_both_stages_apply_has_one_name(kafka, lakehouse, tmp_path):
         R.INVALID_VOLUME: dict(tick(11, "ethereum", base=base), volume_24h_usd=-1.0),
         R.UNKNOWN_COIN: dict(tick(12, "bitcoin", base=base), coin_id="notacoin"),
         R.TIMESTAMP_IN_FUTURE: tick(13, "ethereum", base=now + timedelta(days=2)),  # bronze: > 1 day; silver: > 5 min
-        R.TIMESTAMP_TOO_OLD: tick(14, "bitcoin", base=datetime(2005, 1, 1, tzinfo=timezone.utc)),  # < 2009; > 365 d
+        R.TIMESTAMP_TOO_OLD: tick(14, "bitcoin", base=datetime(2005, 1, 1, tzinfo=UTC)),  # < 2009; > 365 d
         R.DUPLICATE: good[3],  # a second copy
     }
     ticks = good + list(bad.values())

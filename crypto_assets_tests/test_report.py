@@ -7,7 +7,7 @@ import filecmp
 import math
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -45,7 +45,7 @@ def _assert_png(path: Path, size_in: tuple[float, float], dpi: int) -> None:
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("report") / "var"
     lh = LakehouseResource(home=str(home), coins=COINS)
-    ticks = make_ticks(600, COINS, start=datetime.now(timezone.utc) - timedelta(hours=4), seed=3)
+    ticks = make_ticks(600, COINS, start=datetime.now(UTC) - timedelta(hours=4), seed=3)
     # one unmistakable 24h-volume jump (+400 %) on bitcoin in the middle of the window
     btc = ticks["coin_id"] == "bitcoin"
     idx = [k for k, b in enumerate(btc) if b][300]
@@ -144,12 +144,12 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
         corr = conn.sql("SELECT coin_a, coin_b, window_name, corr, n FROM correlations").fetchall()
 
     header = next(ln for ln in text.splitlines() if ln.startswith("Generated "))
-    assert f"· data up to {end.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
+    assert f"· data up to {end.astimezone(UTC):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
 
     rows = _table(text, "Coins")
     assert [r[0] for r in rows] == [f"{c['symbol'].upper()} ({c['coin_id']})" for c in
                                     ticks.unique("coin_id", keep="first", maintain_order=True).to_dicts()]
-    for (label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True)):
+    for (_label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True), strict=True):
         coin = coin[0]
         t, p = g["event_time"].to_list(), g["price_usd"].to_numpy()
         assert _shows(price, p[-1]), (coin, price, p[-1])
@@ -175,7 +175,7 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
     pairs = sorted({(a, b) for a, b, *_ in corr}, key=lambda ab: -abs(values[(*ab, "24h")][0]))
     got = _table(text, "Top correlations (1-minute returns)")
     assert [r[0] for r in got] == [f"{sym[a].upper()} / {sym[b].upper()}" for a, b in pairs]
-    for (_, c24, c7, n24), (a, b) in zip(got, pairs):
+    for (_, c24, c7, n24), (a, b) in zip(got, pairs, strict=True):
         assert _shows(c24, values[(a, b, "24h")][0]) and _shows(c7, values[(a, b, "7d")][0])
         assert int(n24) == values[(a, b, "24h")][1] > 0
 
@@ -228,7 +228,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     mlflow = mlf.activate()
     client = mlf.client()
     run_ids = []
-    for k, (auc, base) in enumerate([(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]):
+    for auc, base in [(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]:
         with mlflow.start_run(experiment_id=mlf.experiment_id("trend_model")) as run:
             mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": base, "lift_auc_roc": auc - base})
             run_ids.append(run.info.run_id)
@@ -303,7 +303,7 @@ def _model_rows_from_mlflow(mlf) -> dict[str, list[str]]:
             except Exception:  # noqa: BLE001
                 champ = None
 
-            def vs(run) -> str:
+            def vs(run, metric: str = metric) -> str:
                 v, b = run.data.metrics[metric], run.data.metrics.get(f"baseline_{metric}")
                 better = (v > b) if metric != "rmse" else (v < b)
                 return f"{v:.4g} vs {b:.4g} {'✓' if better else '✗'}"

@@ -12,10 +12,10 @@ import dagster as dg
 import orjson
 import yaml
 
-from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.definitions import AUTOMATION, defs, incremental_job
-from crypto_assets.resources import KafkaResource
 from crypto_assets.defs.automation import build_backlog_sensor, incremental_run_config
+from crypto_assets.kafka.lag import measure_backlog
+from crypto_assets.resources import KafkaResource
 from crypto_assets.settings import automation_settings
 from crypto_assets_tests.helpers import produce, ticks
 
@@ -142,7 +142,7 @@ KNOBS = ["CRYPTO_AUTOMATION", "SENSOR_INTERVAL_SECONDS", "BACKLOG_MIN_MESSAGES",
 
 def test_automation_settings_defaults_and_overrides():
     assert automation_settings({}).as_dict() == DEFAULTS
-    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48"]))
+    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48"], strict=True))
     assert automation_settings(env).as_dict() == {
         "default_on": True, "interval_s": 7, "min_messages": 1, "max_wait_seconds": 2.5, "drain_seconds": 30.0,
         "retrain_cron": "5 * * * *", "predictions_cron": "*/2 * * * *", "maintenance_cron": "0 3 * * *",

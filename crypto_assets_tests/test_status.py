@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -62,7 +62,7 @@ def _asset_lines(out: str) -> dict[str, tuple[str, str]]:
 
 
 def _newest_per_coin(messages: list[dict]) -> dict[str, str]:
-    newest: dict[str, datetime] = defaultdict(lambda: datetime.min.replace(tzinfo=timezone.utc))
+    newest: dict[str, datetime] = defaultdict(lambda: datetime.min.replace(tzinfo=UTC))
     for m in messages:
         t = datetime.fromisoformat(m["last_updated_at"])
         newest[m["coin_id"]] = max(newest[m["coin_id"]], t)
@@ -73,7 +73,7 @@ def _newest_per_coin(messages: list[dict]) -> dict[str, str]:
 def healthy(broker, kafka, lakehouse, home, monkeypatch):
     """A home after one successful incremental run over 60 fresh ticks (every check passed)."""
     dagster_home = _instance_home(home, monkeypatch)
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     messages = _ticks(60, 0, base)
     assert produce(kafka, messages) == 60
     result = _run_incremental(dagster_home, kafka, lakehouse)

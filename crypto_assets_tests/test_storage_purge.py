@@ -3,7 +3,7 @@ event log): it deletes old finished runs with their events and compute logs, and
 catalog and checks pages show, unfinished runs and recent failures."""
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -70,7 +70,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
     # nothing is old yet: nothing goes
     assert purge_runs(instance, keys, checks, keep_hours=24).deleted == []
 
-    later = datetime.now(timezone.utc) + timedelta(days=2)
+    later = datetime.now(UTC) + timedelta(days=2)
     res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=later)
     assert set(res.deleted) == {old_a, plain_c}
     for run_id in (old_a, plain_c):
@@ -83,7 +83,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
     assert res.protected_latest == 3 and res.kept_failed == 1
 
     # once the failure is older than failed_keep_days it goes too; the latest results never do
-    much_later = datetime.now(timezone.utc) + timedelta(days=10)
+    much_later = datetime.now(UTC) + timedelta(days=10)
     res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=much_later)
     assert res.deleted == [failed]
     assert {r.dagster_run.run_id for r in instance.get_run_records()} == {latest_a, latest_b, newest_c}
@@ -91,7 +91,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
 
 def test_purge_is_bounded_per_call(instance):
     runs = [_run(instance, ["b"]) for _ in range(4)]
-    later = datetime.now(timezone.utc) + timedelta(days=2)
+    later = datetime.now(UTC) + timedelta(days=2)
     keys = [dg.AssetKey("b")]
     first = purge_runs(instance, keys, [], keep_hours=1, max_deletes=2, now=later)
     assert first.deleted == runs[:2]  # oldest first

@@ -201,7 +201,7 @@ def run_tests(root: Path, tests: list[str], python: str, timeout_s: float) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run on an unmodified copy")
     ap.add_argument("--list", action="store_true", help="list the mutations and their tests")

@@ -13,8 +13,8 @@ import json
 import dagster as dg
 
 from crypto_assets.defs.schema_checks import warehouse_schema
-from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.resources import KafkaResource
 from crypto_assets.settings import AutomationSettings
 

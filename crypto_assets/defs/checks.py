@@ -16,7 +16,7 @@ Not-null is not a check: the DDL declares NOT NULL and DuckDB enforces it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
@@ -88,7 +88,7 @@ def positive_prices(conn, seq: Seqs = None) -> Verdict:
 
 def freshness(conn, max_age_minutes: float, now: datetime | None = None) -> Verdict:
     """Age of the newest tick, from the per-coin state clean_ticks keeps (one row per coin)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     newest = conn.sql("SELECT max(max_event_time) FROM clean_coin_state").fetchall()[0][0]
     if newest is None:
         return Verdict(False, {"newest_tick": "none"}, "no ticks at all")
@@ -177,7 +177,7 @@ def features_finite(conn, seq: Seqs = None) -> Verdict:
     scope = _scope("feature_seq", seq)
     counts_sql = ", ".join(f"count(*) FILTER ({c} IS NOT NULL AND NOT isfinite({c}))" for c in FEATURE_NUMERIC)
     row = conn.sql(f"SELECT {counts_sql}, count(*) FILTER (volatility_15m < 0) FROM market_features WHERE {scope}").fetchall()[0]
-    counts = dict(zip(FEATURE_NUMERIC, (int(v) for v in row[:-1])))
+    counts = dict(zip(FEATURE_NUMERIC, (int(v) for v in row[:-1]), strict=True))
     neg_vol = int(row[-1])
     bad = {c: n for c, n in counts.items() if n}
     md: dict = {"non_finite_counts": counts, "negative_volatility": neg_vol}

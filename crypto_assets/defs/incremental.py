@@ -22,28 +22,27 @@ import logging
 import os
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.defs import checks
-from crypto_assets.defs import bronze, gold, silver
-from crypto_assets.warehouse.table_spec import Table
-from crypto_assets.warehouse.tables import TABLES
+from crypto_assets.defs import bronze, checks, gold, silver
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
 from crypto_assets.ingest.config import PullConfig
 from crypto_assets.ingest.pull import pull_raw_ticks
-from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.resources import KafkaResource, LakehouseResource
-from crypto_assets.warehouse.watermarks import get_state
+from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh, publish_alerts
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets.transforms.features import features_increment
-from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh, publish_alerts
+from crypto_assets.warehouse.lake_export import export_dirty
+from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.tables import TABLES
+from crypto_assets.warehouse.watermarks import get_state
 
 SPECS = [bronze.RAW_TICKS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
 CHECK_SPECS = [*bronze.CHECKS, *silver.CHECKS, *gold.CHECKS]
@@ -82,7 +81,7 @@ class _Run:
         self.verdicts: dict[dg.AssetCheckKey, checks.Verdict] = {}
         self.check_seconds: dict[dg.AssetCheckKey, float] = defaultdict(float)
         self.passes = 0
-        self.started = datetime.now(timezone.utc)
+        self.started = datetime.now(UTC)
 
     def add(self, asset: str, seconds: float, numbers: dict[str, float] | None = None, seq: int | None = None,
             changed: bool = False, **last: Any) -> None:
@@ -211,6 +210,7 @@ def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None
 
 def _write_single_file(conn, lake_root: Path, table: Table) -> None:
     """A table rebuilt whole each time (correlations): one file, replaced atomically."""
+    assert table.dataset is not None, table.name  # a single-file table has a mirror
     directory = lake_root / table.dataset
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{table.name}.parquet.tmp"

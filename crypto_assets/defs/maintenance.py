@@ -7,16 +7,16 @@ connection (it reads and writes only Parquet under the lake locks), so it takes 
 duckdb_writer pool and runs beside the live pipeline.
 """
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.warehouse.lake_layout import LAKE_DATASETS
-from crypto_assets.warehouse.lake_compaction import compact_lake as run_compaction
-from crypto_assets.resources import LakehouseResource
 from crypto_assets.defs.automation import build_schedule
 from crypto_assets.defs.run_purge import prune_mlflow, purge_dagster_storage
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.warehouse.lake_compaction import compact_lake as run_compaction
+from crypto_assets.warehouse.lake_layout import LAKE_DATASETS
 
 
 class CompactLakeConfig(dg.Config):
@@ -27,9 +27,9 @@ class CompactLakeConfig(dg.Config):
 
 def _as_of(value: str | None) -> datetime:
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     t = datetime.fromisoformat(value)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 @dg.op(tags={"kind": "parquet"})

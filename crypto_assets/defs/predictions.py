@@ -8,7 +8,8 @@ run that wrote first wins, and this one scores the rows after it). No pool: the 
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import dagster as dg
 import orjson
@@ -19,13 +20,13 @@ from pydantic import Field
 from crypto_assets.defs.code_versions import source_version
 from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
 from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, idents_frame, publish
-from crypto_assets.warehouse.sql import transaction
 from crypto_assets.ml.registry import champion_artifact, champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import automation_settings
+from crypto_assets.warehouse.sql import transaction
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, set_state
 
@@ -115,7 +116,7 @@ def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, la
         "anomaly_model_version": champs.anomaly[0] or "none",
         "price_model_versions": {h: v for h, (v, _) in champs.price.items()},
     }
-    if n:
+    if out is not None and n:
         latest = (out.sort("event_time").group_by("coin_id").last().sort("coin_id")
                   .select("coin_id", "event_time", pl.col("trend_prob_up").round(3), pl.col("anomaly_prob").round(3),
                           pl.col("forecast_return_1h").round(5)))
@@ -170,10 +171,12 @@ def _score(rows: pl.DataFrame, champs: Champions, pyspark: LazyPySparkResource) 
     )
     if anomaly_model is not None and n:
         from pyspark.ml.functions import vector_to_array
+        from pyspark.sql.functions import col
 
         # Arrow both ways: one double column back instead of VectorUDT objects unpickled row by row
         sdf = pyspark.spark_session.createDataFrame(rows.select(FEATURES).to_pandas())
-        probs = anomaly_model.transform(sdf).select(vector_to_array("probability")[1].alias("p")).toPandas()
+        model = cast(Any, anomaly_model)  # a Spark PipelineModel (load_champion)
+        probs = model.transform(sdf).select(vector_to_array(col("probability"))[1].alias("p")).toPandas()
         out = out.with_columns(anomaly_prob=pl.Series(probs["p"].to_numpy()))
     else:
         out = out.with_columns(anomaly_prob=null)
@@ -183,7 +186,7 @@ def _score(rows: pl.DataFrame, champs: Champions, pyspark: LazyPySparkResource) 
         out = out.with_columns(fc.alias(f"forecast_return_{h}"))
     return out.with_columns(
         price_model_versions=pl.lit(",".join(f"{h}:v{v}" for h, (v, _) in champs.price.items()) or None, dtype=pl.String),
-        predicted_at=pl.lit(datetime.now(timezone.utc)),
+        predicted_at=pl.lit(datetime.now(UTC)),
         published_at=pl.lit(None, dtype=pl.Datetime("us", "UTC")),
     )
 
@@ -216,7 +219,7 @@ def predictions_outbox(kafka: KafkaResource) -> Outbox:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat()
+    return t.astimezone(UTC).isoformat()
 
 
 def _pending_predictions(conn, limit: int) -> list[OutboxMessage]:
@@ -228,7 +231,7 @@ def _pending_predictions(conn, limit: int) -> list[OutboxMessage]:
     ).fetchall()
     out = []
     for r in rows:
-        doc = dict(zip(OUTBOX_COLUMNS, r))
+        doc = dict(zip(OUTBOX_COLUMNS, r, strict=False))
         event_time, predicted_at = _iso(doc["event_time"]), _iso(r[-1])
         doc["event_time"] = event_time.replace("+00:00", "Z")
         out.append(OutboxMessage((doc["coin_id"], event_time, predicted_at), doc["coin_id"], orjson.dumps(doc),

@@ -15,7 +15,7 @@ At most `max_deletes` runs go per call, so one purge is bounded and a backlog dr
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -63,7 +63,7 @@ def purge_runs(
     max_deletes: int = 5000,
     now: datetime | None = None,
 ) -> PurgeResult:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     protected = latest_run_ids(instance, asset_keys, check_keys)
     recent_failed = {
         r.dagster_run.run_id

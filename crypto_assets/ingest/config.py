@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
 from crypto_assets.warehouse.tables import TABLES
 
 BRONZE = TABLES["raw_ticks"]
-BRONZE_DATASET = BRONZE.dataset
+BRONZE_DATASET: str = cast(str, BRONZE.dataset)  # raw_ticks declares its mirror, time column and order
+BRONZE_TIME_COLUMN: str = cast(str, BRONZE.time_column)
+BRONZE_EXPORT_ORDER: str = cast(str, BRONZE.export_order)
 
 
 @dataclass

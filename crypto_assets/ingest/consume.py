@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import time
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -69,20 +70,21 @@ def consume_batch(client: RawConsumer, topic: str, plans: list[PartitionPlan], l
             # is the pull's hot path.
             if any(map(Message.error, msgs)):
                 errors = [m for m in msgs if m.error() is not None]
-                err = errors[0].error()
+                err = cast(KafkaError, errors[0].error())
                 if err.code() == KafkaError._PARTITION_EOF:
                     msgs = [m for m in msgs if m.error() is None]
                 else:
                     raise broker_error(client.bootstrap, KafkaException(err))
-            m_parts = list(map(Message.partition, msgs))
-            m_offs = list(map(Message.offset, msgs))
+            # a message without an error has its partition and offset (the stubs say int | None)
+            m_parts = cast("list[int]", list(map(Message.partition, msgs)))
+            m_offs = cast("list[int]", list(map(Message.offset, msgs)))
             # Within a partition messages arrive in offset order, so the last one seen is the highest.
-            last = dict(zip(m_parts, m_offs))
+            last = dict(zip(m_parts, m_offs, strict=True))
             if any(o >= ends[p] for p, o in last.items()):  # past a snapshot end: drop those
-                keep = [o < ends[p] for p, o in zip(m_parts, m_offs)]
-                msgs = [m for m, k in zip(msgs, keep) if k]
-                m_parts = [p for p, k in zip(m_parts, keep) if k]
-                m_offs = [o for o, k in zip(m_offs, keep) if k]
+                keep = [o < ends[p] for p, o in zip(m_parts, m_offs, strict=True)]
+                msgs = [m for m, k in zip(msgs, keep, strict=True) if k]
+                m_parts = [p for p, k in zip(m_parts, keep, strict=True) if k]
+                m_offs = [o for o, k in zip(m_offs, keep, strict=True) if k]
             room = limit - len(offs)
             if len(msgs) > room:  # arrival order is offset order within a partition: a prefix per partition
                 msgs, m_parts, m_offs = msgs[:room], m_parts[:room], m_offs[:room]
@@ -92,7 +94,7 @@ def consume_batch(client: RawConsumer, topic: str, plans: list[PartitionPlan], l
             vals.extend(map(Message.value, msgs))
             tss.extend(map(_TS_MS, map(Message.timestamp, msgs)))
             # Partitions that reached their snapshot end are done.
-            for p, o in dict(zip(m_parts, m_offs)).items():
+            for p, o in dict(zip(m_parts, m_offs, strict=True)).items():
                 position[p] = o + 1
                 if o + 1 >= ends[p]:
                     todo.pop(p, None)

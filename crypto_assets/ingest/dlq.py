@@ -4,7 +4,7 @@ arrived and the reason in headers, exactly once also across a kill (crypto_asset
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import polars as pl
@@ -83,7 +83,7 @@ def _dlq_identity(source_topic: str) -> Callable[[Any], tuple[int, int] | None]:
         if header(message, "source.topic") != source_topic:
             return None
         try:
-            return int(header(message, "source.partition")), int(header(message, "source.offset"))
+            return int(cast(str, header(message, "source.partition"))), int(cast(str, header(message, "source.offset")))
         except (TypeError, ValueError):
             return None
 

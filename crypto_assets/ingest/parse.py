@@ -92,7 +92,7 @@ def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, lis
     rejects: list[tuple[int, str, str]] = []
     good_vals: list[bytes] = []
     good_idx: list[int] = []
-    for i, v in zip(idx, values):
+    for i, v in zip(idx, values, strict=True):
         verdict = triage(v)
         if verdict is None:
             good_vals.append(v)
@@ -107,7 +107,7 @@ def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, lis
                 raise ValueError("row count mismatch")
             frames.append(df.with_columns(pl.Series("idx", good_idx, dtype=pl.UInt32)))
         except Exception:  # noqa: BLE001 - triage and polars disagree: isolate per message
-            for i, v in zip(good_idx, good_vals):
+            for i, v in zip(good_idx, good_vals, strict=True):
                 try:
                     one = _ndjson([v])
                     if one.height != 1:
@@ -164,7 +164,7 @@ def parse_values(
     if not any(oversized) and not any(empty) and not any(has_newline):
         fast_idx = list(range(len(values)))
     else:
-        for i, (big, emp, nl) in enumerate(zip(oversized, empty, has_newline)):
+        for i, (big, emp, nl) in enumerate(zip(oversized, empty, has_newline, strict=True)):
             if big:
                 rejects.append((i, R.OVERSIZED, f"{len(values[i])} bytes > limit {max_bytes}"))
             elif emp:

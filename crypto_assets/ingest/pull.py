@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import TopicPartition
 
 from crypto_assets.faults import fault_point
-from crypto_assets.ingest.config import BRONZE, BRONZE_DATASET, PullConfig
+from crypto_assets.ingest.config import BRONZE, BRONZE_DATASET, BRONZE_EXPORT_ORDER, BRONZE_TIME_COLUMN, PullConfig
 from crypto_assets.ingest.consume import consume_batch
 from crypto_assets.ingest.consumer import RawConsumer
 from crypto_assets.ingest.dlq import publish_dlq
@@ -50,9 +50,10 @@ def pull_raw_ticks(
 ) -> PullResult:
     """Run one bounded pull (possibly several committed batches) and return what happened."""
     cfg = cfg or PullConfig()
-    logger = logger or log
+    if not logger:
+        logger = log
     t0 = time.monotonic()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     topic = kafka.raw_topic
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -111,7 +112,7 @@ def pull_raw_ticks(
             if cfg.export_parquet:
                 t = time.perf_counter()
                 result.export = export_dirty(
-                    conn, lakehouse.lake_path, BRONZE_DATASET, BRONZE.name, BRONZE.time_column, BRONZE.export_order,
+                    conn, lakehouse.lake_path, BRONZE_DATASET, BRONZE.name, BRONZE_TIME_COLUMN, BRONZE_EXPORT_ORDER,
                 )
                 add_time(timings, "export", t)
         result.remaining_lag = {p.partition: p.lag for p in plans}

@@ -5,7 +5,8 @@ bytes, and record offsets, positions and the batch, all in ONE DuckDB transactio
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import cast
 
 import duckdb
 import polars as pl
@@ -28,11 +29,11 @@ def stage(consumed: Consumed, cfg: PullConfig,
     raw bytes and key)."""
     parts, offs, keys, vals, tss = consumed
     t_parse = time.perf_counter()
-    parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else vals,
+    parsed = parse_values([v if v is not None else b"" for v in vals] if None in vals else cast("list[bytes]", vals),
                           max_bytes=cfg.max_message_bytes)
     add_time(timings, "parse", t_parse)
     coords = pl.DataFrame(
-        [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss))]
+        [pl.Series(name, col, dtype=dtype) for (name, dtype), col in zip(_COORD_TYPES.items(), (parts, offs, tss), strict=True)]
     )
     meta = coords.with_row_index("idx")
     if not parsed.rejects.height and parsed.parsed.height == len(offs) and parsed.parsed["idx"].is_sorted():
@@ -57,10 +58,10 @@ def insert_clean(
     then prove it was clean on the stored, typed columns (cheap: no casts, zone maps on batch_id
     and event time). Returns (min, max) event time, or None when the batch needs the careful path
     (the caller rolls back)."""
-    (inserted,) = conn.execute(
+    (inserted,) = cast(tuple, conn.execute(
         f"INSERT INTO raw_ticks SELECT {RAW_COLUMNS_SQL} FROM ({TYPED_SQL}) WHERE ({REASON_SQL}) IS NULL",
         {**rules, "topic": topic, "batch_id": batch_id},
-    ).fetchone()
+    ).fetchone())  # an INSERT returns its row count
     if inserted != expected:
         return None
     lo, hi = first(conn, "SELECT min(last_updated_at), max(last_updated_at) FROM raw_ticks WHERE batch_id = ?", [batch_id])
@@ -152,7 +153,7 @@ def write_batch(
     batch record and Parquet dirty markers; then advance the plans' next offsets."""
     _parts, offs, keys, vals, _tss = consumed
     n = len(offs)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     staged, rejects = stage(consumed, cfg, timings)
     conn.register("staged", staged.to_arrow())
     conn.register("rejects_in", rejects.to_arrow())

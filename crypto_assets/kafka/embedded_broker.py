@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -86,7 +86,7 @@ class EmbeddedBroker:
             del owner
             gc.collect()
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         if self._owner is None:
             self.start()
         return self
@@ -106,7 +106,7 @@ def write_broker_file(home: Path, broker: EmbeddedBroker) -> Path:
                 "cluster_id": broker.cluster_id,
                 "pid": os.getpid(),
                 "host": os.uname().nodename,
-                "started_at": datetime.now(timezone.utc).isoformat(),
+                "started_at": datetime.now(UTC).isoformat(),
                 "kind": "librdkafka-mock",
             },
             indent=2,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -74,7 +75,7 @@ def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool
             while time.monotonic() < deadline and len(seen) < len(pending):
                 for m in c.consume(len(pending), timeout=0.2):
                     if m.error() is None and m.partition() not in seen:
-                        seen.add(m.partition())
+                        seen.add(cast(int, m.partition()))
                         ts = m.timestamp()[1]
                         oldest_ms = ts if oldest_ms is None else min(oldest_ms, ts)
             if oldest_ms is not None:

@@ -25,8 +25,8 @@ import uuid
 from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import duckdb
 import polars as pl
@@ -97,7 +97,7 @@ def publish(kafka: KafkaResource, outbox: Outbox, connect: Connect, limit: int) 
     if not messages:
         return 0
     ends = _watermarks(kafka, outbox.topic)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # A partition missing here (the topic does not exist yet) is read from its start.
     rows = [[outbox.name, outbox.topic, p, hi, now] for p, (_lo, hi) in ends.items()] or [
         [outbox.name, outbox.topic, -1, 0, now]]
@@ -175,8 +175,8 @@ def _already_sent(kafka: KafkaResource, outbox: Outbox, topic: str, starts: dict
                     f"what an interrupted send of the {outbox.name} outbox published; nothing was sent or marked"
                 )
             for m in msgs:
-                if m.error() is not None:
-                    if m.error().code() == KafkaError._PARTITION_EOF:
+                if (err := m.error()) is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise BrokerUnavailable(f"reading {topic} at {kafka.bootstrap()}: {m.error()}")
                 p = m.partition()
@@ -184,7 +184,7 @@ def _already_sent(kafka: KafkaResource, outbox: Outbox, topic: str, starts: dict
                     ident = outbox.identity(m)
                     if ident is not None:
                         found.add(ident)
-                    if m.offset() + 1 >= marks[p][1]:
+                    if cast(int, m.offset()) + 1 >= marks[p][1]:
                         todo.pop(p)
     finally:
         c.close()
@@ -201,5 +201,5 @@ def _read_from(marks: dict[int, tuple[int, int]], starts: dict[int, int]) -> dic
 def idents_frame(idents: Sequence[tuple], schema: dict[str, Any]) -> Any:
     """Tuple idents as an Arrow table with `schema`'s columns (name -> polars type), for a
     mark_sent to register and join on."""
-    columns = [list(col) for col in zip(*idents)] if idents else [[] for _ in schema]
+    columns = [list(col) for col in zip(*idents, strict=True)] if idents else [[] for _ in schema]
     return pl.DataFrame(columns, schema=schema, orient="col").to_arrow()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -87,7 +87,7 @@ class TickProducer:
             )
         return self.stats
 
-    def __enter__(self) -> "TickProducer":
+    def __enter__(self) -> TickProducer:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -6,7 +6,7 @@ Producers, the raw pull and the tests all import from here so the contract is st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 SCHEMA_VERSION = 1
 
@@ -83,8 +83,8 @@ def coins_for(ids: tuple[str, ...] | list[str]) -> tuple[Coin, ...]:
 def iso_utc(ts: datetime) -> str:
     """Render a timestamp the way the contract wants it: UTC, second precision or better, 'Z'."""
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    ts = ts.astimezone(timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
+    ts = ts.astimezone(UTC)
     if ts.microsecond:
         return ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -115,5 +115,5 @@ def make_tick(
         "change_24h_pct": change_24h_pct,
         "change_7d_pct": change_7d_pct,
         "last_updated_at": iso_utc(last_updated_at),
-        "ingestion_timestamp": iso_utc(ingestion_timestamp or datetime.now(timezone.utc)),
+        "ingestion_timestamp": iso_utc(ingestion_timestamp or datetime.now(UTC)),
     }

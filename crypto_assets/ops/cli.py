@@ -14,14 +14,19 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 from crypto_assets import settings
-from crypto_assets.ops.processes import pid_alive
 from crypto_assets.kafka.embedded_broker import (
-    BROKER_FILE, EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file,
+    BROKER_FILE,
+    EmbeddedBroker,
+    read_broker_file,
+    remove_broker_file,
+    write_broker_file,
 )
 from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.ops.processes import pid_alive
 
 
 def _home(args) -> Path:
@@ -155,7 +160,8 @@ def cmd_produce(args) -> int:
 # --------------------------------------------------------------------------------- topics
 def cmd_topics(args) -> int:
     """Create the declared topics on a real cluster (docker-compose's init step)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    # the documented import path (the type stubs declare NewTopic in confluent_kafka.cimpl only)
+    from confluent_kafka.admin import AdminClient, NewTopic  # pyright: ignore[reportPrivateImportUsage]
 
     from crypto_assets.kafka.topics import TOPICS
 
@@ -180,13 +186,13 @@ def cmd_topics(args) -> int:
 # --------------------------------------------------------------------------------- quarantine-ticks
 def cmd_quarantine_ticks(args) -> int:
     """Move clean ticks of one coin to quarantine; the next run recomputes what they fed."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from crypto_assets.transforms.repair import quarantine_clean_ticks
 
     def ts(text: str) -> datetime:
         t = datetime.fromisoformat(text)
-        return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
 
     _home(args)
     start = ts(args.start)
@@ -202,7 +208,7 @@ def cmd_quarantine_ticks(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crypto-assets", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="crypto-assets", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from crypto_assets import settings
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file
 from crypto_assets.ops.home import prepare_home
 from crypto_assets.ops.processes import pid_alive
-from crypto_assets.kafka.embedded_broker import EmbeddedBroker, read_broker_file, remove_broker_file, write_broker_file
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
@@ -59,10 +60,10 @@ def _run(args, home: Path) -> int:
     import dagster as dg
 
     from crypto_assets import definitions
-    from crypto_assets.settings import kafka_resource
     from crypto_assets.durations import parse_duration
     from crypto_assets.producers.simulator.config import SimulatorConfig
     from crypto_assets.producers.simulator.run import run_simulator
+    from crypto_assets.settings import kafka_resource
 
     defs = definitions.defs
     instance = dg.DagsterInstance.get()

@@ -70,9 +70,9 @@ def cmd_live(args) -> int:
     prepare_home(home)
 
     from crypto_assets.kafka.embedded_broker import EmbeddedBroker, remove_broker_file, write_broker_file
-    from crypto_assets.settings import kafka_resource
     from crypto_assets.producers.simulator.config import SimulatorConfig
     from crypto_assets.producers.simulator.run import run_simulator
+    from crypto_assets.settings import kafka_resource
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -83,6 +83,7 @@ def cmd_live(args) -> int:
         broker = EmbeddedBroker()
         broker.start()
         write_broker_file(home, broker)
+        assert broker.bootstrap_servers is not None  # set by start()
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
         print(f"embedded Kafka broker on {broker.bootstrap_servers}", flush=True)
     producer = threading.Thread(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from crypto_assets import settings
 from crypto_assets.kafka.errors import BrokerUnavailable
@@ -27,12 +27,12 @@ def _dagster_section(home) -> bool:
     ok = True
     with dg.DagsterInstance.get() as instance:
         graph = defs.resolve_asset_graph()
-        now = datetime.now(timezone.utc).timestamp()
+        now = datetime.now(UTC).timestamp()
         for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
             ev = instance.get_latest_materialization_event(key)
             when = f"{now - ev.timestamp:,.0f}s ago" if ev else "never"
             failed = []
-            checks = [c for c in graph.get_check_keys_for_assets([key])] if hasattr(graph, "get_check_keys_for_assets") else []
+            checks = [c for c in graph.get_check_keys_for_assets({key})] if hasattr(graph, "get_check_keys_for_assets") else []
             for ck in checks:
                 rec = instance.event_log_storage.get_latest_asset_check_execution_by_key([ck]).get(ck)
                 if rec is None or rec.event is None:
@@ -95,7 +95,7 @@ def cmd_status(args) -> int:
                         n = conn.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                         print(f"table        {t:<12} {n} rows")
                 if "raw_ticks" in tables:
-                    now = datetime.now(timezone.utc)
+                    now = datetime.now(UTC)
                     for coin, newest in conn.sql(
                         "SELECT coin_id, max(last_updated_at) FROM raw_ticks GROUP BY 1 ORDER BY 1"
                     ).fetchall():

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from crypto_assets.kafka.producer import TickProducer
@@ -56,8 +56,8 @@ def parse_last_updated(value: Any) -> datetime | None:
     except ValueError:
         return None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
 
 
 def map_markets(
@@ -197,7 +197,7 @@ def run_coingecko(
                 wait_at_least = exc.retry_after or 0.0
             else:
                 ticks = map_markets(
-                    payload, coins, datetime.now(timezone.utc), warn=lambda m: log(f"WARNING {m}")
+                    payload, coins, datetime.now(UTC), warn=lambda m: log(f"WARNING {m}")
                 )
                 fresh, unchanged = filter_changed(ticks, last_seen)
                 for tick in fresh:

@@ -16,7 +16,7 @@ import random as _random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -91,8 +91,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when is None:
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        now = now or datetime.now(timezone.utc)
+            when = when.replace(tzinfo=UTC)
+        now = now or datetime.now(UTC)
         return max(0.0, (when - now).total_seconds())
     if not math.isfinite(seconds):
         return None
@@ -150,7 +150,7 @@ class CoinGeckoClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "CoinGeckoClient":
+    def __enter__(self) -> CoinGeckoClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

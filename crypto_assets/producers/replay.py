@@ -20,9 +20,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 
@@ -45,7 +45,7 @@ def _iso_expr(col: str) -> pl.Expr:
 
 
 def run_replay(
-    kafka: "KafkaResource",
+    kafka: KafkaResource,
     path: str | Path,
     speed: float = 1.0,
     shift_to_now: bool = False,
@@ -107,8 +107,8 @@ def run_replay(
         counters["skipped_limit"] = valid.height - limit
         valid = valid.head(limit)
     if shift_to_now and valid.height:
-        now = datetime.now(timezone.utc).replace(microsecond=0)
-        shift = now - valid["timestamp"].max()
+        now = datetime.now(UTC).replace(microsecond=0)
+        shift = now - cast(datetime, valid["timestamp"].max())
         counters["shifted_by_s"] = shift.total_seconds()
         valid = valid.with_columns(pl.col("timestamp") + shift)
 
@@ -137,7 +137,7 @@ def run_replay(
     mark = t0
     prev_t: float | None = None
     in_chunk = 0
-    ingested = iso_utc(datetime.now(timezone.utc))
+    ingested = iso_utc(datetime.now(UTC))
     try:
         for i, (t, iso, coin_id, symbol, price, mcap, vol, c24, c7) in enumerate(rows):
             if stop_event is not None and stop_event.is_set():
@@ -153,7 +153,7 @@ def run_replay(
                         break
                 mark = time.monotonic()
             if pace or i % 1000 == 0:
-                ingested = iso_utc(datetime.now(timezone.utc))
+                ingested = iso_utc(datetime.now(UTC))
             prev_t = t
             if in_chunk >= chunk_size:
                 producer.flush()

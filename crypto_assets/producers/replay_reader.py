@@ -29,9 +29,9 @@ whose coin is empty get an `invalid_reason` (one of `INVALID_REASONS`).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -77,7 +77,7 @@ def _from_epoch(x: float) -> datetime | None:
     ax = abs(x)
     seconds = x if ax < 1e11 else x / 1e3 if ax < 1e14 else x / 1e6 if ax < 1e17 else x / 1e9
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None
 
@@ -99,8 +99,8 @@ def _parse_timestamp(value: Any) -> datetime | None:
     except ValueError:
         return None
     if ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
 
 
 def _timestamps(series: pl.Series) -> pl.Series:
@@ -163,6 +163,7 @@ def load_replay_frame(path: str | Path) -> pl.DataFrame:
         missing.append("close (or price)")
     if missing:
         raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}; has {raw.columns}")
+    assert ts_col is not None and price_col is not None
 
     frame = raw.with_row_index("row").with_columns(
         _timestamps(raw[ts_col]).alias("_ts"),
@@ -181,7 +182,7 @@ def load_replay_frame(path: str | Path) -> pl.DataFrame:
                 pl.col(sym_col).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
             ).otherwise(coin)
     else:
-        coin = pl.col(sym_col).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
+        coin = pl.col(cast(str, sym_col)).cast(pl.String).map_elements(_symbol_to_coin, return_dtype=pl.String)
     frame = frame.with_columns(coin.alias("_coin"))
     frame = frame.with_columns(
         pl.when(pl.col("_coin") == "").then(None).otherwise(pl.col("_coin")).alias("_coin")

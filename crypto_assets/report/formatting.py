@@ -4,7 +4,7 @@ and the span a 24-hour change was measured over, so a title and a table cell alw
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from crypto_assets.report.market_data import CoinSnapshot
 
@@ -12,7 +12,7 @@ from crypto_assets.report.market_data import CoinSnapshot
 def fmt_time(t: datetime | None) -> str:
     if t is None:
         return "–"
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def fmt_num(v: float | None, fmt: str) -> str:

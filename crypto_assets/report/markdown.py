@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from crypto_assets.report.formatting import fmt_num, fmt_price, fmt_time, span_label
 from crypto_assets.report.market_data import MarketData
@@ -34,7 +34,7 @@ def top_correlations(market: MarketData, limit: int = 5) -> list[tuple[str, str,
         d[f"n_{w}"] = n
     rows = [(a, b, d.get("24h"), d.get("7d"), int(d.get("n_24h") or 0)) for (a, b), d in pairs.items()]
     rows = [r for r in rows if r[2] is not None or r[3] is not None]
-    rows.sort(key=lambda r: -abs(r[2] if r[2] is not None else r[3]))
+    rows.sort(key=lambda r: -abs(r[2] if r[2] is not None else cast(float, r[3])))
     return rows[:limit]
 
 
@@ -57,7 +57,7 @@ def model_table(series: list[ModelSeries], note: str | None = None) -> str:
         c, latest = s.champion, s.latest
         champ = f"v{s.champion_version}" if s.champion_version else "none"
 
-        def vs(p: ModelPoint | None) -> str:
+        def vs(p: ModelPoint | None, s: ModelSeries = s) -> str:
             if p is None:
                 return "–"
             base = "–" if p.baseline is None else f"{p.baseline:.4g}"

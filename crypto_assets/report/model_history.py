@@ -4,7 +4,7 @@ metric and baseline, joined to registered versions, gate tags and the champion a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,7 @@ def load_model_history(mlf: MlflowResource, models: tuple[str, ...] = REPORT_MOD
             if model == "price_model":
                 horizon = r.data.tags.get("horizon") or r.data.params.get("horizon")
                 name = f"price_model_{horizon}" if horizon else model
-            t = datetime.fromtimestamp((r.info.start_time or 0) / 1000.0, tz=timezone.utc)
+            t = datetime.fromtimestamp((r.info.start_time or 0) / 1000.0, tz=UTC)
             s = series.setdefault(name, ModelSeries(name, model, metric, []))
             s.points.append(ModelPoint(r.info.run_id, t, float(value), r.data.metrics.get(f"baseline_{metric}")))
         for name, s in sorted(series.items()):

@@ -30,7 +30,7 @@ def plot_model_performance(series: list[ModelSeries], dpi: int = DEFAULT_DPI, no
     fig = new_figure(MODELS_SIZE, dpi)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     palette = ["#1565c0", "#2e7d32", "#c62828", "#6a1b9a", "#ef6c00"]
-    for ax, (exp, group) in zip(axes, by_exp.items()):
+    for ax, (exp, group) in zip(axes, by_exp.items(), strict=False):
         metric = group[0].metric
         # x is the run's position in the experiment (runs can be seconds or days apart)
         order = sorted({(p.time, p.run_id) for s in group for p in s.points})
@@ -50,7 +50,7 @@ def plot_model_performance(series: list[ModelSeries], dpi: int = DEFAULT_DPI, no
                 ax.plot(x, b, color=color, linestyle="--", linewidth=1.2, alpha=0.6, marker=".",
                         label=f"{label} baseline", zorder=2)
             if len(s.points) <= 25:
-                for p, xi in zip(s.points, x):
+                for p, xi in zip(s.points, x, strict=True):
                     if p.version:
                         ax.annotate(f"v{p.version}", (xi, p.value), textcoords="offset points", xytext=(0, 7),
                                     ha="center", fontsize=8, color=color)
@@ -66,7 +66,8 @@ def plot_model_performance(series: list[ModelSeries], dpi: int = DEFAULT_DPI, no
         ax.grid(True, alpha=0.25)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(
-            lambda val, _pos, order=order: order[int(val)][0].strftime("%m-%d\n%H:%M") if 0 <= val < len(order) and val == int(val) else ""))
+            lambda val, _pos, order=order: order[int(val)][0].strftime("%m-%d\n%H:%M")
+            if 0 <= val < len(order) and val == int(val) else ""))
         ax.set_xlim(-0.5, max(len(order) - 0.5, 1.5))
         ax.margins(y=0.15)
         extra = [Line2D([], [], marker="*", color="#fdd835", markeredgecolor="black", linestyle="", markersize=14, label="champion"),

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -25,7 +26,6 @@ from matplotlib.ticker import FuncFormatter
 
 from crypto_assets.report.formatting import fmt_price, fmt_time, span_label
 from crypto_assets.report.market_data import MarketData
-
 
 # Figure sizes (inches); pixel size = size * dpi (the model figure's is in model_plot).
 CANDLES_SIZE = (14.0, 8.0)
@@ -103,13 +103,13 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
     width = 0.7 / 1440.0
     span = float(np.nanmax(h) - np.nanmin(lo)) or float(np.nanmax(h)) * 1e-3 or 1.0
     body = np.maximum(np.abs(cl - o), span * 0.002)
-    ax.vlines(x, lo, h, colors=colors, linewidth=0.8, zorder=2)
+    ax.vlines(x, lo, h, colors=cast(Any, colors), linewidth=0.8, zorder=2)
     bottom = np.minimum(o, cl)
     left, right = x - width / 2, x + width / 2
     bodies = np.stack([np.column_stack([left, bottom]), np.column_stack([left, bottom + body]),
                        np.column_stack([right, bottom + body]), np.column_stack([right, bottom])], axis=1)
     # one collection instead of a patch per candle: same picture, a fraction of the draw time
-    ax.add_collection(PolyCollection(bodies, facecolors=colors, edgecolors=colors, linewidths=0.3, zorder=3))
+    ax.add_collection(PolyCollection(cast(Any, bodies), facecolors=colors, edgecolors=colors, linewidths=0.3, zorder=3))
 
     bb_u, bb_m, bb_l = (c[k].cast(pl.Float64).to_numpy() for k in ("bb_upper", "bb_middle", "bb_lower"))
     if np.isfinite(bb_m).any():
@@ -131,8 +131,8 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
             style = RULE_STYLE.get(rule, {"marker": _FALLBACK_MARKERS[k % len(_FALLBACK_MARKERS)], "color": "#424242", "label": rule})
             crit = (grp["severity"] == "critical").to_numpy()
             ax.scatter(_naive_utc(grp["event_time"]), grp["price_usd"].to_numpy(), marker=style["marker"],
-                       s=np.where(crit, 110, 55), color=style["color"], edgecolors=np.where(crit, "black", "white"),
-                       linewidths=np.where(crit, 1.4, 0.6), zorder=5)
+                       s=np.where(crit, 110, 55), color=style["color"], edgecolors=cast(Any, np.where(crit, "black", "white")),
+                       linewidths=cast(Any, np.where(crit, 1.4, 0.6)), zorder=5)
             handles.append(Line2D([], [], marker=style["marker"], color=style["color"], linestyle="",
                                   markersize=8, label=f"{style['label']} ({grp.height})"))
         handles.append(Line2D([], [], marker="o", color="white", markeredgecolor="black", markeredgewidth=1.4,
@@ -197,9 +197,9 @@ def plot_correlations(market: MarketData, dpi: int = DEFAULT_DPI) -> Figure:
     labels = [market.symbol(c).upper() for c in coins]
     fig = new_figure(CORR_SIZE, dpi)
     axes = fig.subplots(1, 2)
-    end = corr["window_end"].max()
+    end = cast(datetime, corr["window_end"].max())
     im = None
-    for ax, window in zip(axes, ("24h", "7d")):
+    for ax, window in zip(axes, ("24h", "7d"), strict=True):
         m, n = correlation_matrix(corr, window, coins)
         diag = np.eye(len(coins), dtype=bool)
         # the diagonal (always 1) is drawn neutral so it does not drown the pairs in colour
@@ -219,6 +219,7 @@ def plot_correlations(market: MarketData, dpi: int = DEFAULT_DPI) -> Figure:
         n_txt = f"n = {off.min()}–{off.max()} paired minutes" if off.size and off.max() > 0 else "no paired minutes"
         ax.set_title(f"last {window}   ({n_txt})", fontsize=12)
     fig.suptitle(f"Correlation of 1-minute returns (Pearson), window ending {fmt_time(end)}", fontsize=14, fontweight="bold")
+    assert im is not None  # both windows drew one
     fig.colorbar(im, ax=list(axes), shrink=0.85, label="correlation")
     return fig
 

@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging import Logger
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def write_report(
     """Render every figure and report.md into `root/reports/<stamp>/` (via a temp dir and a
     rename) and refresh `root/reports/latest/`. MLflow trouble never fails the report: the model
     figure says what went wrong instead."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     reports = Path(root) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     sweep_stale(reports)
@@ -82,7 +82,7 @@ def write_report(
         if logger is not None:
             logger.warning(model_note)
 
-    stamp = now.astimezone(timezone.utc).strftime(STAMP_FORMAT)
+    stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
     figures = Figures()
     preview_uri = None
     with staged_dir(reports, f".tmp-{stamp}-") as tmp:

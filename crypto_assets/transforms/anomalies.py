@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import orjson
 
-from crypto_assets.warehouse.incremental_table import incremental_table
 from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, held, publish
 from crypto_assets.resources.kafka import KafkaResource
-from crypto_assets.warehouse.sql import first, transaction
+from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.warehouse.sql import first
 
 ZSCORE_THRESHOLD = 3.0
 ZSCORE_CRITICAL = 5.0
@@ -21,7 +21,7 @@ WINDOW_SPANS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
 def _ts(t: datetime) -> str:
-    return f"TIMESTAMPTZ '{t.astimezone(timezone.utc).isoformat()}'"
+    return f"TIMESTAMPTZ '{t.astimezone(UTC).isoformat()}'"
 
 
 _PAIRS_SQL = """
@@ -102,7 +102,7 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
     follow the recomputed features; ones that no longer qualify disappear); published ones are
     kept as they were sent. The Parquet hours of the anomalies found and of those deleted are
     marked for re-export."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with incremental_table(conn, "anomalies", upstream="market_features") as inc:
         if inc.nothing_new:
             return {"new": 0, "skipped": True}
@@ -198,7 +198,7 @@ def _pending_alerts(conn: duckdb.DuckDBPyConnection, limit: int) -> list[OutboxM
             orjson.dumps(
                 {
                     "anomaly_id": aid, "coin_id": coin, "symbol": sym,
-                    "event_time": t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+                    "event_time": t.astimezone(UTC).isoformat().replace("+00:00", "Z"),
                     "rule": rule, "severity": sev, "value": value, "threshold": thr,
                     "price_usd": price, "volume_24h_usd": vol,
                 }

@@ -60,7 +60,7 @@ def rsi_with_state(
     # Running sums while seeding (the state before the 14th change).
     g_sum = gain0 + np.cumsum(gains) if n0 < RSI_PERIOD else None
     l_sum = loss0 + np.cumsum(losses) if n0 < RSI_PERIOD else None
-    if n0 < RSI_PERIOD:
+    if g_sum is not None and l_sum is not None:  # n0 < RSI_PERIOD
         g_out[seeding] = g_sum[seeding]
         l_out[seeding] = l_sum[seeding]
     # First index at which the averages exist (n reaches 14), and its seed.
@@ -72,6 +72,7 @@ def rsi_with_state(
         if len(hit) == 0:
             return rsi, n_out, g_out, l_out
         start = int(hit[0])
+        assert g_sum is not None and l_sum is not None  # n0 < RSI_PERIOD here
         g_avg = g_sum[start] / RSI_PERIOD
         l_avg = l_sum[start] / RSI_PERIOD
         g_out[start], l_out[start] = g_avg, l_avg
@@ -202,12 +203,14 @@ def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResul
         )
         if asset == "ohlcv_1h":
             conn.execute(
-                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq FROM h_new ORDER BY bucket",
+                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq "
+                "FROM h_new ORDER BY bucket",
                 {"seq": inc.new_seq},
             )
         else:
             conn.execute(
-                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, tick_count, $seq FROM h_new ORDER BY bucket",
+                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, "
+                "tick_count, $seq FROM h_new ORDER BY bucket",
                 {"seq": inc.new_seq},
             )
         inc.mark_touched("SELECT bucket AS event_time, symbol FROM h_new")

@@ -7,10 +7,10 @@ import time
 
 import duckdb
 
+from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import CleanConfig, clean_increment
 from crypto_assets.transforms.features import features_increment
-from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh
 
 
 def run_incremental(conn: duckdb.DuckDBPyConnection, coins: list[str], clean_cfg: CleanConfig | None = None,

@@ -8,7 +8,7 @@ the coin's recent ones is quarantined as a jump (see plausibility.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
@@ -75,7 +75,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
     cfg = cfg or CleanConfig()
     conn.execute(TABLES["clean_coin_state"].ddl)
     ensure_window(conn, cfg.jump_window)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with incremental_table(conn, ASSET, upstream="raw_ticks", before_commit="clean_before_commit") as inc:
         if inc.nothing_new:
             return CleanResult(None, seq=inc.seq)

@@ -13,6 +13,7 @@ import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import duckdb
 import polars as pl
@@ -50,7 +51,7 @@ def _pow2_scale(prices: pl.Series) -> float:
     """The power of two at or below the largest price (at least the smallest normal float, whose
     reciprocal is finite: polars divides by multiplying with it). Dividing by it is exact, so
     windows summed over prices / scale give bit-identical results without overflowing."""
-    top = prices.max()
+    top = cast(float | None, prices.max())
     if top is None or not math.isfinite(top) or top <= 0:
         return 1.0
     return max(math.ldexp(1.0, math.frexp(top)[1] - 1), sys.float_info.min)

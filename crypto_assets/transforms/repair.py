@@ -13,7 +13,7 @@ All of it is one transaction.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 
@@ -32,7 +32,7 @@ def quarantine_clean_ticks(
     """Move the clean ticks of `coin_id` with start <= event_time <= end to quarantine; returns
     how many moved. The next incremental run recomputes everything derived from them."""
     conn.execute(TABLES["clean_coin_state"].ddl)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     p = {"coin": coin_id, "start": start, "end": end}
     where = "coin_id = $coin AND event_time BETWEEN $start AND $end"
     with incremental_table(conn, ASSET, upstream=None) as inc:
@@ -61,7 +61,7 @@ def quarantine_clean_ticks(
             # Nothing earlier to recompute from: drop what was derived before the first remaining tick.
             after = first(conn, "SELECT min(event_time) FROM clean_ticks WHERE coin_id = $coin AND event_time > $t",
                           {"coin": coin_id, "t": end})[0]
-            limit = {"coin": coin_id, "t": after or datetime.max.replace(tzinfo=timezone.utc)}
+            limit = {"coin": coin_id, "t": after or datetime.max.replace(tzinfo=UTC)}
             for table, unit in DERIVED.items():
                 bound = f"date_trunc('{unit}', $t)" if unit else "$t"
                 conn.execute(f"DELETE FROM {table} WHERE coin_id = $coin AND {TABLES[table].time_column} < {bound}", limit)

@@ -19,14 +19,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import duckdb
 
 from crypto_assets.faults import fault_point
 from crypto_assets.warehouse.lake_export import mark_dirty
 from crypto_assets.warehouse.sql import transaction
-from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, position, set_state
 
 
@@ -55,6 +56,7 @@ class Increment:
     @property
     def window(self) -> str:
         """SQL predicate on the upstream table: its rows stamped since the last run."""
+        assert self.upstream_table is not None, self.table.name  # a table with no upstream has no window
         col = self.upstream_table.seq_column
         return f"{col} > {int(self.hwm)} AND {col} <= {int(self.upstream)}"
 
@@ -63,7 +65,7 @@ class Increment:
         re-export, in this run's transaction; of this table's mirror, or of `table`'s."""
         if not self._open:
             raise RuntimeError("mark_touched outside the increment's transaction (nothing new?)")
-        mark_dirty(self.conn, TABLES[table].dataset if table else self.table.dataset, source_sql)
+        mark_dirty(self.conn, cast(str, TABLES[table].dataset if table else self.table.dataset), source_sql)
 
     def keep_state(self) -> None:
         """Commit without moving the state: the run found nothing to change after all."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -87,7 +87,7 @@ class CompactionResult:
 
 def is_closed(day: date, now: datetime, grace: timedelta = DEFAULT_GRACE) -> bool:
     """A day is closed once its end (next UTC midnight) plus the grace period is before `now`."""
-    end = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
+    end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     return end + grace < now
 
 
@@ -151,7 +151,7 @@ def compact_dataset(lake_root: Path, dataset: str, *, now: datetime | None = Non
     """Compact every closed day of one dataset. The lock is taken per day, so the live export
     waits at most one day's merge (milliseconds), never the whole backlog."""
     lake_root = Path(lake_root)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     order_by = order_by or LAKE_DATASETS.get(dataset)
     stats = DatasetCompaction(dataset)
     target = lake_root / dataset
@@ -180,7 +180,7 @@ def compact_lake(lake_root: Path, *, now: datetime | None = None, grace: timedel
                  datasets: list[str] | None = None,
                  lock_timeout_s: float | None = LOCK_TIMEOUT_S) -> CompactionResult:
     """Compact the closed days of `datasets` (default: every hour-file dataset)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     results = [

@@ -24,12 +24,11 @@ from __future__ import annotations
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 
-from crypto_assets.warehouse.sql import scalar
 from crypto_assets.faults import fault_point
 from crypto_assets.warehouse.atomic_files import publish_file
 from crypto_assets.warehouse.lake_layout import (
@@ -43,6 +42,8 @@ from crypto_assets.warehouse.lake_layout import (
     hour_file,
     leaf_dir,
 )
+from crypto_assets.warehouse.sql import scalar
+
 
 @dataclass
 class ExportResult:
@@ -241,7 +242,7 @@ def _export_days(conn, target: Path, dataset: str, staging: Path, table: str, ti
     for day, symbol in compacted:
         leaf = leaf_dir(target, dataset, day, symbol)
         staged = staging / f"day-{uuid.uuid4().hex[:8]}.parquet"
-        lo = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
         n = conn.execute(
             f"""
             COPY (

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 from crypto_assets.warehouse.tables import HOURLY_MIRRORED
 
@@ -36,9 +37,9 @@ LOCK_TIMEOUT_S = 300.0
 
 # Every dataset mirrored hour by hour, with the ORDER BY its export uses (the table registry's);
 # compaction sorts day files the same way. gold/correlations is one file, not here.
-LAKE_DATASETS: dict[str, str] = {t.dataset: t.export_order for t in HOURLY_MIRRORED}
+LAKE_DATASETS: dict[str, str] = {cast(str, t.dataset): cast(str, t.export_order) for t in HOURLY_MIRRORED}
 # The small datasets, partitioned by date only; every other one has a symbol= directory level.
-BY_DATE: frozenset[str] = frozenset(t.dataset for t in HOURLY_MIRRORED if t.by_date)
+BY_DATE: frozenset[str] = frozenset(cast(str, t.dataset) for t in HOURLY_MIRRORED if t.by_date)
 
 
 def by_date_marker(lake_root: Path, dataset: str) -> Path:
@@ -60,7 +61,7 @@ def hive_types(dataset: str) -> str:
     return "{'date': DATE, 'symbol': VARCHAR}" if by_symbol(dataset) else "{'date': DATE}"
 
 
-def leaf_dir(target: Path, dataset: str, day, symbol: str) -> Path:
+def leaf_dir(target: Path, dataset: str, day, symbol: str | None) -> Path:
     """The directory that holds (day, symbol)'s rows under the dataset root `target`."""
     d = target / f"date={day.isoformat()}"
     return d / f"symbol={symbol}" if by_symbol(dataset) else d

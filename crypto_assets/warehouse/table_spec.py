@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -66,7 +66,8 @@ class Table:
         return [name for name, *_ in self._columns]
 
     def description(self, column: str) -> str:
-        return next(text for name, _t, _nn, text in self._columns if name == column)
+        # every column has one (__post_init__)
+        return next(cast(str, text) for name, _t, _nn, text in self._columns if name == column)
 
     def declared_columns(self) -> list[tuple[str, str]]:
         """(name, type) as DESCRIBE reports them, for the schema drift check."""

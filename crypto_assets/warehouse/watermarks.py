@@ -8,7 +8,7 @@ the two out of step.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 
@@ -27,7 +27,7 @@ def set_state(conn: duckdb.DuckDBPyConnection, asset: str, hwm: int, seq: int) -
         INSERT INTO asset_state VALUES (?, ?, ?, ?)
         ON CONFLICT (asset) DO UPDATE SET hwm = excluded.hwm, seq = excluded.seq, updated_at = excluded.updated_at
         """,
-        [asset, hwm, seq, datetime.now(timezone.utc)],
+        [asset, hwm, seq, datetime.now(UTC)],
     )
 
 

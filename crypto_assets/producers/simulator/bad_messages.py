@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
@@ -97,11 +97,11 @@ def make_bad_message(kind: str, rng: np.random.Generator, valid_tick: dict) -> t
         value = json.dumps(tick, separators=(",", ":")).encode()
     elif kind == "ancient_timestamp":
         year = (1970, 1900)[int(rng.integers(2))]
-        ts = datetime(year, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=int(rng.integers(0, 86_400)))
+        ts = datetime(year, 1, 1, tzinfo=UTC) + timedelta(seconds=int(rng.integers(0, 86_400)))
         tick["last_updated_at"] = iso_utc(ts)
         value = orjson.dumps(tick)
     elif kind == "future_timestamp":
-        ts = datetime(2200, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=int(rng.integers(0, 365 * 86_400)))
+        ts = datetime(2200, 1, 1, tzinfo=UTC) + timedelta(seconds=int(rng.integers(0, 365 * 86_400)))
         tick["last_updated_at"] = iso_utc(ts)
         value = orjson.dumps(tick)
     elif kind == "oversized":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from crypto_assets.durations import parse_duration
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, Coin, coins_for
@@ -66,7 +66,7 @@ class SimulatorConfig:
 def epoch_seconds(ts: datetime) -> float:
     """A datetime as epoch seconds; a naive one is taken as UTC."""
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     return ts.timestamp()
 
 

@@ -19,7 +19,6 @@ from crypto_assets.producers.simulator.bad_messages import BadInjector
 from crypto_assets.producers.simulator.config import SimulatorConfig, epoch_seconds, step_seconds
 from crypto_assets.producers.simulator.prices import MarketSimulator, PathBatch
 
-
 # ---- encoding -----------------------------------------------------------------------------
 
 
@@ -75,7 +74,7 @@ class TickRows:
                 "last_updated_at": event,
                 "ingestion_timestamp": ingested,
             }
-            for j, (coin_id, sym) in enumerate(zip(self.ids, self.symbols))
+            for j, (coin_id, sym) in enumerate(zip(self.ids, self.symbols, strict=True))
         ]
 
 

@@ -214,7 +214,7 @@ class MarketSimulator:
         self.coins = tuple(coins)
         c = len(self.coins)
         seqs = np.random.SeedSequence(seed).spawn(len(_STREAMS))
-        self.rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seqs)}
+        self.rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seqs, strict=True)}
         # diffusion volatility per sqrt(second); drifts and jumps are expressed relative to it
         self.sigma = (
             _volatility_scale()

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,7 +92,7 @@ def _history_start(config: SimulatorConfig, n_steps: int, dt: float) -> float:
 
 
 def run_simulator(
-    kafka: "KafkaResource",
+    kafka: KafkaResource,
     config: SimulatorConfig,
     stop_event: threading.Event | None = None,
     log: Callable[[str], Any] = print,
@@ -176,7 +176,7 @@ def run_simulator(
                 if not going or done():
                     break
                 rows = TickRows(batch, coins, decimals, config.source)
-                ingested = iso_utc(datetime.now(timezone.utc))
+                ingested = iso_utc(datetime.now(UTC))
                 stamps = iso_many(batch.times)
                 counts = bad.counts(len(batch) * c)
                 if counters["first_event_time"] is None:
@@ -239,7 +239,7 @@ def _run_live(config, sim, coins, decimals, bad, counters, emit, done, stop_even
                         time.sleep(delay)
             now_ms = max(int(time.time() * 1000), last_ms + 1)
             last_ms = now_ms
-            ts = iso_utc(datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc))
+            ts = iso_utc(datetime.fromtimestamp(now_ms / 1000, tz=UTC))
             if counters["first_event_time"] is None:
                 counters["first_event_time"] = ts
             counters["last_event_time"] = ts

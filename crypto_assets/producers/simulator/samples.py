@@ -8,7 +8,7 @@ replay file `resources/sample_data/ohlcv_sample.csv`, by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,7 +63,7 @@ def ohlcv_frame(
 def write_ohlcv_sample(path: str, seed: int = 7) -> int:
     """Write the small replay sample (10 coins x 36 hourly bars); returns the row count."""
     frame = ohlcv_frame(
-        SimulatorConfig(seed=seed), datetime(2025, 12, 18, tzinfo=timezone.utc), "1h", 36
+        SimulatorConfig(seed=seed), datetime(2025, 12, 18, tzinfo=UTC), "1h", 36
     )
     frame.write_csv(path)
     return frame.height
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m crypto_assets.producers.simulator", description=__doc__.split("\n")[0]
+        prog="python -m crypto_assets.producers.simulator", description=(__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--write-sample", metavar="PATH", help="write the OHLCV replay sample CSV")
     parser.add_argument("--seed", type=int, default=7)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
@@ -20,14 +20,14 @@ from crypto_assets.defs import models, predictions, training_data
 from crypto_assets.kafka.outbox import publish
 from crypto_assets.ml.registry import champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
-from crypto_assets.ml.training_set import FEATURES
 from crypto_assets.ml.train import binary_metrics, linear_coefficients, time_split
-from crypto_assets.resources import LakehouseResource
-from crypto_assets.resources.priority import ComputePriorityResource
-from crypto_assets.resources.mlflow import MlflowResource
-from crypto_assets.settings import spark_config
+from crypto_assets.ml.training_set import FEATURES
 from crypto_assets.producers.simulator.config import SimulatorConfig
 from crypto_assets.producers.simulator.messages import generate_ticks
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.resources.priority import ComputePriorityResource
+from crypto_assets.settings import spark_config
 from crypto_assets.transforms.chain import run_incremental
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
@@ -41,7 +41,7 @@ GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clu
 
 
 def _market(lh: LakehouseResource, days: float = 1.5) -> None:
-    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=days)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=days)
     ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=11), int(days * 1440), start, "60s")
     df = pl.DataFrame(ticks, infer_schema_length=None).select(
         "coin_id", "symbol",
@@ -271,7 +271,7 @@ def _prediction_rows(lh) -> list[dict]:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
@@ -323,7 +323,7 @@ def test_predictions_outbox_finishes_an_interrupted_send_exactly_once(kafka, tmp
     predicted_at) is sent with its new values. No model is needed: the rows are written as
     scoring writes them."""
     lh = LakehouseResource(home=str(tmp_path / "outbox"), coins=COINS)
-    t0 = datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
+    t0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
     scored = t0 + timedelta(minutes=5, microseconds=123456)
     rows = [(coin, t0 + timedelta(minutes=m), 100.0 + m, 0.25 + 0.1 * m, scored)
             for coin in COINS[:3] for m in (0, 1)]
@@ -420,7 +420,7 @@ def test_binary_metrics_equal_spark_evaluator(spark):
     n = 3000
     y = (rng.random(n) < 0.2).astype(float)
     s = np.round(np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1), 2)  # rounded: many tied scores
-    rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y)]
+    rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y, strict=False)]
     pred = spark.createDataFrame(rows, ["probability", "prediction", "label"]).repartition(3)
     ours = binary_metrics(pred, "label")
     for metric, key in (("areaUnderROC", "auc_roc"), ("areaUnderPR", "pr_auc")):

@@ -8,17 +8,16 @@ pipeline has run: the files of the window plus the days its 24-hour lookbacks re
 
 import math
 from datetime import timedelta
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
 from crypto_assets.defs.code_versions import source_version
-from crypto_assets.warehouse.lake_layout import newest_date
-from crypto_assets.warehouse.lake_views import lake_reader
 from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, build_training_set
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
+from crypto_assets.warehouse.lake_layout import newest_date
+from crypto_assets.warehouse.lake_views import lake_reader
 from crypto_assets.warehouse.tables import TABLES
 
 TRAINING_WINDOW_DAYS = 7.0  # a week of minute-level history: ~600k rows for 10 coins
@@ -30,7 +29,7 @@ TRAINING_INPUTS = (FEATURES_DATASET, TABLES["ohlcv_1m"].dataset, TABLES["anomali
 class TrainingSetConfig(dg.Config):
     horizon_minutes: int = Field(default=DIRECTION_HORIZON_MINUTES,
                                  description="direction label: sign of the return over this horizon")
-    window_days: Optional[float] = Field(
+    window_days: float | None = Field(
         default=TRAINING_WINDOW_DAYS, gt=0,
         description="train on the last N days of features (null: the whole history); bounds a retrain's cost")
 

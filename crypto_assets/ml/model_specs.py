@@ -153,7 +153,7 @@ ANOMALY_MODEL = ModelSpec(
                           "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES)},
     champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_anomaly"),
     artifacts=lambda t: {"baseline.json": t.extra["baseline"], "feature_importances.json": dict(
-        zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist()))},
+        zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist(), strict=False))},
     metadata=lambda t: {"train_positives": t.extra["train_positives"]},
     skippable=True,  # too few anomalies yet: skipped, the champion stays, the run stays green
 )

@@ -40,7 +40,7 @@ def log_model(
     """One MLflow run: params, metrics (model, baseline, lift), lineage tags, the input dataset,
     JSON artifacts and the Spark model, registered as a new version."""
     mlflow = mlf.activate()
-    import mlflow.spark
+    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
 
     exp_id = mlf.experiment_id(model_name)
     name = mlf.registered_name(register_as or model_name)
@@ -98,7 +98,7 @@ def load_champion(mlf: MlflowResource, registered_name: str):
     if version is None:
         return None, None
     mlflow = mlf.activate()
-    import mlflow.spark
+    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
 
     return version, mlflow.spark.load_model(f"models:/{registered_name}@{CHAMPION}")
 

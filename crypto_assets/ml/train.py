@@ -7,7 +7,7 @@ before the split (an embargo of one horizon), so no label peeks into the test pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -80,9 +80,8 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
         F.count(F.when(in_test, 1)).alias("n_te"), F.min(F.when(in_test, F.col("event_time"))).alias("t_te"),
         F.avg(F.when(in_test, y)).alias("y_te"),
     ).first()
-    from datetime import timezone
 
-    return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=timezone.utc),
+    return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=UTC),
                  st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df if cache else None)
 
 
@@ -109,7 +108,7 @@ def _fit_on_cached_vectors(train: DataFrame, features: list[str], label: str, he
     return PipelineModel(stages=[assembler, scaler_model, head_model])
 
 
-def _auc(x: "np.ndarray", y: "np.ndarray") -> float:
+def _auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 

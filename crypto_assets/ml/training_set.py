@@ -88,8 +88,8 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
     ends = np.r_[starts[1:], len(coins)]
     pstarts = np.flatnonzero(np.r_[True, pc[1:] != pc[:-1]]) if len(pc) else np.array([], dtype=np.int64)
     pends = np.r_[pstarts[1:], len(pc)]
-    where_coin = dict(zip(coins[starts], zip(starts, ends)))
-    for ps, pe in zip(pstarts, pends):
+    where_coin = dict(zip(coins[starts], zip(starts, ends, strict=False), strict=False))
+    for ps, pe in zip(pstarts, pends, strict=False):
         lo, hi = where_coin[pc[ps]]
         seg, q = t[lo:hi], pt[ps:pe]
         for alias, m in specs:

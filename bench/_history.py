@@ -6,14 +6,14 @@
 WHAT IS BUILT. raw_ticks holds N ticks of `coins` coins (default 10), one tick per second per
 coin (coin k offset by k/coins s, so every (coin_id, event_time) is unique), ending `lead_s`
 (default 1 h) before the build time, so that a bench can continue it for up to that long without
-producing ticks from the future (clean_ticks rejects those): tick i is at end - (N - i) * (1 s / coins). Prices are geometric random walks at each
-coin's annual volatility, 24h volumes a slow random walk with rare x4 spikes (so anomalies fire).
+producing ticks from the future (clean_ticks rejects those): tick i is at end - (N - i) * (1 s / coins).
+Prices are geometric random walks at each coin's annual volatility, 24h volumes a slow random walk with rare x4 spikes (so anomalies fire).
 The raw rows are generated in DuckDB SQL (range(), hash-based normals, a windowed cumsum per
 coin), in raw batches of `batch_ticks` (default 500: about what a live incremental run at 100
 msg/s pulls, so ingest_batches / ingest_offsets grow like a month of live runs) under the
 historical topic `crypto_raw_history`, with contiguous per-partition offsets (coin k on
 partition k % 4), one ingest_batches row per batch and one ingest_offsets row per batch and
-partition, exactly what ingest/pull.py commits. A live pull reads `crypto_raw`, which has no
+partition, exactly what ingest/write.py commits. A live pull reads `crypto_raw`, which has no
 stored offsets, so it starts fresh on the new broker and continues the batch ids.
 
 Everything derived comes from the package itself: after every chunk of `chunk_ticks` raw rows
@@ -45,8 +45,10 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from crypto_assets.warehouse.tables import HOURLY_MIRRORED
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_ROOT = REPO / "var" / "bench" / "cache"
@@ -62,17 +64,9 @@ SPIKE_P = 2e-4  # share of ticks whose 24h volume jumps x4
 VOLUME_BAND = 1.5
 SEC_PER_YEAR = 365 * 24 * 3600
 
-# (dataset, table, time column, order by): as the assets call export_dirty (ingest/pull.py,
-# assets/silver.py, assets/gold.py, assets/alerts.py)
-EXPORTS = (
-    ("bronze/raw_ticks", "raw_ticks", "last_updated_at", "coin_id, last_updated_at"),
-    ("silver/clean_ticks", "clean_ticks", "event_time", "coin_id, event_time"),
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/ohlcv_1h", "ohlcv_1h", "hour", "coin_id, hour"),
-    ("gold/hourly_stats", "hourly_stats", "hour", "coin_id, hour"),
-    ("gold/anomalies", "anomalies", "event_time", "event_time"),
-)
+# (dataset, table, time column, order by) of every hour-file mirror, from the table registry, as
+# the assets call export_dirty (ingest/pull.py, defs/incremental.py)
+EXPORTS = tuple((t.dataset, t.name, t.time_column, t.export_order) for t in HOURLY_MIRRORED)
 
 
 @dataclass
@@ -100,14 +94,13 @@ class History:
         how = f"built in {self.build_s:.1f} s" if self.build_s is not None else f"from the cache (built {age / 60:.0f} min ago)"
         how += f"; ends {(time.time() - self.end_us / 1e6) / 60:.0f} min before now"
         return (f"history of {self.ticks:,} ticks x {len(self.coin_ids)} coins ({self.ticks * self.step_us / 86400e6:.1f} days "
-                f"to {datetime.fromtimestamp(self.end_us / 1e6, timezone.utc):%Y-%m-%d %H:%M:%S} UTC), {how}"
+                f"to {datetime.fromtimestamp(self.end_us / 1e6, UTC):%Y-%m-%d %H:%M:%S} UTC), {how}"
                 + (f", copied in {self.copy_s:.1f} s" if self.copy_s else ""))
 
 
 # The modules that decide what a history holds (rows, state, lake layout): a change elsewhere in
 # the package (assets, checks, sensors, docs) keeps the cached 20M history valid.
-SHAPING = ("transforms", "ingest", "lake.py", "lake_compaction.py", "warehouse_schema.py", "contract.py", "db.py",
-           "state.py")
+SHAPING = ("transforms", "ingest", "warehouse", "kafka/tick_contract.py")
 
 
 def code_hash() -> str:
@@ -116,7 +109,8 @@ def code_hash() -> str:
 
     h = hashlib.sha256(Path(__file__).read_bytes())
     pkg = Path(crypto_assets.__file__).resolve().parent
-    shaping = [p for p in sorted(pkg.rglob("*.py")) if p.relative_to(pkg).parts[0] in SHAPING]
+    shaping = [p for p in sorted(pkg.rglob("*.py"))
+               if p.relative_to(pkg).parts[0] in SHAPING or p.relative_to(pkg).as_posix() in SHAPING]
     for p in shaping:
         h.update(str(p.relative_to(pkg)).encode())
         h.update(p.read_bytes())
@@ -235,11 +229,11 @@ FROM hist_chunk GROUP BY batch_id, p ORDER BY batch_id, p
 
 def _build(root: Path, params: dict, log) -> dict:
     """Build a history home into `root` (see the module docstring); returns its meta."""
-    from crypto_assets.contract import DEFAULT_COINS
-    from crypto_assets.db import transaction
-    from crypto_assets.lake import export_dirty, mark_dirty
+    from crypto_assets.kafka.tick_contract import DEFAULT_COINS
     from crypto_assets.resources import LakehouseResource
-    from crypto_assets.transforms.pipeline import run_incremental
+    from crypto_assets.transforms.chain import run_incremental
+    from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+    from crypto_assets.warehouse.sql import transaction
 
     n_ticks, n = params["ticks"], params["coins"]
     if not 1 <= n <= len(DEFAULT_COINS):
@@ -299,7 +293,7 @@ def _build(root: Path, params: dict, log) -> dict:
         state = dict(conn.sql("SELECT asset, hwm FROM asset_state").fetchall())
         conn.execute("CHECKPOINT")
     # as the maintenance job leaves a lake that has been running: closed days in day files
-    from crypto_assets.lake_compaction import compact_lake
+    from crypto_assets.warehouse.lake_compaction import compact_lake
 
     t0 = time.perf_counter()
     res = compact_lake(lh.lake_path).metadata()
@@ -312,5 +306,6 @@ def _build(root: Path, params: dict, log) -> dict:
     return {
         "ticks": n_ticks, "coin_ids": [c.coin_id for c in coins], "symbols": [c.symbol for c in coins],
         "start_us": start_us, "step_us": step_us, "last_price": [math.exp(x) for x in logp],
-        "last_volume": [math.exp(r + VOLUME_BAND * math.tanh(x / VOLUME_BAND)) for r, x in zip(logref, logv)], "built_at": built_at, "params": params, "counts": counts,
+        "last_volume": [math.exp(r + VOLUME_BAND * math.tanh(x / VOLUME_BAND)) for r, x in zip(logref, logv, strict=False)],
+        "built_at": built_at, "params": params, "counts": counts,
     }

@@ -22,7 +22,7 @@ the instance and times
 
     defs.get_job_def("incremental_job").execute_in_process(instance=..., run_config=...)
 
-with the run config the sensor uses: crypto_assets.sensors.incremental_run_config(0) (one pass,
+with the run config the sensor uses: crypto_assets.defs.automation.incremental_run_config(0) (one pass,
 no drain) where it exists, else {}, and the sensor's tags. That is every step, check and
 metadata query of the job, as the sensor launches it (without the launch itself: queue, fork).
 Afterwards the bench checks that exactly the new ticks reached raw_ticks (crypto_raw) and
@@ -44,24 +44,26 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (MB, RUNS_ROOT, Walk, dir_stats, fmt, load_avg, med, prepare_dagster_home,  # noqa: E402
-                           run_stats, start_broker, stop_broker, tick_bytes)
+from bench._common import MB, RUNS_ROOT, dir_stats, fmt, load_avg, med  # noqa: E402
 from bench._history import build_history  # noqa: E402
+from bench._live import Walk, tick_bytes  # noqa: E402
+from bench._runs import run_stats  # noqa: E402
+from bench._stack import prepare_dagster_home, start_broker, stop_broker  # noqa: E402
 
 TARGET = 1.2
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def worker() -> int:
     """One incremental_job run in this (fresh) process; prints RESULT <json>."""
     import dagster as dg
 
-    import crypto_assets.sensors as sensors
+    import crypto_assets.defs.automation as sensors
     from crypto_assets.definitions import defs
 
     dagster_home = Path(os.environ["DAGSTER_HOME"])
@@ -88,8 +90,8 @@ def worker() -> int:
 
 def produce(hist, n_new: int, broker, seed: int) -> None:
     """n_new ticks continuing the history: tick i (from hist.ticks on) at start + i * step."""
+    from crypto_assets.kafka.producer import TickProducer
     from crypto_assets.resources import KafkaResource
-    from crypto_assets.sources.producer import TickProducer
 
     walk = Walk(hist.coin_ids, hist.last_price, hist.last_volume, seed)
     tp = TickProducer(KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(hist.home)))
@@ -105,7 +107,7 @@ def verify(hist, n_new: int) -> str | None:
     """None when exactly the new ticks are in raw_ticks (crypto_raw) and in market_features."""
     import duckdb
 
-    from crypto_assets.topics import RAW_TOPIC
+    from crypto_assets.kafka.topics import RAW_TOPIC
 
     con = duckdb.connect(str(hist.home / "warehouse.duckdb"), read_only=True)
     try:
@@ -155,7 +157,7 @@ def one_run(label: str, ticks: int, rnd: int, args) -> dict:
 
 
 def report(results: list[dict], args, sizes: dict[str, int]) -> bool:
-    print(f"\nALL RUNS in order (s; storage = bytes/files the run added under DAGSTER_HOME):")
+    print("\nALL RUNS in order (s; storage = bytes/files the run added under DAGSTER_HOME):")
     step_keys: list[str] = []
     for r in results:
         step_keys += [k for k in r["steps"] if k not in step_keys]

@@ -7,7 +7,7 @@ do not hold exactly the DuckDB table's rows (compared by identity: EXCEPT ALL bo
 every column, `symbol` from the directory name). PASS/FAIL against --max-files is printed.
 
 SETUP. A temporary CRYPTO_HOME with the 10 default coins (LakehouseResource). --ticks ticks from
-bench/incremental.py's TickGen (each coin every 10 s: 3M ticks = 34.7 days, ending at
+bench/_warehouse.py's TickGen (each coin every 10 s: 3M ticks = 34.7 days, ending at
 2026-12-01 12:00 UTC), appended in raw batches of --batch ticks; after every batch the bronze
 rows are marked dirty (as the pull does), `run_incremental` derives silver and gold, new
 anomalies are marked and stamped published (as the anomalies asset does, without Kafka), and
@@ -22,26 +22,24 @@ day closed); the time of each compaction; the identity check after each step.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from incremental import HIST_END, Loader, TickGen  # noqa: E402
-
-from crypto_assets.contract import DEFAULT_COIN_IDS  # noqa: E402
-from crypto_assets.lake import export_dirty, mark_dirty  # noqa: E402
-from crypto_assets.lake_layout import duckdb_source, list_dataset_files, read_lock  # noqa: E402
-from crypto_assets.lake_compaction import compact_lake  # noqa: E402
+from bench._common import keep_or_remove  # noqa: E402
+from bench._history import EXPORTS  # noqa: E402  (dataset, table, time column, order by), as the assets export
+from bench._incremental_phases import EXPORTS as INCREMENTAL_EXPORTS  # noqa: E402
+from bench._warehouse import HIST_END, Loader, TickGen  # noqa: E402
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS  # noqa: E402
 from crypto_assets.resources import LakehouseResource  # noqa: E402
-from crypto_assets.transforms.pipeline import run_incremental  # noqa: E402
-
-from _history import EXPORTS  # noqa: E402  (dataset, table, time column, order by), as the assets export
+from crypto_assets.transforms.chain import run_incremental  # noqa: E402
+from crypto_assets.warehouse.lake_compaction import compact_lake  # noqa: E402
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty  # noqa: E402
+from crypto_assets.warehouse.lake_layout import duckdb_source, list_dataset_files, read_lock  # noqa: E402
 
 
 def lake_files(lake: Path) -> dict[str, tuple[int, int]]:
@@ -77,7 +75,7 @@ def check_identity(conn, lake: Path) -> list[str]:
 
 
 # the five datasets bench/incremental.py exports (silver and gold without anomalies)
-INCREMENTAL_FIVE = ("silver/clean_ticks", "gold/market_features", "gold/ohlcv_1m", "gold/ohlcv_1h", "gold/hourly_stats")
+INCREMENTAL_FIVE = tuple(dataset for dataset, *_ in INCREMENTAL_EXPORTS)
 
 
 def report(label: str, lake: Path) -> int:
@@ -111,7 +109,8 @@ def main() -> int:
             while left > 0:
                 n = min(args.batch // len(coins), left)
                 batch = loader.append(gen.take(n))
-                mark_dirty(conn, "bronze/raw_ticks", f"SELECT last_updated_at AS event_time, symbol FROM raw_ticks WHERE batch_id = {batch}")
+                mark_dirty(conn, "bronze/raw_ticks",
+                           f"SELECT last_updated_at AS event_time, symbol FROM raw_ticks WHERE batch_id = {batch}")
                 run_incremental(conn, coins)
                 # what the anomalies asset does around publish_alerts (marks, then stamps the rows)
                 mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
@@ -123,7 +122,8 @@ def main() -> int:
                 left -= n
             corr = lh.lake_path / "gold" / "correlations"  # the one-file dataset, as its asset writes it
             corr.mkdir(parents=True, exist_ok=True)
-            conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) TO '{corr / 'correlations.parquet'}' (FORMAT parquet)")
+            conn.execute(f"COPY (SELECT * FROM correlations ORDER BY window_name, coin_a, coin_b) "
+                         f"TO '{corr / 'correlations.parquet'}' (FORMAT parquet)")
             span = conn.sql("SELECT min(last_updated_at), max(last_updated_at), count(*) FROM raw_ticks").fetchall()[0]
             print(f"{span[2]:,} ticks from {span[0]} to {span[1]}; pipeline + mirror {time.perf_counter() - t0:.0f} s "
                   f"(export {export_s:.0f} s)")
@@ -147,10 +147,7 @@ def main() -> int:
                 print(f"  hour-file datasets: {files:,} files; target <= {args.max_files:,}: "
                       f"{'PASS' if total <= args.max_files else 'FAIL'} ({total:,} in the whole lake)")
     finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
     for e in errors:
         print("ERROR", e)
     return 1 if errors else 0

@@ -50,19 +50,27 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import (MB, RUNS_ROOT, Poller, Producer, Walk, db_bytes, dir_stats, fmt, launch_dagster_dev,  # noqa: E402
-                           load_avg, med, pct, prepare_dagster_home, role_rss, run_stats, stack_roles, start_broker,
-                           stop_broker, stop_group)
+from bench._common import MB, RUNS_ROOT, db_bytes, dir_stats, fmt, keep_or_remove, load_avg, med, pct  # noqa: E402
 from bench._history import build_history  # noqa: E402
+from bench._live import Poller, Producer, Walk, stack_exit, stop_producer, walk_ticks  # noqa: E402
+from bench._runs import run_stats, sensor_ticks  # noqa: E402
+from bench._stack import (  # noqa: E402
+    interrupt_flag,
+    launch_dagster_dev,
+    prepare_dagster_home,
+    role_rss,
+    stack_roles,
+    start_broker,
+    stop_broker,
+    stop_group,
+)
 
 RUN_TARGET = 1.1
 STORAGE_PER_CYCLE = 100 * 1024
@@ -125,7 +133,6 @@ def read_instance(dagster_home: Path, collector: RunCollector):
     """(incremental RunStats, other runs as (job, start, end, status), sensor tick times): the
     runs the collector saw during the soak plus those still in the instance after the stop."""
     import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorType
 
     collector.poll(final=True)
     collector.close()
@@ -134,13 +141,10 @@ def read_instance(dagster_home: Path, collector: RunCollector):
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     inst = dg.DagsterInstance.from_config(str(dagster_home))
     try:
-        ticks = []
-        for st in inst.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if st.instigator_name == "kafka_backlog_sensor":
-                ticks = [t.timestamp for t in inst.get_ticks(st.instigator_origin_id, st.selector_id, limit=1_000_000)]
+        ticks = [t.timestamp for t in sensor_ticks(inst, "kafka_backlog_sensor")]
     finally:
         inst.dispose()
-    return incr, other, sorted(ticks)
+    return incr, other, ticks
 
 
 def _dur(start: float | None, end: float | None) -> float:
@@ -159,7 +163,8 @@ def at(snaps: list[Snap], t: float) -> Snap:
 def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> tuple[bool, ...]:
     n_win = max(1, round((t_end - t_meas) / args.window))
     edges = [t_meas + k * args.window for k in range(n_win)] + [t_end]
-    print(f"\nPER WINDOW ({n_win} x {args.window:g} s after warm-up; incremental runs by their end; storage/db/lake/RSS at the window's end):")
+    print(f"\nPER WINDOW ({n_win} x {args.window:g} s after warm-up; incremental runs by their end; "
+          "storage/db/lake/RSS at the window's end):")
     print(f"  {'win':>3} {'samples':>7} {'unseen':>6} {'fresh p50':>9} {'p95':>6} {'runs':>4} {'run p50':>7} {'p95':>6} "
           f"{'checks':>6} {'ticks':>5} {'other runs':>14} {'storage MB':>10} {'files':>6} {'KB/run':>7} {'db MB':>8} "
           f"{'lake':>7} {'daemon':>7} {'websrv':>7} {'codesrv':>7} {'tree MB':>7}")
@@ -178,7 +183,7 @@ def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> t
         for job, start, end, _st in oth:
             jobs.setdefault(job.replace("__ASSET_JOB", "assets").replace("_job", ""), []).append(_dur(start, end))
         ojobs = " ".join(f"{j}{len(v)}:{med(v):.0f}s" for j, v in jobs.items()) or "-"
-        mb = lambda x: f"{s1.rss.get(x, 0) / MB:7.0f}"  # noqa: E731
+        mb = lambda x, s1=s1: f"{s1.rss.get(x, 0) / MB:7.0f}"  # noqa: E731
         print(f"  {k + 1:>3} {len(win):>7} {len(win) - len(fresh):>6} {fmt(pct(fresh, 50), 9)} {fmt(pct(fresh, 95))} "
               f"{len(runs):>4} {fmt(med([r.duration for r in runs]), 7)} {fmt(pct([r.duration for r in runs], 95))} "
               f"{fmt(med([r.check_time for r in runs]))} {sum(1 for t in ticks if a <= t < b):>5} {ojobs:>14} "
@@ -242,7 +247,7 @@ def report(args, samples, snaps, incr, other, ticks, t_meas, t_end, t_stop) -> t
 def integrity(home: Path) -> str:
     import duckdb
 
-    from crypto_assets.topics import RAW_TOPIC
+    from crypto_assets.kafka.topics import RAW_TOPIC
 
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:
@@ -281,10 +286,17 @@ def main(argv=None) -> int:
     try:
         return soak(args, home, crons)
     finally:
-        if args.keep:
-            print(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        keep_or_remove(home, args.keep)
+
+
+def progress(producer: Producer, pending: dict, s: Snap, now: float, t_meas: float) -> None:
+    """One line at each window's end: production, storage, RSS and freshness so far."""
+    seen = [x for x in producer.samples if x.visible is not None and x.produced >= t_meas]
+    print(f"  +{now - t_meas:5.0f} s  produced {producer.sent}  pending samples {len(pending)}  "
+          f"storage {s.storage[0] / MB:.1f} MB / {s.storage[1]} files  db {s.db / MB:.0f} MB  "
+          f"RSS daemon {s.rss.get('daemon', 0) / MB:.0f} MB webserver {s.rss.get('webserver', 0) / MB:.0f} MB  "
+          f"fresh p95 so far {pct([x.visible - x.produced for x in seen], 95):.1f} s  load {s.load:.2f}",
+          flush=True)
 
 
 def soak(args, home: Path, crons: dict[str, str]) -> int:
@@ -296,83 +308,62 @@ def soak(args, home: Path, crons: dict[str, str]) -> int:
            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "CRYPTO_AUTOMATION": "on", "BACKLOG_MIN_MESSAGES": "1",
            "BACKLOG_MAX_WAIT_SECONDS": "1", "SPARK_LOCAL_IP": "127.0.0.1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     log_path = home / "dagster-dev.log"
-    interrupted = threading.Event()
-    old = {sig: signal.signal(sig, lambda *_: interrupted.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     dev = producer = None
     code, stop_how, snaps = 0, "", []
     t_meas = t_end = None
-    try:
-        from crypto_assets.resources import KafkaResource
+    with interrupt_flag() as interrupted:
+        try:
+            from crypto_assets.resources import KafkaResource
 
-        t0 = time.time()
-        dev, port = launch_dagster_dev(home, env, log_path)
-        print(f"  dagster dev pid {dev.pid} (own process group), port {port}, log {log_path}", flush=True)
-        walk = Walk(hist.coin_ids, hist.last_price, hist.last_volume, args.seed)
-        producer = Producer(KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(home)), walk, args.rate,
-                            args.sample_every)
-        producer.start()
-        poller = Poller(home / "warehouse.duckdb")
-        collector = RunCollector(dagster_home)
-        pending, taken, next_snap, drain_end, roles_shown = {}, 0, 0.0, None, False
-        while True:
-            if interrupted.is_set():
-                print("interrupted", flush=True)
-                code = 130
-                break
-            if dev.poll() is not None:
-                print(f"dagster dev exited with code {dev.returncode}; see {log_path}", file=sys.stderr)
-                code = 1
-                break
-            if producer.error is not None:
-                raise RuntimeError(f"producer failed: {producer.error!r}")
-            while taken < len(producer.samples):
-                s = producer.samples[taken]
-                pending[(s.coin_id, s.ms)] = s
-                taken += 1
-            if poller.poll(pending) and t_meas is None:
-                t_meas = time.time()
-                t_end = t_meas + args.duration
-                snaps = [snapshot(home, dev.pid)]
-                next_snap = t_meas + args.snapshot_every
-                print(f"  warm-up over at +{t_meas - t0:.0f} s (first sample visible); measuring {args.duration:g} s", flush=True)
-            now = time.time()
-            if t_meas is None and now - t0 > args.warmup_timeout:
-                print(f"nothing visible after {args.warmup_timeout:g} s; see {log_path}", file=sys.stderr)
-                code = 1
-                break
-            if t_meas is not None and now >= next_snap and now < t_end:
-                snaps.append(snapshot(home, dev.pid))
-                collector.poll()
-                next_snap += args.snapshot_every
-                if not roles_shown:
-                    print(f"  dagster dev processes: {stack_roles(dev.pid)}", flush=True)
-                    roles_shown = True
-                k = int((now - t_meas) // args.window)
-                if k > int((snaps[-2].t - t_meas) // args.window) or now >= t_end:
-                    s = snaps[-1]
-                    seen = [x for x in producer.samples if x.visible is not None and x.produced >= t_meas]
-                    print(f"  +{now - t_meas:5.0f} s  produced {producer.sent}  pending samples {len(pending)}  "
-                          f"storage {s.storage[0] / MB:.1f} MB / {s.storage[1]} files  db {s.db / MB:.0f} MB  "
-                          f"RSS daemon {s.rss.get('daemon', 0) / MB:.0f} MB webserver {s.rss.get('webserver', 0) / MB:.0f} MB  "
-                          f"fresh p95 so far {pct([x.visible - x.produced for x in seen], 95):.1f} s  load {s.load:.2f}",
+            t0 = time.time()
+            dev, port = launch_dagster_dev(home, env, log_path)
+            print(f"  dagster dev pid {dev.pid} (own process group), port {port}, log {log_path}", flush=True)
+            walk = Walk(hist.coin_ids, hist.last_price, hist.last_volume, args.seed)
+            producer = Producer(KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(home)),
+                                walk_ticks(walk, args.rate), args.rate, args.sample_every)
+            producer.start()
+            poller = Poller(home / "warehouse.duckdb")
+            collector = RunCollector(dagster_home)
+            pending, next_snap, drain_end, roles_shown = {}, 0.0, None, False
+            while True:
+                stopped = stack_exit(interrupted, dev, producer, log_path)
+                if stopped is not None:
+                    code = stopped
+                    break
+                producer.move_new_samples(pending)
+                if poller.poll(pending) and t_meas is None:
+                    t_meas = time.time()
+                    t_end = t_meas + args.duration
+                    snaps = [snapshot(home, dev.pid)]
+                    next_snap = t_meas + args.snapshot_every
+                    print(f"  warm-up over at +{t_meas - t0:.0f} s (first sample visible); measuring {args.duration:g} s",
                           flush=True)
-            if t_end is not None and now >= t_end and drain_end is None:
-                snaps.append(snapshot(home, dev.pid))  # the end of the last window
-                drain_end = now + args.drain
-            if drain_end is not None and (not any(x.produced < t_end for x in pending.values()) or now >= drain_end):
-                break
-            time.sleep(0.02)
-    finally:
-        if producer is not None:
-            producer.stop_event.set()
-            producer.join(15)
-            producer.tp = None  # our client goes before the broker (no reconnect noise)
-        t_stop = time.time()
-        if dev is not None:
-            stop_how = stop_group(dev)
-        stop_broker(home, broker)
-        for sig, h in old.items():
-            signal.signal(sig, h)
+                now = time.time()
+                if t_meas is None and now - t0 > args.warmup_timeout:
+                    print(f"nothing visible after {args.warmup_timeout:g} s; see {log_path}", file=sys.stderr)
+                    code = 1
+                    break
+                if t_meas is not None and now >= next_snap and now < t_end:
+                    snaps.append(snapshot(home, dev.pid))
+                    collector.poll()
+                    next_snap += args.snapshot_every
+                    if not roles_shown:
+                        print(f"  dagster dev processes: {stack_roles(dev.pid)}", flush=True)
+                        roles_shown = True
+                    if int((now - t_meas) // args.window) > int((snaps[-2].t - t_meas) // args.window) or now >= t_end:
+                        progress(producer, pending, snaps[-1], now, t_meas)
+                if t_end is not None and now >= t_end and drain_end is None:
+                    snaps.append(snapshot(home, dev.pid))  # the end of the last window
+                    drain_end = now + args.drain
+                if drain_end is not None and (not any(x.produced < t_end for x in pending.values()) or now >= drain_end):
+                    break
+                time.sleep(0.02)
+        finally:
+            stop_producer(producer)  # our client goes before the broker (no reconnect noise)
+            t_stop = time.time()
+            if dev is not None:
+                stop_how = stop_group(dev)
+            stop_broker(home, broker)
     print(f"\nRESULT (dagster dev stopped: {stop_how}; produced {producer.sent if producer else 0} ticks; "
           f"load average at end: {load_avg()})")
     if t_meas is None or len(snaps) < 2:

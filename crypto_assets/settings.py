@@ -1,6 +1,9 @@
-"""The one place that reads the environment and builds the resources for it.
+"""The one place that reads the environment, typed, and builds the resources for it.
 
-Assets never read env vars; they get resources. Every setting has an embedded default, so a
+Assets never read env vars; they get resources. The operator commands (crypto_assets.ops) read
+the environment through these functions too; they only *write* it, for the processes they start.
+Resource modules are imported where a resource is built, so this module stays a cheap leaf that
+even crypto_assets.faults can import. Every setting has an embedded default, so a
 fresh checkout runs against the embedded broker, a DuckDB file and sqlite MLflow under ./var.
 """
 
@@ -8,13 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from crypto_assets.contract import DEFAULT_COIN_IDS
-from crypto_assets.resources.kafka import KafkaResource
-from crypto_assets.resources.lakehouse import LakehouseResource
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS
+
+if TYPE_CHECKING:
+    from crypto_assets.resources.kafka import KafkaResource
+    from crypto_assets.resources.lakehouse import LakehouseResource
 
 
 def crypto_home(env: Mapping[str, str] | None = None) -> Path:
@@ -30,6 +37,8 @@ def coin_ids(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def kafka_resource(env: Mapping[str, str] | None = None) -> KafkaResource:
+    from crypto_assets.resources.kafka import KafkaResource
+
     env = os.environ if env is None else env
     secret = dg.EnvVar("KAFKA_SASL_PASSWORD") if env.get("KAFKA_SASL_PASSWORD") else None
     return KafkaResource(
@@ -44,6 +53,8 @@ def kafka_resource(env: Mapping[str, str] | None = None) -> KafkaResource:
 
 
 def lakehouse_resource(env: Mapping[str, str] | None = None) -> LakehouseResource:
+    from crypto_assets.resources.lakehouse import LakehouseResource
+
     return LakehouseResource(home=str(crypto_home(env)), coins=coin_ids(env))
 
 
@@ -92,18 +103,75 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
     }
 
 
-def automation_settings(env: Mapping[str, str] | None = None) -> dict:
+@dataclass(frozen=True)
+class AutomationSettings:
     """Sensor/schedule knobs. CRYPTO_AUTOMATION=on starts them by default (live mode sets it);
     otherwise they are defined but stopped until switched on in the UI."""
+
+    default_on: bool = False
+    interval_s: int = 2  # the daemon's sensor loop adds up to 5 s
+    min_messages: int = 500
+    max_wait_seconds: float = 10.0
+    drain_seconds: float = 120.0
+    retrain_cron: str = "0 * * * *"
+    predictions_cron: str = "*/5 * * * *"
+    maintenance_cron: str = "*/30 * * * *"
+    run_retention_hours: float = 24.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def automation_settings(env: Mapping[str, str] | None = None) -> AutomationSettings:
     env = os.environ if env is None else env
-    return {
-        "default_on": (env.get("CRYPTO_AUTOMATION") or "").lower() in ("1", "on", "true", "yes"),
-        "interval_s": int(env.get("SENSOR_INTERVAL_SECONDS") or 2),  # the daemon's sensor loop adds up to 5 s
-        "min_messages": int(env.get("BACKLOG_MIN_MESSAGES") or 500),
-        "max_wait_seconds": float(env.get("BACKLOG_MAX_WAIT_SECONDS") or 10),
-        "drain_seconds": float(env.get("INCREMENTAL_DRAIN_SECONDS") or 120),
-        "retrain_cron": env.get("RETRAIN_CRON") or "0 * * * *",
-        "predictions_cron": env.get("PREDICTIONS_CRON") or "*/5 * * * *",
-        "maintenance_cron": env.get("MAINTENANCE_CRON") or "*/30 * * * *",
-        "run_retention_hours": float(env.get("RUN_RETENTION_HOURS") or 24),
-    }
+    d = AutomationSettings()
+    return AutomationSettings(
+        default_on=(env.get("CRYPTO_AUTOMATION") or "").lower() in ("1", "on", "true", "yes"),
+        interval_s=int(env.get("SENSOR_INTERVAL_SECONDS") or d.interval_s),
+        min_messages=int(env.get("BACKLOG_MIN_MESSAGES") or d.min_messages),
+        max_wait_seconds=float(env.get("BACKLOG_MAX_WAIT_SECONDS") or d.max_wait_seconds),
+        drain_seconds=float(env.get("INCREMENTAL_DRAIN_SECONDS") or d.drain_seconds),
+        retrain_cron=env.get("RETRAIN_CRON") or d.retrain_cron,
+        predictions_cron=env.get("PREDICTIONS_CRON") or d.predictions_cron,
+        maintenance_cron=env.get("MAINTENANCE_CRON") or d.maintenance_cron,
+        run_retention_hours=float(env.get("RUN_RETENTION_HOURS") or d.run_retention_hours),
+    )
+
+
+@dataclass(frozen=True)
+class CoinGeckoSettings:
+    """Where `produce --source coingecko` polls: the public API by default, Pro with a key."""
+
+    base_url: str | None = None  # None: the public (or Pro) default of producers.coingecko
+    api_key: str | None = None
+    pro: bool = False
+
+
+def coingecko_settings(env: Mapping[str, str] | None = None) -> CoinGeckoSettings:
+    env = os.environ if env is None else env
+    return CoinGeckoSettings(
+        base_url=env.get("COINGECKO_BASE_URL") or None,
+        api_key=env.get("COINGECKO_API_KEY") or None,
+        pro=bool(env.get("COINGECKO_PRO")),
+    )
+
+
+def dagster_home(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """$DAGSTER_HOME, or <home or CRYPTO_HOME>/dagster (what the CLI, demo and live mode use)."""
+    env = os.environ if env is None else env
+    return Path(env.get("DAGSTER_HOME") or (home or crypto_home(env)) / "dagster").resolve()
+
+
+def kafka_bootstrap_override(env: Mapping[str, str] | None = None) -> str | None:
+    """KAFKA_BOOTSTRAP_SERVERS when set: an external broker instead of the embedded one."""
+    env = os.environ if env is None else env
+    return env.get("KAFKA_BOOTSTRAP_SERVERS") or None
+
+
+FAULT_ENV_VAR = "CRYPTO_ASSETS_FAULT"
+
+
+def fault_point(env: Mapping[str, str] | None = None) -> str | None:
+    """The crash-injection point the exactly-once tests ask for (crypto_assets.faults), if any."""
+    env = os.environ if env is None else env
+    return env.get(FAULT_ENV_VAR) or None

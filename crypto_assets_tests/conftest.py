@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
-from crypto_assets.broker import EmbeddedBroker  # noqa: E402
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker  # noqa: E402
 from crypto_assets.resources import KafkaResource, LakehouseResource  # noqa: E402
 
 

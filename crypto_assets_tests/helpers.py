@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import time
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from crypto_assets.contract import COINS_BY_ID, make_tick
+from crypto_assets.kafka.producer import TickProducer
+from crypto_assets.kafka.tick_contract import COINS_BY_ID, make_tick
 from crypto_assets.resources import KafkaResource
-from crypto_assets.sources.producer import TickProducer
 
 # Test ticks go through bronze's and silver's wall-clock rules (at most 5 minutes ahead of their
 # ingestion, at most 365 days behind it), so they are dated relative to now: midnight UTC three
 # to four days ago. A whole day keeps minute/hour buckets aligned as with any fixed midnight,
 # and leaves days of room before "now" for the longest tick series a test produces.
-BASE_TIME = (datetime.now(timezone.utc) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
+BASE_TIME = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def tick(i: int, coin_id: str = "bitcoin", price: float | None = None, base: datetime = BASE_TIME) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from crypto_assets.lake_compaction import compact_lake
+from crypto_assets.warehouse.lake_compaction import compact_lake
 from crypto_assets_tests.lake_helpers import export
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@ to hour files, and reads of the lake and of the table compared by identity (ever
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
-from crypto_assets.lake import export_dirty, mark_dirty
-from crypto_assets.lake_layout import duckdb_source, read_lock
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+from crypto_assets.warehouse.lake_layout import duckdb_source, read_lock
 
-T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 DATASET = "silver/clean_ticks"  # a registered dataset name (its sort order: coin_id, event_time)
 BY_DATE_DATASET = "gold/ohlcv_1m"  # a date-only one (symbol in the files; sort order: coin_id, minute)
 TABLE = "t"

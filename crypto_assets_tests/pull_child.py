@@ -18,7 +18,8 @@ from crypto_assets.resources import KafkaResource, LakehouseResource
 
 
 def _pull(argv: list[str]) -> None:
-    from crypto_assets.ingest.pull import PullConfig, pull_raw_ticks
+    from crypto_assets.ingest.config import PullConfig
+    from crypto_assets.ingest.pull import pull_raw_ticks
 
     kafka = KafkaResource(**json.loads(argv[0]))
     lakehouse = LakehouseResource(home=argv[1])
@@ -35,9 +36,9 @@ def _pull(argv: list[str]) -> None:
 
 
 def _alerts(argv: list[str]) -> None:
+    from crypto_assets.transforms.anomalies import anomalies_increment, publish_alerts
     from crypto_assets.transforms.clean import clean_increment
     from crypto_assets.transforms.features import features_increment
-    from crypto_assets.transforms.market import anomalies_increment, publish_alerts
 
     kafka = KafkaResource(**json.loads(argv[0]))
     lakehouse = LakehouseResource(**json.loads(argv[1]))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 
-from crypto_assets.contract import COINS_BY_ID
+from crypto_assets.kafka.tick_contract import COINS_BY_ID
 
-T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def make_ticks(
@@ -23,7 +23,7 @@ def make_ticks(
     """Irregularly spaced random-walk ticks with occasional volume spikes."""
     rng = np.random.default_rng(seed)
     frames = []
-    for k, coin in enumerate(coins):
+    for coin in coins:
         gaps = rng.integers(1, int(mean_gap_s * 2), size=n_per_coin).cumsum()
         times = [start + timedelta(seconds=int(g)) for g in gaps]
         base = (price_scale or {}).get(coin, COINS_BY_ID[coin].ref_price if coin in COINS_BY_ID else 1.0)
@@ -50,7 +50,7 @@ def insert_raw_batch(conn, ticks: pl.DataFrame, ingested_at: datetime | None = N
     """Append ticks to raw_ticks as one new batch (as a pull would); returns the batch id."""
     batch_id = conn.sql("SELECT coalesce(max(batch_id), 0) + 1 FROM ingest_batches").fetchall()[0][0]
     start_off = conn.sql("SELECT coalesce(max(kafka_offset), -1) + 1 FROM raw_ticks").fetchall()[0][0]
-    ing = ingested_at or (ticks["last_updated_at"].max() + timedelta(seconds=1) if ticks.height else datetime.now(timezone.utc))
+    ing = ingested_at or (ticks["last_updated_at"].max() + timedelta(seconds=1) if ticks.height else datetime.now(UTC))
     df = ticks.with_columns(
         pl.lit("test").alias("source"),
         pl.lit(1).alias("schema_version"),
@@ -97,18 +97,14 @@ def table(conn, name: str) -> pl.DataFrame:
     return conn.sql(f"SELECT * FROM {name}").pl().drop(drop).sort(keys)
 
 
-GOLD_MIRRORS = [  # (dataset, table, time column, order by): as assets/gold.py and assets/alerts.py export them
-    ("gold/market_features", "market_features", "event_time", "coin_id, event_time"),
-    ("gold/ohlcv_1m", "ohlcv_1m", "minute", "coin_id, minute"),
-    ("gold/anomalies", "anomalies", "event_time", "event_time"),
-]
+GOLD_MIRRORS = ("market_features", "ohlcv_1m", "anomalies")  # the gold mirrors the training set reads
 
 
 def export_gold_mirrors(conn, lake_root) -> None:
-    """What the gold assets do after run_incremental's transforms: the Parquet mirrors the
-    training set reads (anomalies are marked by the anomalies asset, not by the transform)."""
-    from crypto_assets.lake import export_dirty, mark_dirty
+    """What the incremental step does after run_incremental's transforms: export the Parquet
+    mirrors the training set reads (the transforms marked the hours they touched)."""
+    from crypto_assets.warehouse.lake_export import export_dirty
+    from crypto_assets.warehouse.tables import TABLES
 
-    mark_dirty(conn, "gold/anomalies", "SELECT event_time, symbol FROM anomalies WHERE published_at IS NULL")
-    for dataset, tbl, tcol, order in GOLD_MIRRORS:
-        export_dirty(conn, lake_root, dataset, tbl, tcol, order)
+    for t in map(TABLES.get, GOLD_MIRRORS):
+        export_dirty(conn, lake_root, t.dataset, t.name, t.time_column, t.export_order)

@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import orjson
 import polars as pl
 import pytest
 
-from crypto_assets.assets import incremental
+from crypto_assets.defs import incremental
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets_tests.silver_helpers import insert_raw_batch
@@ -48,7 +48,7 @@ def _alerts(kafka) -> list[dict]:
 
 def test_spike_alerts_exactly_once(tmp_path, kafka):
     lh = LakehouseResource(home=str(tmp_path / "a"), coins=["bitcoin"])
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     with lh.connect() as conn:
         insert_raw_batch(conn, _ticks(start, 60, spike_at=40))
     assets = [incremental.incremental]
@@ -73,14 +73,14 @@ def test_spike_alerts_exactly_once(tmp_path, kafka):
 def _anomalies(lh) -> list[dict]:
     with lh.connect() as conn:
         rel = conn.sql("SELECT * FROM anomalies ORDER BY event_time, rule")
-        return [dict(zip(rel.columns, row)) for row in rel.fetchall()]
+        return [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
 
 
 def _as_published(a: dict) -> dict:
     """The message publish_alerts sends for an anomalies row."""
     return {
         "anomaly_id": a["anomaly_id"], "coin_id": a["coin_id"], "symbol": a["symbol"],
-        "event_time": a["event_time"].astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "event_time": a["event_time"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "rule": a["rule"], "severity": a["severity"], "value": a["value"], "threshold": a["threshold"],
         "price_usd": a["price_usd"], "volume_24h_usd": a["volume_24h_usd"],
         "_key": a["coin_id"], "_header_id": a["anomaly_id"],
@@ -93,7 +93,7 @@ def test_kill_while_publishing_alerts_then_rerun(tmp_path, kafka, fault):
     them were sent (alerts_half_sent); the re-run (the incremental step) leaves every anomaly on
     crypto_alerts exactly once, as the README says ("each new one is published once"), all marked."""
     lh = LakehouseResource(home=str(tmp_path / "a"), coins=["bitcoin"])
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     with lh.connect() as conn:
         insert_raw_batch(conn, _ticks(start, 60, spikes=(15, 30, 45)))
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR} | {ENV_VAR: fault}

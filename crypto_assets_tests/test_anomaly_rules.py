@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 
 BACKGROUND = 39  # ticks before the probe, 10 s apart: all inside the probe's 15-minute window
@@ -44,7 +44,7 @@ COINS = [*Z_PROBES, "litecoin"]
 
 
 def _anomaly_id(coin: str, t: datetime, rule: str) -> str:
-    stamp = t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    stamp = t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
     return hashlib.md5(f"{coin}|{stamp}|{rule}".encode()).hexdigest()
 
 
@@ -64,7 +64,7 @@ def _probe_price(background: np.ndarray, z: float) -> float:
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
-    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(hours=1)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
     frames, probes = [], {}
     for k, (coin, (z, _)) in enumerate(Z_PROBES.items()):
         level = 100.0 * (k + 1)
@@ -105,14 +105,14 @@ def test_price_zscore_thresholds_and_severity(market):
     assert market["max_bg"] < 2  # the background itself raises nothing
     got = {a[0]: a[1:] for a in market["anomalies"] if a[3] == "price_zscore"}
     want = {}
-    for coin, (z, sev) in Z_PROBES.items():
+    for coin, (_z, sev) in Z_PROBES.items():
         t, prices = market["probes"][coin]
         # the stored z-score is the definition's, computed here over the same window
         assert math.isclose(market["z"][coin], _zscore_window(prices), rel_tol=1e-9), coin
         if sev is not None:
             want[_anomaly_id(coin, t, "price_zscore")] = (coin, t, "price_zscore", sev)
     assert {k: v[:4] for k, v in got.items()} == want
-    for aid, (coin, _t, _rule, _sev, value, threshold) in got.items():
+    for coin, _t, _rule, _sev, value, threshold in got.values():
         assert math.isclose(value, Z_PROBES[coin][0], rel_tol=1e-9) and threshold == 3.0
 
 

@@ -7,9 +7,9 @@ import json
 import orjson
 import pytest
 
-from crypto_assets.contract import MAX_MESSAGE_BYTES
 from crypto_assets.ingest.parse import parse_values, triage
 from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
 from crypto_assets_tests.helpers import produce, read_topic, tick, ticks
 
 
@@ -32,10 +32,10 @@ def _bad_messages() -> dict[str, tuple[bytes, str]]:
         "string_price": (with_(price_usd="43521.87"), "wrong_type"),
         "bool_price": (with_(price_usd=True), "wrong_type"),
         "string_schema_version": (with_(schema_version="1"), "wrong_type"),
-        "zero_price": (with_(price_usd=0), "non_positive_price"),
-        "negative_price": (with_(price_usd=-5.0), "non_positive_price"),
-        "nan_price": (json.dumps({**t, "price_usd": float("nan")}).encode(), "non_finite_price"),
-        "inf_price": (json.dumps({**t, "price_usd": float("inf")}).encode(), "non_finite_price"),
+        "zero_price": (with_(price_usd=0), "invalid_price"),
+        "negative_price": (with_(price_usd=-5.0), "invalid_price"),
+        "nan_price": (json.dumps({**t, "price_usd": float("nan")}).encode(), "invalid_price"),
+        "inf_price": (json.dumps({**t, "price_usd": float("inf")}).encode(), "invalid_price"),
         "negative_volume": (with_(volume_24h_usd=-1.0), "invalid_volume"),
         "ancient": (with_(last_updated_at="1970-01-01T00:00:00Z"), "timestamp_too_old"),
         "future": (with_(last_updated_at="2200-01-01T00:00:00Z"), "timestamp_in_future"),
@@ -159,6 +159,6 @@ def test_triage_reasons():
     assert triage(b"{") [0] == "invalid_json"
     assert triage(b"[]")[0] == "not_object"
     assert triage(b'{"price_usd": "1"}')[0] == "wrong_type"
-    assert triage(b'{"price_usd": NaN}')[0] == "non_finite_price"
+    assert triage(b'{"price_usd": NaN}')[0] == "invalid_price"
     assert triage(b'{"volume_24h_usd": Infinity}')[0] == "non_finite_number"
     assert triage(orjson.dumps(tick(1))) is None

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.kafka.embedded_broker import resolve_bootstrap
+from crypto_assets.kafka.errors import BrokerUnavailable
 from crypto_assets.resources import KafkaResource, LakehouseResource
-from crypto_assets.resources.kafka import BrokerUnavailable, resolve_bootstrap
 from crypto_assets_tests.helpers import produce, ticks
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 def _start_broker(home: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crypto_assets.cli", "broker", "--home", str(home)],
+        [sys.executable, "-m", "crypto_assets.ops.cli", "broker", "--home", str(home)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

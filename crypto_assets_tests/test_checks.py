@@ -3,15 +3,14 @@ check stops downstream assets in the same run."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 
-from crypto_assets import checks
-from crypto_assets.assets import incremental
+from crypto_assets.defs import checks, incremental
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum"]
@@ -20,7 +19,7 @@ COINS = ["bitcoin", "ethereum"]
 @pytest.fixture
 def good(tmp_path):
     lh = LakehouseResource(home=str(tmp_path / "g"), coins=COINS)
-    ticks = make_ticks(300, COINS, start=datetime.now(timezone.utc) - timedelta(hours=2), seed=2)
+    ticks = make_ticks(300, COINS, start=datetime.now(UTC) - timedelta(hours=2), seed=2)
     with lh.connect() as conn:
         insert_raw_batch(conn, ticks)
         conn.execute(
@@ -75,16 +74,16 @@ def _defs(lh, kafka):
 
 def test_failing_blocking_check_stops_downstream_in_same_run(tmp_path, kafka):
     lh = LakehouseResource(home=str(tmp_path / "b"), coins=COINS)
-    ticks = make_ticks(200, COINS, start=datetime.now(timezone.utc) - timedelta(hours=1), seed=4)
+    ticks = make_ticks(200, COINS, start=datetime.now(UTC) - timedelta(hours=1), seed=4)
     with lh.connect() as conn:
         insert_raw_batch(conn, ticks)
         run_incremental(conn, COINS)
         # a bad silver row among the rows of the next pass (as a broken validation would write it),
         # so the blocking check on that pass's rows fails, and give clean_ticks something new to do
         next_seq = conn.sql("SELECT seq + 1 FROM asset_state WHERE asset = 'clean_ticks'").fetchall()[0][0]
-        conn.execute("INSERT INTO clean_ticks SELECT * REPLACE (-1.0 AS price_usd, ? AS clean_seq, event_time - INTERVAL 1 DAY AS event_time) "
-                     "FROM clean_ticks WHERE rowid = 1", [next_seq])
-        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(timezone.utc) - timedelta(minutes=5), seed=5))
+        conn.execute("INSERT INTO clean_ticks SELECT * REPLACE (-1.0 AS price_usd, ? AS clean_seq, "
+                     "event_time - INTERVAL 1 DAY AS event_time) FROM clean_ticks WHERE rowid = 1", [next_seq])
+        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(UTC) - timedelta(minutes=5), seed=5))
         features_before = conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0]
     defs = _defs(lh, kafka)
     job = dg.define_asset_job(
@@ -109,12 +108,12 @@ def test_failed_blocking_check_holds_until_the_rows_are_repaired(tmp_path, kafka
     next run passes and catches up."""
     lh = LakehouseResource(home=str(tmp_path / "h"), coins=COINS)
     with lh.connect() as conn:
-        insert_raw_batch(conn, make_ticks(200, COINS, start=datetime.now(timezone.utc) - timedelta(hours=1), seed=4))
+        insert_raw_batch(conn, make_ticks(200, COINS, start=datetime.now(UTC) - timedelta(hours=1), seed=4))
         run_incremental(conn, COINS)
         next_seq = conn.sql("SELECT seq + 1 FROM asset_state WHERE asset = 'clean_ticks'").fetchall()[0][0]
         conn.execute("INSERT INTO clean_ticks SELECT * REPLACE (-1.0 AS price_usd, ? AS clean_seq, "
                      "event_time - INTERVAL 1 DAY AS event_time) FROM clean_ticks WHERE rowid = 1", [next_seq])
-        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(timezone.utc) - timedelta(minutes=5), seed=5))
+        insert_raw_batch(conn, make_ticks(20, COINS, start=datetime.now(UTC) - timedelta(minutes=5), seed=5))
         features_before = conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0]
     res = {"lakehouse": lh, "kafka": kafka}
     selection = ["clean_ticks", "market_features", "anomalies"]

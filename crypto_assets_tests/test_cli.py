@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crypto_assets.lake_layout import dataset_glob
+from crypto_assets.warehouse.lake_layout import dataset_glob
 from crypto_assets_tests.helpers import produce, read_topic, ticks
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def _ids(batch: list[dict]) -> set[tuple[str, datetime]]:
 def test_dagster_asset_materialize_cli(home):
     """The CLI uses the default topic names: a broker of its own makes them private to this
     test, so bronze must hold exactly the 250 ticks produced, each once, at every offset."""
-    from crypto_assets.broker import EmbeddedBroker
+    from crypto_assets.kafka.embedded_broker import EmbeddedBroker
     from crypto_assets.resources import KafkaResource
 
     batch = ticks(250)
@@ -72,10 +72,10 @@ def test_dagster_asset_materialize_cli(home):
 
 
 def test_produce_and_status_cli(home):
-    from crypto_assets.broker import EmbeddedBroker
+    from crypto_assets.kafka.embedded_broker import EmbeddedBroker
     from crypto_assets.resources import KafkaResource
 
-    exe = [sys.executable, "-m", "crypto_assets.cli"]
+    exe = [sys.executable, "-m", "crypto_assets.ops.cli"]
     with EmbeddedBroker() as b:  # the CLI writes the default topic: private to this test on its own broker
         env = _env(home, b.bootstrap_servers)
         out = subprocess.run(
@@ -97,7 +97,7 @@ def test_produce_and_status_cli(home):
 
 def test_broker_background_and_stop(tmp_path):
     home = tmp_path / "h"
-    exe = [sys.executable, "-m", "crypto_assets.cli", "broker", "--home", str(home)]
+    exe = [sys.executable, "-m", "crypto_assets.ops.cli", "broker", "--home", str(home)]
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     out = subprocess.run(exe + ["--background"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
@@ -114,7 +114,7 @@ def test_demo_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_HOME")}
     home = tmp_path / "demo"
     out = subprocess.run(
-        [sys.executable, "-m", "crypto_assets.cli", "demo", "--home", str(home), "--history", "6h"],
+        [sys.executable, "-m", "crypto_assets.ops.cli", "demo", "--home", str(home), "--history", "6h"],
         env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -139,7 +139,7 @@ def test_demo_end_to_end(tmp_path):
 def test_two_concurrent_runs_both_succeed(tmp_path):
     """Two overlapping runs that both write warehouse.duckdb: the second waits (pool / file
     lock) instead of failing, and ingestion stays exactly once."""
-    from crypto_assets.broker import EmbeddedBroker
+    from crypto_assets.kafka.embedded_broker import EmbeddedBroker
     from crypto_assets.resources import KafkaResource
 
     home = tmp_path / "conc"

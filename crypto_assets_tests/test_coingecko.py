@@ -10,28 +10,26 @@ import copy
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 from werkzeug import Request, Response
 
-from crypto_assets.contract import FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION, coins_for
-from crypto_assets.sources.coingecko import (
+from crypto_assets.kafka.tick_contract import FIELDS, REQUIRED_FIELDS, SCHEMA_VERSION, coins_for
+from crypto_assets.producers.coingecko import filter_changed, map_markets, run_coingecko
+from crypto_assets.producers.coingecko_client import (
     DEMO_KEY_HEADER,
     PRO_KEY_HEADER,
     CoinGeckoClient,
     CoinGeckoRequestError,
     CoinGeckoUnavailable,
-    filter_changed,
-    map_markets,
     parse_retry_after,
-    run_coingecko,
 )
 from crypto_assets_tests import helpers
 
 MARKETS = "/api/v3/coins/markets"
-INGESTED = datetime(2025, 12, 20, 15, 30, 5, tzinfo=timezone.utc)
+INGESTED = datetime(2025, 12, 20, 15, 30, 5, tzinfo=UTC)
 
 
 def _item(cg_id: str, symbol: str, name: str, price, last_updated, **over) -> dict:
@@ -193,7 +191,7 @@ def test_map_markets_skip_rules_warn_and_keep_the_rest():
 
 def test_map_markets_warns_through_logging_by_default(caplog):
     item = _item("bitcoin", "btc", "Bitcoin", None, "2025-12-20T15:30:00.000Z")
-    with caplog.at_level("WARNING", logger="crypto_assets.sources.coingecko"):
+    with caplog.at_level("WARNING", logger="crypto_assets.producers.coingecko"):
         assert map_markets([item], coins_for(["bitcoin"]), INGESTED) == []
     assert "current_price" in caplog.text
 
@@ -221,7 +219,7 @@ def test_parse_retry_after_seconds_and_http_date():
     assert parse_retry_after(" 1.5 ") == 1.5
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
-    now = datetime(2025, 12, 20, 15, 30, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 12, 20, 15, 30, 0, tzinfo=UTC)
     assert parse_retry_after("Sat, 20 Dec 2025 15:30:30 GMT", now=now) == 30.0
     assert parse_retry_after("Sat, 20 Dec 2025 15:29:00 GMT", now=now) == 0.0
 
@@ -306,7 +304,7 @@ def test_429_retry_after_seconds_is_honoured(httpserver):
 def test_429_retry_after_http_date_is_honoured(httpserver):
     # 600 s ahead (whole seconds): the client waits the time left until then, i.e. at most
     # 600 s, and more than 570 s unless the request took half a minute
-    when = (datetime.now(timezone.utc) + timedelta(seconds=600)).replace(microsecond=0)
+    when = (datetime.now(UTC) + timedelta(seconds=600)).replace(microsecond=0)
     date = format_datetime(when, usegmt=True)
     scripted(httpserver, Response("", status=429, headers={"Retry-After": date}), ok())
     sleeps: list[float] = []

@@ -10,14 +10,14 @@ and then updated."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
 
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 
 COINS = ["bitcoin", "ethereum", "solana"]
@@ -28,7 +28,7 @@ ETH_PER_BTC = 0.0345
 def _ticks() -> pl.DataFrame:
     rng = np.random.default_rng(42)
     # the first minute of the history, whole minutes before now (the data is anchored on itself)
-    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=MINUTES + 60)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=MINUTES + 60)
     times = [start + timedelta(minutes=i, seconds=30) for i in range(MINUTES)]
     r_btc = rng.normal(0, 0.001, MINUTES)
     btc = 90_000.0 * np.cumprod(1 + r_btc)
@@ -44,7 +44,7 @@ def _ticks() -> pl.DataFrame:
         n = int(keep.sum())
         out.append(pl.DataFrame({
             "coin_id": [coin] * n, "symbol": [sym] * n,
-            "last_updated_at": [t for t, k in zip(times, keep) if k],
+            "last_updated_at": [t for t, k in zip(times, keep, strict=True) if k],
             "price_usd": prices[keep], "volume_24h_usd": [1e8] * n,
         }))
     return pl.concat(out).sort("last_updated_at")

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from crypto_assets.faults import ENV_VAR
-from crypto_assets.ingest.pull import BRONZE_DATASET
+from crypto_assets.ingest.config import BRONZE_DATASET
 from crypto_assets_tests.helpers import encoded, produce, tick, ticks
 from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
 from crypto_assets_tests.topic_helpers import read_topic, watermarks
@@ -37,7 +37,7 @@ BAD = {
     b"": "empty_message",
     b"\xff\xfe not utf-8": "not_utf8",
     encoded(tick(9001, "bitcoin") | {"coin_id": "notacoin"}): "unknown_coin",
-    encoded(tick(9002, "litecoin", price=-5.0)): "non_positive_price",
+    encoded(tick(9002, "litecoin", price=-5.0)): "invalid_price",
 }
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC
 
 import dagster as dg
 
-from crypto_assets.assets import incremental
-from crypto_assets.sensors import incremental_run_config
+from crypto_assets.defs import incremental
+from crypto_assets.defs.automation import incremental_run_config
 from crypto_assets_tests.helpers import produce, tick
 
 COINS = ("bitcoin", "ethereum", "solana")
@@ -21,9 +22,9 @@ def _keys(conn) -> set[tuple[str, object]]:
 
 
 def test_one_run_drains_messages_that_arrive_while_it_runs(kafka, lakehouse):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    base = datetime.now(timezone.utc) - timedelta(hours=1)
+    base = datetime.now(UTC) - timedelta(hours=1)
     bursts = [[tick(b * 100 + i, COINS[i % 3], base=base) for i in range(60)] for b in range(3)]
     expected = {(t["coin_id"], datetime.fromisoformat(t["last_updated_at"].replace("Z", "+00:00"))) for b in bursts for t in b}
     produce(kafka, bursts[0])

@@ -116,7 +116,7 @@ def test_price_model_margin_is_relative_to_persistence(scale):
 def test_price_model_default_margin_accepts_persistence_level():
     """price_model's default gate_margin is 0: an RMSE equal to persistence's passes the baseline
     bar (<=), one ulp above it does not."""
-    from crypto_assets.assets.models import PriceModelConfig
+    from crypto_assets.ml.model_specs import PriceModelConfig
 
     margin = PriceModelConfig().gate_margin
     assert margin == 0.0
@@ -157,7 +157,7 @@ def _tags(mlf, name: str, version: str) -> dict:
 def test_gate_and_promote_keeps_the_champion_against_a_worse_version(registry):
     import dagster as dg
 
-    from crypto_assets.assets.models import _gate_result
+    from crypto_assets.defs.models import gate_result
     from crypto_assets.ml.registry import champion_version, gate_and_promote
 
     mlf = registry
@@ -176,14 +176,14 @@ def test_gate_and_promote_keeps_the_champion_against_a_worse_version(registry):
     assert champion_version(mlf, name) == v1  # unchanged
     tags = _tags(mlf, name, v2)
     assert (tags["gate"], tags["gate_reason"]) == ("rejected", verdict.reason)
-    check = _gate_result(verdict)
+    check = gate_result(verdict)
     assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.WARN)  # a WARN: the run stays green
     assert check.metadata["champion_after"].value == v1 and check.metadata["promoted"].value is False
 
     # a broken gate (no baseline in the run) is the only ERROR
     v3 = _version(mlf, "trend_model", "trend_model", {"auc_roc": 0.9}, "run-3")
     broken = gate_and_promote(mlf, name, "run-3", "auc_roc", True, 0.01, version=v3)
-    assert broken.outcome == ERROR and _gate_result(broken).severity == dg.AssetCheckSeverity.ERROR
+    assert broken.outcome == ERROR and gate_result(broken).severity == dg.AssetCheckSeverity.ERROR
     assert champion_version(mlf, name) == v1 and _tags(mlf, name, v3)["gate"] == "error"
 
     # better than the champion: the alias moves
@@ -191,13 +191,13 @@ def test_gate_and_promote_keeps_the_champion_against_a_worse_version(registry):
                   {"auc_roc": 0.72, "baseline_auc_roc": 0.5, "champion_auc_roc": 0.70}, "run-4")
     better = gate_and_promote(mlf, name, "run-4", "auc_roc", True, 0.01, version=v4)
     assert (better.outcome, better.champion_version) == (PROMOTED, v1)
-    assert champion_version(mlf, name) == v4 and _gate_result(better).metadata["champion_after"].value == v4
+    assert champion_version(mlf, name) == v4 and gate_result(better).metadata["champion_after"].value == v4
 
 
 @pytest.mark.slow
 def test_gate_and_promote_price_model_rmse_margin(registry):
     """price_model_<h>: RMSE, lower is better, margin relative to persistence (baseline_rmse)."""
-    from crypto_assets.assets.models import _price_gate_result
+    from crypto_assets.defs.models import horizons_gate_result
     from crypto_assets.ml.registry import champion_version, gate_and_promote
 
     mlf = registry
@@ -211,6 +211,36 @@ def test_gate_and_promote_price_model_rmse_margin(registry):
     v = gate_and_promote(mlf, name, "run-x", "rmse", False, LOW_MARGIN, version=edge)
     assert (v.outcome, v.value, v.baseline) == (PROMOTED, LOW_EDGE, LOW_BASE)
     assert champion_version(mlf, name) == edge
-    res = _price_gate_result({"1h": v}, {"24h": "not enough history"})
+    res = horizons_gate_result({"1h": v}, {"24h": "not enough history"})
     assert res.passed and res.metadata["1h_champion_after"].value == edge
     assert res.metadata["horizons_skipped"].value == ["24h"]
+
+
+@pytest.mark.slow
+def test_champion_version_is_none_only_when_there_is_none(registry):
+    """No such registered model, or no champion alias yet: None. Any other failure (here a name
+    the registry refuses) raises: taken for "no champion", it would let a gate promote a version
+    without comparing it with the champion."""
+    from mlflow.exceptions import MlflowException
+
+    from crypto_assets.ml.registry import champion_version
+
+    mlf = registry
+    assert champion_version(mlf, mlf.registered_name("never_registered")) is None
+    _version(mlf, "no_alias_yet", "no_alias_yet", {"auc_roc": 0.6})
+    assert champion_version(mlf, mlf.registered_name("no_alias_yet")) is None
+    mlf.client().set_registered_model_alias(mlf.registered_name("no_alias_yet"), "champion", "1")
+    assert champion_version(mlf, mlf.registered_name("no_alias_yet")) == "1"
+    with pytest.raises(MlflowException, match="name"):
+        champion_version(mlf, "")
+
+
+def test_each_spec_gates_on_the_metric_the_summaries_show():
+    """The status and report summaries (registry.PRIMARY_METRIC) show the metric each model's gate
+    judges, in the spec table."""
+    from crypto_assets.ml.model_specs import MODEL_SPECS
+    from crypto_assets.ml.registry import PRIMARY_METRIC
+
+    assert {s.name: s.metric for s in MODEL_SPECS} == PRIMARY_METRIC
+    assert {s.name: s.higher_is_better for s in MODEL_SPECS} == {
+        "trend_model": True, "anomaly_model": True, "price_model": False, "coin_clusters": True}

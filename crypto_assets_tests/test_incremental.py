@@ -9,8 +9,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets.transforms.clean import CleanConfig
-from crypto_assets.transforms.pipeline import run_incremental
 from crypto_assets_tests.silver_helpers import TABLE_KEYS, insert_raw_batch, make_ticks, table
 
 COINS = ["bitcoin", "ethereum", "solana", "cardano"]

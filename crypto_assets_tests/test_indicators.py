@@ -14,7 +14,7 @@ stretch longer than 15 minutes (zero-std windows), zero and null volumes, and se
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,12 @@ import polars as pl
 import pytest
 
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.state import set_state
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment, rsi_with_state
 from crypto_assets.transforms.features import compute_features, features_increment
+from crypto_assets.warehouse.watermarks import set_state
 
 US = 1_000_000  # microseconds per second
-T0_US = int(datetime(2026, 11, 1, 0, 0, 7, tzinfo=timezone.utc).timestamp()) * US
+T0_US = int(datetime(2026, 11, 1, 0, 0, 7, tzinfo=UTC).timestamp()) * US
 SMA_WINDOWS_US = {"sma_1m": 60 * US, "sma_5m": 300 * US, "sma_15m": 900 * US}
 W15_US = 900 * US
 EMA_ALPHA = 2.0 / 21.0
@@ -256,7 +256,7 @@ def check_features(got: pl.DataFrame, ticks: pd.DataFrame, expected: pd.DataFram
     exp = exp.reset_index(drop=True)
     got_t = got["event_time"].dt.epoch("us").to_numpy()
     assert list(got["coin_id"]) == list(exp["coin_id"]) and (got_t == exp["t_us"].to_numpy()).all()
-    keys = [f"{c}@{(t - T0_US) / US:.0f}s" for c, t in zip(exp["coin_id"], exp["t_us"])]
+    keys = [f"{c}@{(t - T0_US) / US:.0f}s" for c, t in zip(exp["coin_id"], exp["t_us"], strict=True)]
     for col in FEATURE_CHECKS:
         assert got[col].is_nan().sum() == 0, f"{col}: NaN where a null (or a number) belongs"
         assert_close(got[col], exp[col], col, abs_=ABS_FLOOR.get(col, 0.0), keys=keys)
@@ -312,7 +312,7 @@ def test_ema_seeded_from_state_continues_the_recursion(ticks, ref, split):
     frame = pl.concat([to_polars(g, list(is_t)) for g, is_t in parts])
     got = compute_features(frame, state)
     exp = pd.concat(
-        [ref[(ref.coin_id == c) & (ref.t_us >= g["t_us"][is_t].min())] for (g, is_t), c in zip(parts, state)]
+        [ref[(ref.coin_id == c) & (ref.t_us >= g["t_us"][is_t].min())] for (g, is_t), c in zip(parts, state, strict=True)]
     )
     assert got.height == len(exp)
     check_features(got, ticks, exp)
@@ -395,9 +395,9 @@ def test_rsi_three_way_split_inside_seeding():
     closes = RSI_SERIES["walk"]
     rsi, state = [], (None, 0, 0.0, 0.0)
     for lo, hi in [(0, 5), (5, 9), (9, 40), (40, 120)]:
-        r, n, g, l = rsi_with_state(closes[lo:hi], *state)
+        r, n, g, loss = rsi_with_state(closes[lo:hi], *state)
         rsi.append(r)
-        state = (float(closes[hi - 1]), int(n[-1]), float(g[-1]), float(l[-1]))
+        state = (float(closes[hi - 1]), int(n[-1]), float(g[-1]), float(loss[-1]))
     assert_close(np.concatenate(rsi), ref_rsi(closes), "rsi 3-way", rel=0.0, abs_=1e-9)
 
 
@@ -456,7 +456,7 @@ def _check_minute_candles(conn, ticks: pd.DataFrame) -> None:
     got = conn.sql("SELECT *, epoch_us(minute) AS b FROM ohlcv_1m ORDER BY coin_id, minute").df()
     exp = ref_minute_indicators(ref_candles(ticks, 60 * US))
     assert list(got["coin_id"]) == list(exp["coin_id"]) and list(got["b"]) == list(exp["bucket"])
-    keys = [f"{c}@min{(b - T0_US // (60 * US) * 60 * US) // (60 * US)}" for c, b in zip(exp["coin_id"], exp["bucket"])]
+    keys = [f"{c}@min{(b - T0_US // (60 * US) * 60 * US) // (60 * US)}" for c, b in zip(exp["coin_id"], exp["bucket"], strict=True)]
     assert list(got["tick_count"]) == list(exp["tick_count"])
     assert list(got["symbol"]) == list(exp["symbol"])
     for col in ["open", "high", "low", "close", "volume", "bb_middle", "bb_upper", "bb_lower"]:

@@ -1,15 +1,15 @@
 """Parquet mirrors: one file per (UTC hour, symbol), rewritten only when its rows changed, and
 warehouses/lakes from the older whole-day layout carried over without losing or doubling rows."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from crypto_assets.lake import export_dirty, mark_dirty
-from crypto_assets.lake_layout import LEGACY_DAY_FILE
-from crypto_assets.warehouse_schema import ensure_schema
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
+from crypto_assets.warehouse.lake_layout import LEGACY_DAY_FILE
+from crypto_assets.warehouse.tables import ensure_schema
 
-T0 = datetime(2026, 11, 20, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 
 
 def _table(conn, hours: int, start: int = 0) -> None:

@@ -11,8 +11,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from crypto_assets.lake import mark_dirty, mark_whole_days
-from crypto_assets.lake_layout import (
+from crypto_assets.defs.maintenance import compact_lake as compact_lake_op
+from crypto_assets.warehouse.lake_compaction import compact_lake, is_closed
+from crypto_assets.warehouse.lake_export import mark_dirty, mark_whole_days
+from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
     LEGACY_DAY_FILE,
     LakeLockTimeout,
@@ -22,8 +24,6 @@ from crypto_assets.lake_layout import (
     list_dataset_files,
     read_lock,
 )
-from crypto_assets.lake_compaction import compact_lake, is_closed
-from crypto_assets.maintenance import compact_lake as compact_lake_op
 from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
 
 NOW = T0 + timedelta(days=2, hours=1, seconds=1)  # days 0 and 1 closed (day 1 ends at T0+2d, 1 h grace), day 2 open
@@ -92,8 +92,9 @@ def test_late_rows_for_a_compacted_day_rewrite_its_day_file(lakehouse):
         # a late tick for day 0, a row of day 1 deleted, a late tick for the open day 2
         insert_rows(conn, T0 + timedelta(hours=5, minutes=3), hours=1, step_min=60, tag="late0")
         conn.execute("BEGIN TRANSACTION")
-        mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM t WHERE symbol = 'eth' AND event_time = '{(T0 + timedelta(days=1, hours=7)).isoformat()}'")
-        conn.execute(f"DELETE FROM t WHERE symbol = 'eth' AND event_time = '{(T0 + timedelta(days=1, hours=7)).isoformat()}'")
+        eth_row = f"symbol = 'eth' AND event_time = '{(T0 + timedelta(days=1, hours=7)).isoformat()}'"
+        mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM t WHERE {eth_row}")
+        conn.execute(f"DELETE FROM t WHERE {eth_row}")
         conn.execute("COMMIT")
         insert_rows(conn, T0 + timedelta(days=2, hours=3, minutes=1), hours=1, step_min=60, tag="late2")
         res = export(conn, root)
@@ -108,7 +109,8 @@ def test_late_rows_for_a_compacted_day_rewrite_its_day_file(lakehouse):
 
         # every row of a compacted day gone: its day file goes too
         conn.execute("BEGIN TRANSACTION")
-        mark_dirty(conn, DATASET, f"SELECT event_time, symbol FROM t WHERE symbol = 'btc' AND CAST(event_time AS DATE) = DATE '{T0.date()}'")
+        mark_dirty(conn, DATASET,
+                   f"SELECT event_time, symbol FROM t WHERE symbol = 'btc' AND CAST(event_time AS DATE) = DATE '{T0.date()}'")
         conn.execute(f"DELETE FROM t WHERE symbol = 'btc' AND CAST(event_time AS DATE) = DATE '{T0.date()}'")
         conn.execute("COMMIT")
         export(conn, root)

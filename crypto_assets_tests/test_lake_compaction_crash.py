@@ -19,9 +19,9 @@ import duckdb
 import pytest
 
 from crypto_assets.faults import ENV_VAR
-from crypto_assets.lake_layout import DAY_FILE, HOUR_FILE_RE, dataset_glob, leaf_dir, leaf_pattern, read_lock
-from crypto_assets.lake_compaction import compact_lake
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.warehouse.lake_compaction import compact_lake
+from crypto_assets.warehouse.lake_layout import DAY_FILE, HOUR_FILE_RE, dataset_glob, leaf_dir, leaf_pattern, read_lock
 from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
 
 pytestmark = pytest.mark.slow

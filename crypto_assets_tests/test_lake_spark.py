@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from crypto_assets.lake_layout import read_lock, spark_read_dataset
-from crypto_assets.lake_compaction import compact_lake
+from crypto_assets.warehouse.lake_compaction import compact_lake
+from crypto_assets.warehouse.lake_layout import read_lock, spark_read_dataset
 from crypto_assets_tests.lake_helpers import DATASET, T0, export, insert_rows
 
 pytestmark = pytest.mark.slow

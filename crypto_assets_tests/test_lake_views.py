@@ -4,27 +4,28 @@ the same set the warehouse tables give."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from crypto_assets.assets import training_data
-from crypto_assets.lake_views import lake_reader, lake_views
+from crypto_assets.defs import training_data
 from crypto_assets.ml.training_set import build_training_set
+from crypto_assets.producers.simulator.config import SimulatorConfig
+from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
-from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
+from crypto_assets.warehouse.lake_views import lake_reader, lake_views
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 COINS = ["bitcoin", "ethereum", "solana"]
 
 
 def _warehouse(lh: LakehouseResource, days: float = 1.2) -> None:
-    start = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 10, 1, tzinfo=UTC)
     ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=5), int(days * 1440), start, "60s")
     df = pl.DataFrame(ticks, infer_schema_length=None).select(
         "coin_id", "symbol", pl.col("last_updated_at").str.to_datetime(time_zone="UTC"), "price_usd", "volume_24h_usd")
@@ -105,7 +106,7 @@ def test_a_long_read_does_not_hold_the_export(tmp_path):
     """The reader links a snapshot under the shared lock and reads it without the lock: the
     export (exclusive lock) and the compaction proceed meanwhile, and the reader's rows stay those
     of its snapshot even when the files it read are replaced or deleted under their names."""
-    from crypto_assets.lake_layout import dataset_lock, list_dataset_files
+    from crypto_assets.warehouse.lake_layout import dataset_lock, list_dataset_files
 
     lh = LakehouseResource(home=str(tmp_path / "w"), coins=["bitcoin", "ethereum"])
     _warehouse(lh)

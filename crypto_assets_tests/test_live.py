@@ -19,7 +19,7 @@ import psutil
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from crypto_assets.procs import pid_alive
+from crypto_assets.ops.processes import pid_alive
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ class Live:
         env["SENSOR_INTERVAL_SECONDS"] = "2"
         with open(out, "wb") as f:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crypto_assets.cli", "live", "--home", str(home), "--port", str(port),
+                [sys.executable, "-m", "crypto_assets.ops.cli", "live", "--home", str(home), "--port", str(port),
                  "--rate", "20"],
                 env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own group, as in a terminal; dagster dev has another

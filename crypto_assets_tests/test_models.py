@@ -3,8 +3,10 @@ and predictions from champions. One small deterministic market, trained once per
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
@@ -14,18 +16,22 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
-from crypto_assets.assets import models, predictions, training_data
-from crypto_assets.ml.registry import champion_version
+from crypto_assets.defs import models, predictions, training_data
+from crypto_assets.kafka.outbox import publish
+from crypto_assets.ml.registry import champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
+from crypto_assets.ml.train import binary_metrics, linear_coefficients, time_split
 from crypto_assets.ml.training_set import FEATURES
-from crypto_assets.ml.train import linear_coefficients, time_split
+from crypto_assets.producers.simulator.config import SimulatorConfig
+from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.resources import LakehouseResource
-from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.resources.mlflow import MlflowResource
+from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.settings import spark_config
-from crypto_assets.sources.simulator import SimulatorConfig, generate_ticks
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
+from crypto_assets.warehouse.tables import TABLES
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
+from crypto_assets_tests.topic_helpers import read_topic
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
@@ -35,7 +41,7 @@ GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clu
 
 
 def _market(lh: LakehouseResource, days: float = 1.5) -> None:
-    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(days=days)
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=days)
     ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=11), int(days * 1440), start, "60s")
     df = pl.DataFrame(ticks, infer_schema_length=None).select(
         "coin_id", "symbol",
@@ -89,7 +95,9 @@ def test_lineage_tags(trained):
     tags = run.data.tags
     assert tags["dagster_run_id"] == result.run_id
     assert tags["asset_key"] == "trend_model"
-    assert tags["code_version"] == "1"
+    # the asset's code version (a hash of its code, defs/code_versions.py), on the run and the version
+    code_version = models.trend_model.code_versions_by_key[dg.AssetKey("trend_model")]
+    assert tags["code_version"] == code_version and len(code_version) == 12
     assert tags["training_set_path"].endswith("training/training_set.parquet")
     _assert_split_counts(tags, horizon=timedelta(minutes=15))
     assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
@@ -98,6 +106,7 @@ def test_lineage_tags(trained):
         assert metric in run.data.metrics
     mv = client.get_model_version(mlf.registered_name("trend_model"), "1")
     assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
+    assert mv.tags["code_version"] == code_version
 
 
 def _assert_split_counts(tags: dict, horizon: timedelta) -> None:
@@ -145,6 +154,39 @@ def test_worse_model_is_rejected_the_run_stays_green_and_predictions_use_the_cha
     assert latest.version != before and latest.tags["gate"] == "rejected"
     md = worse.asset_materializations_for_node("predictions")[0].metadata  # not blocked by the rejection
     assert md["trend_model_version"].value == before
+
+
+def test_the_gate_margin_comes_from_the_assets_own_config(trained):
+    """The same training as the fixture's (its version beat the baseline by ~0.1), judged with
+    a margin of 0.5 set on the asset's config: rejected by the margin, the champion stays."""
+    mlf = trained["mlf"]
+    name = mlf.registered_name("trend_model")
+    before = champion_version(mlf, name)
+    res = dg.materialize([models.trend_model], resources=trained["resources"],
+                         run_config={"ops": {"trend_model": {"config": {"gate_margin": 0.5}}}})
+    assert res.success
+    gate = _gates(res)["trend_model_gate"]
+    assert gate.metadata["outcome"].value == "rejected" and gate.severity == dg.AssetCheckSeverity.WARN
+    assert gate.description.endswith("does not beat the baseline 0.5 by the margin 0.5"), gate.description
+    assert champion_version(mlf, name) == before
+
+
+def test_a_champion_that_cannot_score_the_holdout_is_left_out_and_other_errors_propagate(trained, spark, caplog):
+    """The gate compares with the champion where it can score this run's holdout. A feature it
+    reads missing (the feature set changed) leaves its metrics out with a warning; any other
+    failure is not taken for that: it propagates and fails the step."""
+    mlf = trained["mlf"]
+    version, champ = load_champion(mlf, mlf.registered_name("trend_model"))
+    holdout = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet")).limit(500)
+    log = logging.getLogger("gate-test")
+    scored = models.champion_metrics(log, version, lambda: binary_metrics(champ.transform(holdout), "label_up"))
+    assert set(scored) == {"auc_roc", "pr_auc", "accuracy"} and 0 < scored["auc_roc"] < 1
+    missing = holdout.drop(FEATURES[0])
+    with caplog.at_level(logging.WARNING, logger="gate-test"):
+        assert models.champion_metrics(log, version, lambda: binary_metrics(champ.transform(missing), "label_up")) == {}
+    assert f"champion v{version} could not score this holdout" in caplog.text and FEATURES[0] in caplog.text
+    with pytest.raises(ZeroDivisionError):
+        models.champion_metrics(log, version, lambda: {"auc_roc": 1 / 0})
 
 
 def test_retraining_on_unchanged_data_is_green_and_keeps_the_champions(trained):
@@ -229,7 +271,7 @@ def _prediction_rows(lh) -> list[dict]:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
@@ -272,6 +314,51 @@ def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path
     assert md["predictions"].value == 0 and md["published"].value == 0
     assert _prediction_rows(lh) == rows
     assert _published(kafka) == sent
+
+
+def test_predictions_outbox_finishes_an_interrupted_send_exactly_once(kafka, tmp_path):
+    """Predictions go out through the one outbox (crypto_assets.kafka.outbox): a send that reached
+    the topic but was never marked (the mark failed, as a kill before it would leave it) is found
+    on the topic by the next publish and not sent again, while a row re-scored meanwhile (new
+    predicted_at) is sent with its new values. No model is needed: the rows are written as
+    scoring writes them."""
+    lh = LakehouseResource(home=str(tmp_path / "outbox"), coins=COINS)
+    t0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    scored = t0 + timedelta(minutes=5, microseconds=123456)
+    rows = [(coin, t0 + timedelta(minutes=m), 100.0 + m, 0.25 + 0.1 * m, scored)
+            for coin in COINS[:3] for m in (0, 1)]
+    with lh.connect() as conn:
+        conn.execute(TABLES["predictions"].ddl)
+        conn.executemany("INSERT INTO predictions (coin_id, symbol, event_time, price_usd, trend_prob_up, "
+                         "trend_model_version, predicted_at) VALUES (?, 'x', ?, ?, ?, '3', ?)", rows)
+
+    def killed_before_the_mark(conn, idents):
+        raise RuntimeError("killed before the mark")
+
+    interrupted = dataclasses.replace(predictions.predictions_outbox(kafka), mark_sent=killed_before_the_mark)
+    with pytest.raises(RuntimeError, match="killed before the mark"):
+        publish(kafka, interrupted, lh.connect, 100)
+    first = read_topic(kafka.bootstrap(), kafka.predictions_topic)
+    assert sorted((r.key.decode(), orjson.loads(r.value)["event_time"]) for r in first) == sorted(
+        (c, _iso(t)) for c, t, *_ in rows)
+    with lh.connect() as conn:
+        assert conn.sql("SELECT count(*) FROM predictions WHERE published_at IS NULL").fetchall() == [(len(rows),)]
+        assert conn.sql("SELECT count(*) FROM outbox_sends WHERE outbox = 'predictions'").fetchall()[0][0] > 0
+        rescored = scored + timedelta(minutes=1)
+        conn.execute("UPDATE predictions SET predicted_at = ?, trend_prob_up = 0.875 WHERE coin_id = ? AND event_time = ?",
+                     [rescored, rows[0][0], rows[0][1]])
+
+    assert predictions._publish(lh, kafka) == 1  # only the re-scored row; the others were already there
+    sent = read_topic(kafka.bootstrap(), kafka.predictions_topic)  # by (partition, offset): the new one may sit anywhere
+    assert set(first) <= set(sent) and len(sent) == len(first) + 1
+    (again,) = set(sent) - set(first)
+    assert (again.key.decode(), orjson.loads(again.value)["event_time"], orjson.loads(again.value)["trend_prob_up"],
+            again.header("predicted_at")) == (rows[0][0], _iso(rows[0][1]), 0.875, rescored.isoformat())
+    with lh.connect() as conn:
+        assert conn.sql("SELECT count(*) FROM predictions WHERE published_at IS NULL").fetchall() == [(0,)]
+        assert conn.sql("SELECT count(*) FROM outbox_sends").fetchall() == [(0,)]
+    assert predictions._publish(lh, kafka) == 0
+    assert read_topic(kafka.bootstrap(), kafka.predictions_topic) == sent
 
 
 def test_predictions_write_only_if_the_high_water_mark_did_not_move(trained, tmp_path):
@@ -333,7 +420,7 @@ def test_binary_metrics_equal_spark_evaluator(spark):
     n = 3000
     y = (rng.random(n) < 0.2).astype(float)
     s = np.round(np.clip(0.3 * y + rng.random(n) * 0.7, 0, 1), 2)  # rounded: many tied scores
-    rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y)]
+    rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y, strict=False)]
     pred = spark.createDataFrame(rows, ["probability", "prediction", "label"]).repartition(3)
     ours = binary_metrics(pred, "label")
     for metric, key in (("areaUnderROC", "auc_roc"), ("areaUnderPR", "pr_auc")):

@@ -20,8 +20,8 @@ from datetime import datetime
 import orjson
 import pytest
 
-from crypto_assets.broker import EmbeddedBroker
 from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.kafka.embedded_broker import EmbeddedBroker
 from crypto_assets.resources import KafkaResource
 from crypto_assets_tests.helpers import produce, tick, ticks
 from crypto_assets_tests.topic_helpers import read_topic, watermarks
@@ -177,7 +177,7 @@ def test_retention_past_the_stored_offset_is_reported_and_the_rest_read_once(kaf
                                          f"read ({total})."]
     # every message still in the log and not read before, once, with its values; nothing else
     assert _ingested(lakehouse, r) == _values(unread)
-    assert _resets(lakehouse, r) == {p: (marks[p][0], reason) for p, reason in zip(sorted(lost), per_partition)}
+    assert _resets(lakehouse, r) == {p: (marks[p][0], reason) for p, reason in zip(sorted(lost), per_partition, strict=True)}
     assert {p: o for p, (o, _c) in _positions(lakehouse, kafka.raw_topic).items()} == {
         p: hi for p, (_lo, hi) in marks.items() if hi
     }

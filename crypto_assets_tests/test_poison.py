@@ -8,21 +8,20 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from crypto_assets import checks, cli
-
-from crypto_assets.assets import incremental
+from crypto_assets.defs import checks, incremental
 from crypto_assets.faults import ENV_VAR
+from crypto_assets.ops import cli
 from crypto_assets.resources import LakehouseResource
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets.transforms.clean import CleanConfig, clean_increment
 from crypto_assets.transforms.features import features_increment
-from crypto_assets.transforms.pipeline import run_incremental
 from crypto_assets_tests.helpers import produce, tick
 from crypto_assets_tests.silver_helpers import T0, TABLE_KEYS, insert_raw_batch, make_ticks, table
 
@@ -123,7 +122,8 @@ def test_any_split_gives_the_same_verdicts_and_the_window_stays_bounded(tmp_path
     with LakehouseResource(home=str(tmp_path / "one")).connect() as a, LakehouseResource(home=str(tmp_path / "each")).connect() as b:
         q = "SELECT coin_id, kafka_offset, event_time, price_usd FROM clean_price_window ORDER BY ALL"
         assert a.sql(q).fetchall() == b.sql(q).fetchall()
-        assert a.sql("SELECT max(n) FROM (SELECT count(*) AS n FROM clean_price_window GROUP BY coin_id)").fetchall() == [(CFG.jump_window,)]
+        per_coin = "SELECT max(n) FROM (SELECT count(*) AS n FROM clean_price_window GROUP BY coin_id)"
+        assert a.sql(per_coin).fetchall() == [(CFG.jump_window,)]
 
 
 def test_a_warehouse_from_before_the_guard_seeds_its_window(tmp_path):
@@ -175,7 +175,7 @@ def test_poison_ticks_through_the_dagster_assets(tmp_path, kafka):
     """Real broker, real pull, real assets and checks: poison mixed into two runs' worth of
     ticks; both runs succeed, market_features_finite passes, each poison is quarantined once."""
     lh = LakehouseResource(home=str(tmp_path / "w"), coins=["bitcoin", "ethereum", "cardano"])
-    base = (datetime.now(timezone.utc) - timedelta(minutes=10)).replace(microsecond=0)  # fresh: every check can pass
+    base = (datetime.now(UTC) - timedelta(minutes=10)).replace(microsecond=0)  # fresh: every check can pass
     defs = dg.Definitions(assets=[incremental.incremental],
                           resources={"lakehouse": lh, "kafka": kafka})
     job = dg.define_asset_job(
@@ -198,7 +198,7 @@ def test_poison_ticks_through_the_dagster_assets(tmp_path, kafka):
         assert result.success, run
         evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert evals["market_features_finite"] is True and all(evals.values()), evals
-        for t, reason in zip(poison, reasons):
+        for t, reason in zip(poison, reasons, strict=True):
             want[(t["coin_id"], t["last_updated_at"])] = reason
     with lh.connect() as conn:
         q = conn.sql("SELECT coin_id, strftime(last_updated_at, '%Y-%m-%dT%H:%M:%SZ'), reason FROM quarantine").fetchall()

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -77,7 +76,7 @@ def _arrivals(walks, poison) -> pl.DataFrame:
     valid tick it follows (its own event time: never a duplicate)."""
     rows = []
     for k, (coin, (prices, vols)) in enumerate(walks.items()):
-        for i, (p, v) in enumerate(zip(prices, vols)):
+        for i, (p, v) in enumerate(zip(prices, vols, strict=True)):
             rows.append((coin, T0 + timedelta(seconds=10 * i + k), float(p), v, True))
     for j, (coin, pos, kind, (how, x), v) in enumerate(poison):
         prices, vols = walks[coin]
@@ -158,14 +157,14 @@ def test_no_tick_stops_the_pipeline(lakehouse, case):
     clean, q = inc["clean"], inc["quarantine"]
     # every tick exactly once, by identity (its offset), with a reason and a detail when quarantined
     kept = set(clean["kafka_offset"].to_list())
-    rejected = dict(zip(q["kafka_offset"].to_list(), q["reason"].to_list()))
+    rejected = dict(zip(q["kafka_offset"].to_list(), q["reason"].to_list(), strict=True))
     assert len(kept) == clean.height and len(rejected) == q.height and not kept & set(rejected)
     assert kept | set(rejected) == set(range(arrivals.height))
     assert q["detail"].null_count() == 0 and (q["detail"].str.len_chars() > 0).all()
     _check_features(clean, inc["features"])
     # the same arrival sequence in one batch judges every tick the same way
     assert one["clean"]["kafka_offset"].sort().equals(clean["kafka_offset"].sort())
-    assert dict(zip(one["quarantine"]["kafka_offset"], one["quarantine"]["reason"])) == rejected
+    assert dict(zip(one["quarantine"]["kafka_offset"], one["quarantine"]["reason"], strict=True)) == rejected
 
     window = {coin: [] for coin in walks}  # candidates in arrival order: (is valid, price)
     for off, coin, p, v, valid in arrivals.select("kafka_offset", "coin_id", "price_usd", "volume_24h_usd", "valid").iter_rows():

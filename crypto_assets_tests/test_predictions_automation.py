@@ -4,13 +4,13 @@ never twice for the same updates."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from crypto_assets.assets import predictions as predictions_module
-from crypto_assets.assets.predictions import PREDICTIONS_CRON, predictions_condition
 from crypto_assets.definitions import defs
+from crypto_assets.defs import predictions as predictions_module
+from crypto_assets.defs.predictions import PREDICTIONS_CRON, predictions_condition
 
 CRON = "*/5 * * * *"
 KEY = dg.AssetKey("predictions")
@@ -20,7 +20,7 @@ DEPS = [dg.AssetSpec(k) for k in ("market_features", "trend_model", "anomaly_mod
 def _t0() -> datetime:
     """One minute past a 5-minute tick, in the past: the evaluation times must not be ahead of
     the wall-clock times Dagster stamps on the materializations reported between them."""
-    now = datetime.now(timezone.utc) - timedelta(days=1)
+    now = datetime.now(UTC) - timedelta(days=1)
     return now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0) + timedelta(minutes=1)
 
 

@@ -6,7 +6,9 @@ import random
 import string
 from collections import Counter
 
-from crypto_assets.ingest.pull import BRONZE_DATASET, PullConfig, lost_offsets_notice, plan_partitions, pull_raw_ticks
+from crypto_assets.ingest.config import BRONZE_DATASET, PullConfig
+from crypto_assets.ingest.offsets import lost_offsets_notice, plan_partitions
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets_tests.helpers import produce, tick, ticks
 from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
 from crypto_assets_tests.topic_helpers import read_topic, watermarks
@@ -34,7 +36,7 @@ def test_pull_reads_everything_once_and_is_idempotent(kafka, lakehouse):
         "SELECT kafka_partition, min(from_offset), max(next_offset), sum(message_count) FROM ingest_offsets GROUP BY 1",
     )
     assert sum(o[3] for o in offs) == 500
-    for p, lo, hi, n in offs:
+    for _p, lo, hi, n in offs:
         assert hi - lo == n
     # the Parquet mirror holds the same rows, every column
     with lakehouse.connect() as conn:
@@ -82,7 +84,8 @@ def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lake
     """ingest_positions (read by every pull) equals the last ingest_offsets row per partition;
     a warehouse without it (older layout) derives it once and resumes exactly where it was."""
     from crypto_assets.ingest.pull import pull_raw_ticks
-    from crypto_assets_tests.helpers import produce, ticks as make
+    from crypto_assets_tests.helpers import produce
+    from crypto_assets_tests.helpers import ticks as make
 
     produce(kafka, make(40))
     pull_raw_ticks(kafka, lakehouse)
@@ -166,9 +169,9 @@ def test_pull_commits_the_consumer_group_so_the_backlog_is_zero(kafka, lakehouse
     sees no backlog. If the commit broke, the sensor would see the whole topic as lag forever."""
     import dagster as dg
 
-    from crypto_assets.backlog import measure_backlog
     from crypto_assets.definitions import incremental_job
-    from crypto_assets.sensors import build_backlog_sensor
+    from crypto_assets.defs.automation import build_backlog_sensor
+    from crypto_assets.kafka.lag import measure_backlog
 
     sensor = build_backlog_sensor(incremental_job, min_messages=1, max_wait_seconds=3600)
 

@@ -4,7 +4,7 @@ ingests every message exactly once.
 
 The named fault points (crypto_assets.faults) sit before the transaction and after its commit;
 this kill lands between the two. The child process SIGKILLs itself on entering the function that
-writes a batch's rows (`_insert_clean` on the normal path, `_write_judged` on the careful one),
+writes a batch's rows (`write.insert_clean` on the normal path, `write.write_judged` on the careful one),
 which runs after BEGIN: the same kill -9 as a fault point, placed by a profile hook instead of a
 line in the package.
 """
@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -23,11 +23,11 @@ from crypto_assets_tests.helpers import produce, tick
 
 CHILD = r"""
 import json, os, signal, sys
-from crypto_assets.ingest import pull
+from crypto_assets.ingest import config, pull, write
 from crypto_assets.resources import KafkaResource, LakehouseResource
 
 target, kill_on = sys.argv[3], int(sys.argv[4])
-code = getattr(pull, target).__code__ if target else None
+code = getattr(write, target).__code__ if target else None
 calls = 0
 
 def hook(frame, event, arg):
@@ -40,7 +40,7 @@ def hook(frame, event, arg):
 if code is not None:
     sys.setprofile(hook)
 r = pull.pull_raw_ticks(KafkaResource(**json.loads(sys.argv[1])), LakehouseResource(home=sys.argv[2]),
-                        pull.PullConfig(batch_size=500))
+                        config.PullConfig(batch_size=500))
 print(json.dumps({"messages": r.messages, "rows": r.rows_written, "quarantined": r.quarantined}))
 """
 
@@ -81,9 +81,9 @@ def _stored(lakehouse, topic: str) -> tuple[list[tuple[int, int]], set[tuple[int
     return seen, covered
 
 
-@pytest.mark.parametrize("target, kill_on", [("_insert_clean", 2), ("_write_judged", 1)])
+@pytest.mark.parametrize("target, kill_on", [("insert_clean", 2), ("write_judged", 1)])
 def test_kill_inside_the_write_transaction_then_rerun(kafka, lakehouse, home, target, kill_on):
-    base = datetime.now(timezone.utc) - timedelta(hours=1)
+    base = datetime.now(UTC) - timedelta(hours=1)
     coins = ("bitcoin", "ethereum", "solana", "cardano")
     messages = [tick(i, coins[i % len(coins)], base=base) for i in range(1500)]
     messages[700] = tick(700, "bitcoin", price=-1.0, base=base)  # a semantic reject: the careful path
@@ -108,4 +108,4 @@ def test_kill_inside_the_write_transaction_then_rerun(kafka, lakehouse, home, ta
     with lakehouse.connect(read_only=True) as conn:
         rejected = conn.execute("SELECT kafka_partition, kafka_offset, reason FROM quarantine WHERE kafka_topic = ?",
                                 [kafka.raw_topic]).fetchall()
-    assert len(rejected) == 1 and rejected[0][2] == "non_positive_price", rejected
+    assert len(rejected) == 1 and rejected[0][2] == "invalid_price", rejected

@@ -1,5 +1,5 @@
 """One test per quarantine reason the README lists without a test of its own: bronze
-`invalid_market_cap`, silver `future_timestamp`, `too_old` and `invalid_volume`. Each feeds the
+`invalid_market_cap`, silver `timestamp_in_future`, `timestamp_too_old` and `invalid_volume`. Each feeds the
 tick that must get exactly that reason beside valid ticks on the edge of the same rule, and
 checks the quarantine row (reason, detail, coin, time, Kafka coordinates), the payload it points
 to, and the exact set of rows that passed. Times are relative to now: the silver rules compare
@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from crypto_assets import rejections as R
 from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets_tests.helpers import produce, tick
 from crypto_assets_tests.silver_helpers import insert_raw_batch
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _t(iso: str) -> datetime:
@@ -31,7 +33,7 @@ def _t(iso: str) -> datetime:
 
 def _duck_ts(t: datetime) -> str:
     """A TIMESTAMPTZ as DuckDB's printf('%s') renders it in a UTC session."""
-    s = t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    s = t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     if t.microsecond:
         s += f".{t.microsecond:06d}".rstrip("0")
     return s + "+00"
@@ -41,7 +43,7 @@ def _send(kafka, messages: list[dict]) -> dict[bytes, tuple[int, int]]:
     """Produce the ticks (key = coin_id) and return {value bytes: (partition, offset)} read back
     from the topic: where each message really is."""
     values = [orjson.dumps(m) for m in messages]
-    assert produce(kafka, [(m["coin_id"].encode(), v) for m, v in zip(messages, values)]) == len(values)
+    assert produce(kafka, [(m["coin_id"].encode(), v) for m, v in zip(messages, values, strict=True)]) == len(values)
     c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "where", "enable.auto.commit": False})
     md = c.list_topics(kafka.raw_topic, timeout=5)
     c.assign([TopicPartition(kafka.raw_topic, p, 0) for p in md.topics[kafka.raw_topic].partitions])
@@ -121,20 +123,20 @@ def _pull_and_clean(kafka, lakehouse, ticks: list[dict]):
     return where, res
 
 
-def test_silver_future_timestamp(kafka, lakehouse):
+def test_silver_timestamp_in_future(kafka, lakehouse):
     now = _now()
     good = [tick(i, "bitcoin", base=now - timedelta(minutes=10)) for i in range(5)]
     slightly_ahead = tick(0, "ethereum", base=now + timedelta(minutes=2))  # within the 5-minute skew
     ahead = tick(0, "solana", base=now + timedelta(minutes=30))  # bronze allows a day, silver 5 minutes
     where, res = _pull_and_clean(kafka, lakehouse, good + [slightly_ahead, ahead])
-    assert res.reasons == {"future_timestamp": 1} and res.rows_out == 6
+    assert res.reasons == {"timestamp_in_future": 1} and res.rows_out == 6
 
     with lakehouse.connect(read_only=True) as conn:
         q = _silver_quarantine(conn)
         assert _clean_keys(conn) == _keys(good + [slightly_ahead])
         part, off = where[orjson.dumps(ahead)]
         raw = _raw_row(conn, part, off)
-    assert [row[:1] + row[2:] for row in q] == [("future_timestamp", "solana", _t(ahead["last_updated_at"]), part, off, None)]
+    assert [row[:1] + row[2:] for row in q] == [("timestamp_in_future", "solana", _t(ahead["last_updated_at"]), part, off, None)]
     # the payload it points to: the raw row at those coordinates is the message that was sent
     assert [r[:4] for r in raw] == [("solana", _t(ahead["last_updated_at"]), ahead["price_usd"], ahead["volume_24h_usd"])]
     ingested = raw[0][4]
@@ -152,13 +154,13 @@ def _interval(d: timedelta) -> str:
     return s + (f".{d.microseconds:06d}".rstrip("0") if d.microseconds else "")
 
 
-def test_silver_too_old(kafka, lakehouse):
+def test_silver_timestamp_too_old(kafka, lakehouse):
     now = _now()
     good = [tick(i, "bitcoin", base=now - timedelta(minutes=10)) for i in range(5)]
     old_but_inside = tick(0, "polkadot", base=now - timedelta(days=364))  # horizon 365 days: valid
     too_old = tick(0, "cardano", base=now - timedelta(days=400))  # after 2009 (bronze), past the horizon
     where, res = _pull_and_clean(kafka, lakehouse, good + [too_old, old_but_inside])
-    assert res.reasons == {"too_old": 1} and res.rows_out == 6
+    assert res.reasons == {"timestamp_too_old": 1} and res.rows_out == 6
 
     with lakehouse.connect(read_only=True) as conn:
         q = _silver_quarantine(conn)
@@ -166,7 +168,7 @@ def test_silver_too_old(kafka, lakehouse):
         part, off = where[orjson.dumps(too_old)]
         raw = _raw_row(conn, part, off)
     t_old = _t(too_old["last_updated_at"])
-    assert [row[:1] + row[2:] for row in q] == [("too_old", "cardano", t_old, part, off, None)]
+    assert [row[:1] + row[2:] for row in q] == [("timestamp_too_old", "cardano", t_old, part, off, None)]
     assert [r[:4] for r in raw] == [("cardano", t_old, too_old["price_usd"], too_old["volume_24h_usd"])]
     assert re.fullmatch(
         rf"last_updated_at {re.escape(_duck_ts(t_old))} is 400 days [0-9:.]+ before its ingestion at "
@@ -212,3 +214,39 @@ def test_silver_invalid_volume(tmp_path):
     vols = {(c, t): v for c, t, v in clean}
     assert vols[("cardano", start)] == 0.0 and vols[("cardano", start + timedelta(seconds=10))] is None
     assert not any(v is not None and (math.isnan(v) or v < 0) for v in vols.values())
+
+
+# ------------------------------------------------------------------------ one name per rule
+def test_a_rule_both_stages_apply_has_one_name(kafka, lakehouse, tmp_path):
+    """The same bad tick gets the same reason from bronze (the pull) and from silver (clean_ticks,
+    on raw_ticks rows that reached it some other way): one name per rule (crypto_assets.rejections)."""
+    now = _now()
+    base = now - timedelta(hours=1)
+    good = [tick(i, ("bitcoin", "ethereum")[i % 2], base=base) for i in range(6)]
+    bad = {  # reason -> a tick that breaks that rule in both stages
+        R.INVALID_PRICE: dict(tick(10, "bitcoin", base=base), price_usd=-1.0),
+        R.INVALID_VOLUME: dict(tick(11, "ethereum", base=base), volume_24h_usd=-1.0),
+        R.UNKNOWN_COIN: dict(tick(12, "bitcoin", base=base), coin_id="notacoin"),
+        R.TIMESTAMP_IN_FUTURE: tick(13, "ethereum", base=now + timedelta(days=2)),  # bronze: > 1 day; silver: > 5 min
+        R.TIMESTAMP_TOO_OLD: tick(14, "bitcoin", base=datetime(2005, 1, 1, tzinfo=UTC)),  # < 2009; > 365 d
+        R.DUPLICATE: good[3],  # a second copy
+    }
+    ticks = good + list(bad.values())
+    want = {(t["coin_id"], _t(t["last_updated_at"])): reason for reason, t in bad.items()}
+
+    _send(kafka, ticks)
+    pull_raw_ticks(kafka, lakehouse)
+    with lakehouse.connect(read_only=True) as conn:
+        bronze = conn.sql("SELECT coin_id, last_updated_at, reason FROM quarantine WHERE stage = 'raw_ticks'").fetchall()
+
+    silver_home = LakehouseResource(home=str(tmp_path / "silver"))
+    frame = pl.DataFrame([{"coin_id": t["coin_id"], "symbol": t["symbol"], "last_updated_at": _t(t["last_updated_at"]),
+                           "price_usd": t["price_usd"], "volume_24h_usd": t["volume_24h_usd"]} for t in ticks])
+    with silver_home.connect() as conn:
+        insert_raw_batch(conn, frame, ingested_at=now)
+        clean_increment(conn, list(silver_home.coins))
+        silver = conn.sql("SELECT coin_id, last_updated_at, reason FROM quarantine WHERE stage = 'clean_ticks'").fetchall()
+
+    assert {(c, t): r for c, t, r in bronze} == want and len(bronze) == len(want)
+    assert {(c, t): r for c, t, r in silver} == want and len(silver) == len(want)
+    assert set(want.values()) <= set(R.MEANINGS)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import polars as pl
 import pytest
 
-from crypto_assets.contract import DEFAULT_COIN_IDS, FIELDS
-from crypto_assets.sources.replay import load_replay_frame, run_replay
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, FIELDS
+from crypto_assets.producers.replay import run_replay
+from crypto_assets.producers.replay_reader import load_replay_frame
 from crypto_assets_tests.helpers import topic_size
 from crypto_assets_tests.test_simulator import assert_contract, consume_all
 
@@ -97,7 +98,7 @@ timestamp,coin_id,price,volume_24h_usd,market_cap_usd
     result = run_replay(kafka, path, speed=1, sleep=sleeps.append, log=quiet)
     assert result["sent"] == 6
     assert len(sleeps) == 3
-    for waited, delta_t in zip(sleeps, [60.0, 120.0, 30.0]):
+    for waited, delta_t in zip(sleeps, [60.0, 120.0, 30.0], strict=True):
         assert delta_t - 5.0 < waited <= delta_t, (waited, delta_t)
     assert math.isclose(result["slept_s"], sum(sleeps), rel_tol=1e-3)
     docs = [orjson.loads(m.value()) for m in consume_all(kafka, 6)]
@@ -161,18 +162,18 @@ def test_shift_to_now_limit_and_parquet(kafka, tmp_path):
     frame = load_replay_frame(path)
     assert frame.height == 360 and frame["invalid_reason"].null_count() == 360
 
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     result = run_replay(kafka, path, speed=0, shift_to_now=True, limit=100, log=quiet)
     assert result["sent"] == 100 and result["skipped_limit"] == 260
     last = datetime.fromisoformat(result["last_event_time"])
-    assert before - timedelta(seconds=1) <= last <= datetime.now(timezone.utc)
+    assert before - timedelta(seconds=1) <= last <= datetime.now(UTC)
     docs = [orjson.loads(m.value()) for m in consume_all(kafka, 100)]
     assert len(docs) == 100
     assert set(docs[0]) == set(FIELDS)
     times = sorted({d["last_updated_at"] for d in docs})
     assert len(times) == 10  # the first 10 hourly bars, still an hour apart
     gaps = {
-        datetime.fromisoformat(b) - datetime.fromisoformat(a) for a, b in zip(times, times[1:])
+        datetime.fromisoformat(b) - datetime.fromisoformat(a) for a, b in zip(times, times[1:], strict=False)
     }
     assert gaps == {timedelta(hours=1)}
 

@@ -7,7 +7,7 @@ import filecmp
 import math
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crypto_assets import report as rpt
-from crypto_assets.assets.report import market_report
+from crypto_assets.defs.report import market_report
+from crypto_assets.report.markdown import model_table
+from crypto_assets.report.model_history import load_model_history
+from crypto_assets.report.model_plot import MODELS_SIZE, plot_model_performance
+from crypto_assets.report.plots import CANDLES_SIZE, CORR_SIZE, OVERVIEW_SIZE, save_figure
+from crypto_assets.report.publish import STAMP_RE, prune_reports, publish_latest, sweep_stale, write_report
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
-from crypto_assets.transforms.pipeline import run_incremental
+from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum", "solana"]
@@ -41,7 +45,7 @@ def _assert_png(path: Path, size_in: tuple[float, float], dpi: int) -> None:
 def warehouse(tmp_path_factory):
     home = tmp_path_factory.mktemp("report") / "var"
     lh = LakehouseResource(home=str(home), coins=COINS)
-    ticks = make_ticks(600, COINS, start=datetime.now(timezone.utc) - timedelta(hours=4), seed=3)
+    ticks = make_ticks(600, COINS, start=datetime.now(UTC) - timedelta(hours=4), seed=3)
     # one unmistakable 24h-volume jump (+400 %) on bitcoin in the middle of the window
     btc = ticks["coin_id"] == "bitcoin"
     idx = [k for k, b in enumerate(btc) if b][300]
@@ -78,16 +82,16 @@ def test_report_figures_and_markdown(warehouse, first_run):
     md = _metadata(first_run)
     report_dir = Path(md["report_dir"].value)
     assert report_dir.parent == warehouse["home"].resolve() / "reports"
-    assert rpt._STAMP_RE.match(report_dir.name)
+    assert STAMP_RE.match(report_dir.name)
 
     files = sorted(p.name for p in report_dir.iterdir())
     assert files == sorted(["report.md", "overview.png", "correlations.png", "models.png",
                             *(f"candles_{c}.png" for c in COINS)])
     for c in COINS:
-        _assert_png(report_dir / f"candles_{c}.png", rpt.CANDLES_SIZE, DPI)
-    _assert_png(report_dir / "correlations.png", rpt.CORR_SIZE, DPI)
-    _assert_png(report_dir / "overview.png", rpt.OVERVIEW_SIZE, DPI)
-    _assert_png(report_dir / "models.png", rpt.MODELS_SIZE, DPI)  # the "no runs yet" page
+        _assert_png(report_dir / f"candles_{c}.png", CANDLES_SIZE, DPI)
+    _assert_png(report_dir / "correlations.png", CORR_SIZE, DPI)
+    _assert_png(report_dir / "overview.png", OVERVIEW_SIZE, DPI)
+    _assert_png(report_dir / "models.png", MODELS_SIZE, DPI)  # the "no runs yet" page
 
     text = (report_dir / "report.md").read_text()
     for c in COINS:
@@ -140,12 +144,12 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
         corr = conn.sql("SELECT coin_a, coin_b, window_name, corr, n FROM correlations").fetchall()
 
     header = next(ln for ln in text.splitlines() if ln.startswith("Generated "))
-    assert f"· data up to {end.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
+    assert f"· data up to {end.astimezone(UTC):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
 
     rows = _table(text, "Coins")
     assert [r[0] for r in rows] == [f"{c['symbol'].upper()} ({c['coin_id']})" for c in
                                     ticks.unique("coin_id", keep="first", maintain_order=True).to_dicts()]
-    for (label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True)):
+    for (_label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True), strict=True):
         coin = coin[0]
         t, p = g["event_time"].to_list(), g["price_usd"].to_numpy()
         assert _shows(price, p[-1]), (coin, price, p[-1])
@@ -171,7 +175,7 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
     pairs = sorted({(a, b) for a, b, *_ in corr}, key=lambda ab: -abs(values[(*ab, "24h")][0]))
     got = _table(text, "Top correlations (1-minute returns)")
     assert [r[0] for r in got] == [f"{sym[a].upper()} / {sym[b].upper()}" for a, b in pairs]
-    for (_, c24, c7, n24), (a, b) in zip(got, pairs):
+    for (_, c24, c7, n24), (a, b) in zip(got, pairs, strict=True):
         assert _shows(c24, values[(a, b, "24h")][0]) and _shows(c7, values[(a, b, "7d")][0])
         assert int(n24) == values[(a, b, "24h")][1] > 0
 
@@ -187,7 +191,7 @@ def test_latest_mirrors_newest_report(warehouse, first_run):
     newest = Path(_metadata(second)["report_dir"].value)
     assert newest != first_dir and first_dir.exists()
     reports = newest.parent
-    stamps = sorted(p.name for p in reports.iterdir() if rpt._STAMP_RE.match(p.name))
+    stamps = sorted(p.name for p in reports.iterdir() if STAMP_RE.match(p.name))
     assert stamps[-1] == newest.name
     latest = reports / "latest"
     assert latest.is_dir() and not latest.is_symlink()
@@ -198,7 +202,7 @@ def test_latest_mirrors_newest_report(warehouse, first_run):
     assert not mismatch and not errors
     assert not [p for p in reports.iterdir() if p.name.startswith(".")], "temp dirs left behind"
     with Image.open(latest / "candles_bitcoin.png") as im:
-        assert im.size == (round(rpt.CANDLES_SIZE[0] * 40), round(rpt.CANDLES_SIZE[1] * 40))
+        assert im.size == (round(CANDLES_SIZE[0] * 40), round(CANDLES_SIZE[1] * 40))
 
 
 def test_publish_latest_replaces_and_recovers(tmp_path):
@@ -207,14 +211,14 @@ def test_publish_latest_replaces_and_recovers(tmp_path):
     for d, body in ((a, "A"), (b, "B")):
         d.mkdir(parents=True)
         (d / "report.md").write_text(body)
-    rpt.publish_latest(a, reports / "latest")
-    rpt.publish_latest(b, reports / "latest")
+    publish_latest(a, reports / "latest")
+    publish_latest(b, reports / "latest")
     assert (reports / "latest" / "report.md").read_text() == "B"
     # a crash between the two renames leaves only the old copy: the next run restores it
     os.rename(reports / "latest", reports / ".old-latest-dead")
-    rpt._sweep_stale(reports)
+    sweep_stale(reports)
     assert (reports / "latest" / "report.md").read_text() == "B"
-    assert rpt.prune_reports(reports, 1) == [a.name]
+    assert prune_reports(reports, 1) == [a.name]
     assert not a.exists() and b.exists() and (reports / "latest").exists()
 
 
@@ -224,7 +228,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     mlflow = mlf.activate()
     client = mlf.client()
     run_ids = []
-    for k, (auc, base) in enumerate([(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]):
+    for auc, base in [(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]:
         with mlflow.start_run(experiment_id=mlf.experiment_id("trend_model")) as run:
             mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": base, "lift_auc_roc": auc - base})
             run_ids.append(run.info.run_id)
@@ -243,7 +247,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
         client.set_model_version_tag(name, mv.version, "gate", "passed" if str(mv.version) == "2" else "rejected")
     client.set_registered_model_alias(name, "champion", "2")
 
-    series = {s.name: s for s in rpt.load_model_history(mlf)}
+    series = {s.name: s for s in load_model_history(mlf)}
     assert set(series) == {"trend_model", "price_model_1h", "price_model_4h", "coin_clusters"}
     trend = series["trend_model"]
     assert [p.value for p in trend.points] == [0.55, 0.61, 0.58]
@@ -254,18 +258,18 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     assert not series["price_model_1h"].higher_is_better
     assert series["coin_clusters"].champion is None
 
-    fig = rpt.plot_model_performance(list(series.values()), dpi=DPI)
-    out = rpt.save_figure(fig, tmp_path / "models.png")
-    _assert_png(out, rpt.MODELS_SIZE, DPI)
+    fig = plot_model_performance(list(series.values()), dpi=DPI)
+    out = save_figure(fig, tmp_path / "models.png")
+    _assert_png(out, MODELS_SIZE, DPI)
     assert "anomaly_model" in fig.get_suptitle()  # listed as "no runs yet"
-    table = rpt.model_table(list(series.values()))
+    table = model_table(list(series.values()))
     assert "| trend_model | auc_roc | v2 | 0.61 vs 0.5 ✓ |" in table
     assert "v3 (rejected)" in table
 
     # report.md's model table, row by row, against what MLflow itself says
     lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
     with lh.connect() as conn:
-        md_text = rpt.write_report(conn, mlf, tmp_path, dpi=30).markdown_path.read_text()
+        md_text = write_report(conn, mlf, tmp_path, dpi=30).markdown_path.read_text()
     got = {r[0]: r[1:] for r in _table(md_text, "Models (primary metric vs naive baseline)")}
     assert got == _model_rows_from_mlflow(mlf)
     assert got["trend_model"] == ["auc_roc", "v2", "0.61 vs 0.5 ✓", "v3 (rejected)", "0.58 vs 0.52 ✓", "3"]
@@ -299,7 +303,7 @@ def _model_rows_from_mlflow(mlf) -> dict[str, list[str]]:
             except Exception:  # noqa: BLE001
                 champ = None
 
-            def vs(run) -> str:
+            def vs(run, metric: str = metric) -> str:
                 v, b = run.data.metrics[metric], run.data.metrics.get(f"baseline_{metric}")
                 better = (v > b) if metric != "rmse" else (v < b)
                 return f"{v:.4g} vs {b:.4g} {'✓' if better else '✗'}"
@@ -317,14 +321,14 @@ def _model_rows_from_mlflow(mlf) -> dict[str, list[str]]:
 def test_empty_warehouse_still_reports(tmp_path):
     lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
     with lh.connect() as conn:
-        res = rpt.write_report(conn, MlflowResource(home=str(tmp_path / "var")), lh.root, dpi=30)
+        res = write_report(conn, MlflowResource(home=str(tmp_path / "var")), lh.root, dpi=30)
     assert sorted(p.name for p in res.report_dir.iterdir()) == ["correlations.png", "models.png", "overview.png", "report.md"]
     assert "no market data yet" in res.markdown_path.read_text()
     assert (lh.root / "reports" / "latest" / "report.md").read_text() == res.markdown_path.read_text()
 
 
 def test_empty_model_figure_says_so(tmp_path):
-    fig = rpt.plot_model_performance([], dpi=DPI)
+    fig = plot_model_performance([], dpi=DPI)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("No MLflow model runs yet" in t for t in texts)
-    _assert_png(rpt.save_figure(fig, tmp_path / "m.png"), rpt.MODELS_SIZE, DPI)
+    _assert_png(save_figure(fig, tmp_path / "m.png"), MODELS_SIZE, DPI)

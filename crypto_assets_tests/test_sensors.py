@@ -12,10 +12,10 @@ import dagster as dg
 import orjson
 import yaml
 
-from crypto_assets.backlog import measure_backlog
 from crypto_assets.definitions import AUTOMATION, defs, incremental_job
+from crypto_assets.defs.automation import build_backlog_sensor, incremental_run_config
+from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.resources import KafkaResource
-from crypto_assets.sensors import build_backlog_sensor, incremental_run_config
 from crypto_assets.settings import automation_settings
 from crypto_assets_tests.helpers import produce, ticks
 
@@ -141,9 +141,9 @@ KNOBS = ["CRYPTO_AUTOMATION", "SENSOR_INTERVAL_SECONDS", "BACKLOG_MIN_MESSAGES",
 
 
 def test_automation_settings_defaults_and_overrides():
-    assert automation_settings({}) == DEFAULTS
-    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48"]))
-    assert automation_settings(env) == {
+    assert automation_settings({}).as_dict() == DEFAULTS
+    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48"], strict=True))
+    assert automation_settings(env).as_dict() == {
         "default_on": True, "interval_s": 7, "min_messages": 1, "max_wait_seconds": 2.5, "drain_seconds": 30.0,
         "retrain_cron": "5 * * * *", "predictions_cron": "*/2 * * * *", "maintenance_cron": "0 3 * * *",
         "run_retention_hours": 48.0,
@@ -153,7 +153,7 @@ def test_automation_settings_defaults_and_overrides():
 def test_automation_definitions_use_the_defaults():
     set_knobs = [k for k in KNOBS if os.environ.get(k)]
     assert not set_knobs, f"{set_knobs} set in the environment: scripts/test.sh unsets them to test the defaults"
-    assert AUTOMATION == DEFAULTS
+    assert AUTOMATION.as_dict() == DEFAULTS
     sensor = defs.resolve_sensor_def("kafka_backlog_sensor")
     assert sensor.job_name == "incremental_job" and sensor.minimum_interval_seconds == 2
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
@@ -202,11 +202,11 @@ def test_duckdb_writers_share_a_pool_of_one():
         node = graph.get(dg.AssetKey(key))
         assert node.pools == {"duckdb_writer"}, key
     # Steps that only read DuckDB (or never open it) hold no writer slot; predictions writes in
-    # one short transaction and relies on the file lock (see assets/predictions.py).
+    # one short transaction and relies on the file lock (see defs/predictions.py).
     for key in ["training_set", "trend_model", "anomaly_model", "price_model", "coin_clusters", "predictions",
                 "market_report"]:
         assert not graph.get(dg.AssetKey(key)).pools, key
-    from crypto_assets.assets.schema_checks import warehouse_schema
+    from crypto_assets.defs.schema_checks import warehouse_schema
 
     assert warehouse_schema.node_def.pool is None  # the incremental checks run inside the pooled step
     assert cfg["concurrency"]["pools"]["granularity"] == "op"  # the slot is held by the step, not its run

@@ -7,33 +7,28 @@ import json
 import math
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
 import pytest
 
-from crypto_assets.contract import (
+from crypto_assets.durations import parse_duration
+from crypto_assets.kafka.tick_contract import (
     COINS_BY_ID,
     DEFAULT_COIN_IDS,
     FIELDS,
     MAX_MESSAGE_BYTES,
     REQUIRED_FIELDS,
 )
-from crypto_assets.sources.simulator import (
-    BAD_KINDS,
-    SUPPLY,
-    SimulatorConfig,
-    generate_messages,
-    generate_ticks,
-    make_bad_message,
-    parse_duration,
-    run_simulator,
-    simulate_paths,
-)
+from crypto_assets.producers.simulator.bad_messages import BAD_KINDS, make_bad_message
+from crypto_assets.producers.simulator.config import SimulatorConfig
+from crypto_assets.producers.simulator.messages import generate_messages, generate_ticks
+from crypto_assets.producers.simulator.prices import SUPPLY, simulate_paths
+from crypto_assets.producers.simulator.run import run_simulator
 from crypto_assets_tests.helpers import read_topic, topic_size
 
-START = datetime(2025, 12, 1, tzinfo=timezone.utc)
+START = datetime(2025, 12, 1, tzinfo=UTC)
 WEEK_MINUTES = 7 * 24 * 60
 
 
@@ -118,7 +113,7 @@ def test_ticks_follow_contract_and_cover_the_window():
         times = [datetime.fromisoformat(r["last_updated_at"]) for r in rows]
         assert times[0] == START
         assert times[-1] == START + timedelta(minutes=2 * 24 * 60 - 1)
-        assert {b - a for a, b in zip(times, times[1:])} == {timedelta(minutes=1)}
+        assert {b - a for a, b in zip(times, times[1:], strict=False)} == {timedelta(minutes=1)}
         # change_24h is null for the first day, then present; change_7d never within 2 days
         assert all(r["change_24h_pct"] is None for r in rows[: 24 * 60])
         assert all(r["change_24h_pct"] is not None for r in rows[24 * 60 :])
@@ -317,7 +312,7 @@ def test_run_simulator_history_into_the_broker(kafka):
     # the window ends now, one tick per coin per minute
     last = max(datetime.fromisoformat(d["last_updated_at"]) for d in valid)
     first = min(datetime.fromisoformat(d["last_updated_at"]) for d in valid)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert timedelta(0) <= now - last < timedelta(minutes=2)
     assert last - first == timedelta(minutes=179)
     assert result["first_event_time"] == first.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -325,7 +320,7 @@ def test_run_simulator_history_into_the_broker(kafka):
 
 def test_run_simulator_live_rate(kafka):
     config = SimulatorConfig(seed=2, rate=1000, count=120, coins=["bitcoin", "ethereum", "solana"])
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     result = run_simulator(kafka, config, log=lambda _: None)
     assert result["mode"] == "live" and result["sent"] == 120
     # paced per step (one tick per coin): the step starting at message k is not sent before

@@ -9,7 +9,8 @@ import sys
 # `python -c` gives __main__ neither __spec__ nor __file__, like a forkserver child
 # (the import may raise ImportError for grpc packages Connect needs: mlflow catches that; the bug
 # is the SystemExit, which ends the run worker's step)
-TRY = "\ntry:\n    import pyspark.ml.connect\nexcept ImportError:\n    pass\nimport sys\nprint('after', getattr(sys.modules['__main__'], '__file__', '-'))"
+TRY = ("\ntry:\n    import pyspark.ml.connect\nexcept ImportError:\n    pass\n"
+       "import sys\nprint('after', getattr(sys.modules['__main__'], '__file__', '-'))")
 BARE = TRY
 GUARDED = "import crypto_assets.ml.registry" + TRY
 

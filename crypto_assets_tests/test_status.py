@@ -11,14 +11,14 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from crypto_assets.assets import incremental
+from crypto_assets.defs import incremental
 from crypto_assets_tests.helpers import produce, tick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def _run_incremental(dagster_home: Path, kafka, lakehouse, run_config: dict | No
 def _status(home: Path, bootstrap: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KAFKA_", "CRYPTO_"))}
     env.update(CRYPTO_HOME=str(home), KAFKA_BOOTSTRAP_SERVERS=bootstrap, DAGSTER_HOME=str(home / "dagster"))
-    return subprocess.run([sys.executable, "-m", "crypto_assets.cli", "status"], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "crypto_assets.ops.cli", "status"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -62,7 +62,7 @@ def _asset_lines(out: str) -> dict[str, tuple[str, str]]:
 
 
 def _newest_per_coin(messages: list[dict]) -> dict[str, str]:
-    newest: dict[str, datetime] = defaultdict(lambda: datetime.min.replace(tzinfo=timezone.utc))
+    newest: dict[str, datetime] = defaultdict(lambda: datetime.min.replace(tzinfo=UTC))
     for m in messages:
         t = datetime.fromisoformat(m["last_updated_at"])
         newest[m["coin_id"]] = max(newest[m["coin_id"]], t)
@@ -73,7 +73,7 @@ def _newest_per_coin(messages: list[dict]) -> dict[str, str]:
 def healthy(broker, kafka, lakehouse, home, monkeypatch):
     """A home after one successful incremental run over 60 fresh ticks (every check passed)."""
     dagster_home = _instance_home(home, monkeypatch)
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     messages = _ticks(60, 0, base)
     assert produce(kafka, messages) == 60
     result = _run_incremental(dagster_home, kafka, lakehouse)

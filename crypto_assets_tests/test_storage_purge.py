@@ -3,13 +3,13 @@ event log): it deletes old finished runs with their events and compute logs, and
 catalog and checks pages show, unfinished runs and recent failures."""
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from crypto_assets.storage_purge import purge_runs
+from crypto_assets.defs.run_purge import purge_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
     # nothing is old yet: nothing goes
     assert purge_runs(instance, keys, checks, keep_hours=24).deleted == []
 
-    later = datetime.now(timezone.utc) + timedelta(days=2)
+    later = datetime.now(UTC) + timedelta(days=2)
     res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=later)
     assert set(res.deleted) == {old_a, plain_c}
     for run_id in (old_a, plain_c):
@@ -83,7 +83,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
     assert res.protected_latest == 3 and res.kept_failed == 1
 
     # once the failure is older than failed_keep_days it goes too; the latest results never do
-    much_later = datetime.now(timezone.utc) + timedelta(days=10)
+    much_later = datetime.now(UTC) + timedelta(days=10)
     res = purge_runs(instance, keys, checks, keep_hours=24, failed_keep_days=7, now=much_later)
     assert res.deleted == [failed]
     assert {r.dagster_run.run_id for r in instance.get_run_records()} == {latest_a, latest_b, newest_c}
@@ -91,7 +91,7 @@ def test_purge_keeps_latest_results_and_recent_failures(instance):
 
 def test_purge_is_bounded_per_call(instance):
     runs = [_run(instance, ["b"]) for _ in range(4)]
-    later = datetime.now(timezone.utc) + timedelta(days=2)
+    later = datetime.now(UTC) + timedelta(days=2)
     keys = [dg.AssetKey("b")]
     first = purge_runs(instance, keys, [], keep_hours=1, max_deletes=2, now=later)
     assert first.deleted == runs[:2]  # oldest first
@@ -115,7 +115,7 @@ def test_maintenance_job_runs_in_definitions(tmp_path):
 def test_dagster_dev_log_rotates_and_stays_bounded(tmp_path):
     import io
 
-    from crypto_assets.procs import RotatingLogPump
+    from crypto_assets.ops.processes import RotatingLogPump
 
     lines = [f"line {i:05d} ".encode() + b"x" * 90 + b"\n" for i in range(1000)]  # 100 bytes each
     pump = RotatingLogPump(tmp_path / "dev.log", max_bytes=10_000, keep=2)

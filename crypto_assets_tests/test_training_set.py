@@ -3,7 +3,7 @@ the ASOF joins they replaced returned, on an irregular market with gaps and a du
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 
 from crypto_assets.ml.training_set import _lookup_specs, _register_lookups
-from crypto_assets.warehouse_schema import MARKET_FEATURES_DDL
+from crypto_assets.warehouse.tables import TABLES
 
 
 def _market(conn) -> None:
-    conn.execute(MARKET_FEATURES_DDL)
+    conn.execute(TABLES["market_features"].ddl)
     rng = np.random.default_rng(3)
-    t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
     rows = []
     for coin in ("bitcoin", "ethereum", "solana"):
         t = t0 + timedelta(seconds=int(rng.integers(0, 90)))
@@ -28,7 +28,7 @@ def _market(conn) -> None:
             t += timedelta(seconds=step, microseconds=int(rng.integers(0, 1_000_000)))
             rows.append((coin, coin[:3].upper(), t, float(100 + rng.normal()), i))
     rows.append(rows[1500])  # a duplicated tick
-    coin, sym, t, price, seq = zip(*rows)
+    coin, sym, t, price, seq = zip(*rows, strict=False)
     conn.register("ticks_in", pa.table({"coin_id": coin, "symbol": sym, "event_time": pa.array(t, pa.timestamp("us", "UTC")),
                                        "price_usd": price, "feature_seq": seq}))
     conn.execute("INSERT INTO market_features (coin_id, symbol, event_time, price_usd, feature_seq) "
@@ -72,8 +72,8 @@ def test_lookups_match_asof_joins(horizon, where):
 def _gappy_market(conn) -> None:
     """Two coins; solana pauses for 30 hours right before the rows scored, so a backward lookup
     (momentum) reaches a tick far older than any lookup window."""
-    conn.execute(MARKET_FEATURES_DDL)
-    t0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    conn.execute(TABLES["market_features"].ddl)
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
     rows, seq = [], 0
     for coin, gap_at in (("bitcoin", None), ("solana", 2500)):
         t = t0
@@ -81,7 +81,7 @@ def _gappy_market(conn) -> None:
             t += timedelta(seconds=60 + (i * 7) % 13, hours=30 if i == gap_at else 0)
             rows.append((coin, coin[:3].upper(), t, 100 + ((i * 31) % 17) / 10, seq))
             seq += 1
-    coin, sym, t, price, seq = zip(*sorted(rows, key=lambda r: r[2]))
+    coin, sym, t, price, seq = zip(*sorted(rows, key=lambda r: r[2]), strict=False)
     conn.register("ticks_in", pa.table({"coin_id": coin, "symbol": sym, "event_time": pa.array(t, pa.timestamp("us", "UTC")),
                                        "price_usd": price, "feature_seq": np.arange(len(t))}))
     conn.execute("INSERT INTO market_features (coin_id, symbol, event_time, price_usd, feature_seq) "
@@ -99,13 +99,12 @@ def _gappy_market(conn) -> None:
 ])
 def test_bounded_lookups_give_the_same_features(where):
     from crypto_assets.ml.training_set import feature_sql
-    from crypto_assets.warehouse_schema import ANOMALIES_DDL, OHLCV_1M_DDL
 
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
     _gappy_market(conn)
-    conn.execute(OHLCV_1M_DDL)
-    conn.execute(ANOMALIES_DDL)
+    conn.execute(TABLES["ohlcv_1m"].ddl)
+    conn.execute(TABLES["anomalies"].ddl)
     out = {}
     for bounded in (False, True):
         _register_lookups(conn, 15, where, bounded=bounded)
@@ -125,16 +124,17 @@ def test_bounded_lookups_give_the_same_features(where):
 
 def test_anomaly_model_without_anomalies_is_skipped_not_failed(spark):
     """A training window with no anomaly (a quiet market, a small demo) cannot train a
-    classifier: train_anomaly says why, and the asset skips green (see assets/models.py)."""
-    from datetime import datetime, timedelta, timezone
+    classifier: train_anomaly says why, and the asset skips green (see defs/models.py and ml/model_specs.py)."""
+    from datetime import datetime, timedelta
 
     import pytest
 
-    from crypto_assets.ml.train import train_anomaly
+    from crypto_assets.ml.train import NotEnoughData, train_anomaly
     from crypto_assets.ml.training_set import FEATURES
 
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0) for i in range(200)]
     df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_anomaly"])
-    with pytest.raises(ValueError, match="0 anomalies"):
+    with pytest.raises(ValueError, match="0 anomalies") as raised:
         train_anomaly(df, FEATURES, {"train_fraction": 0.8})
+    assert type(raised.value) is NotEnoughData  # the one failure a skippable model spec skips green

@@ -42,11 +42,11 @@ class Mutation:
     name: str
     what: str
     file: str
-    edits: list[tuple[str, str]]
+    edits: list[tuple[str, ...]]  # (old, new) in `file`, or (other file, old, new)
     tests: list[str]
 
 
-# --- (b) the offsets block of pull._write_batch, moved in front of the rows and committed alone
+# --- (b) the offsets block of write.write_batch, moved in front of the rows and committed alone
 _OFFSETS_BLOCK = """        ranges: dict[int, tuple[int, int]] = {}
         counts: dict[int, int] = {}
         if n:
@@ -92,7 +92,7 @@ _OFFSETS_BLOCK = """        ranges: dict[int, tuple[int, int]] = {}
             )
 """
 _BATCH_ID = """        batch_id = scalar(conn, "SELECT coalesce(max(batch_id), 0) + 1 FROM ingest_batches")
-        ev = _insert_clean(conn, topic, batch_id, now, rules, staged.height)
+        ev = insert_clean(conn, topic, batch_id, now, rules, staged.height)
 """
 _BATCH_ID_THEN_OFFSETS = (
     _BATCH_ID.splitlines(keepends=True)[0]
@@ -102,7 +102,8 @@ _BATCH_ID_THEN_OFFSETS = (
     + _BATCH_ID.splitlines(keepends=True)[1]
 )
 
-PULL = "crypto_assets/ingest/pull.py"
+WRITE = "crypto_assets/ingest/write.py"
+VALIDATE = "crypto_assets/ingest/validate.py"
 CLEAN = "crypto_assets/transforms/clean.py"
 REGISTRY = "crypto_assets/ml/registry.py"
 PULL_TESTS = [T + "test_pull.py", T + "test_crash_recovery.py::test_kill_at_fault_point_then_rerun",
@@ -111,20 +112,20 @@ GATE_TESTS = [T + "test_gate.py"]
 
 MUTATIONS = [
     Mutation(
-        "a_skip_offset_write", "the pull stores no ingest_offsets / ingest_positions rows", PULL,
+        "a_skip_offset_write", "the pull stores no ingest_offsets / ingest_positions rows", WRITE,
         [("        if offset_rows:\n            conn.executemany(\"INSERT INTO ingest_offsets",
           "        if False:  # MUTATION\n            conn.executemany(\"INSERT INTO ingest_offsets")],
         PULL_TESTS,
     ),
     Mutation(
         "b_offsets_before_rows", "offsets recorded and committed in a transaction of their own, before the rows",
-        PULL, [(_OFFSETS_BLOCK, ""), (_BATCH_ID, _BATCH_ID_THEN_OFFSETS)],
+        WRITE, [(_OFFSETS_BLOCK, ""), (_BATCH_ID, _BATCH_ID_THEN_OFFSETS)],
         [T + "test_crash_recovery.py", T + "test_pull_atomicity.py"],
     ),
     Mutation(
-        "c1_no_raw_dedupe", "raw_ticks keeps repeated (coin_id, last_updated_at) messages", PULL,
+        "c1_no_raw_dedupe", "raw_ticks keeps repeated (coin_id, last_updated_at) messages", WRITE,
         [("    if dups:\n        return None\n", "    if False:  # MUTATION\n        return None\n"),
-         ('return _JUDGE_SQL.format(verdict=_IN_BATCH_DUPLICATE_VERDICT if in_batch_dups else "r.reason")',
+         (VALIDATE, 'return _JUDGE_SQL.format(verdict=_IN_BATCH_DUPLICATE_VERDICT if in_batch_dups else "r.reason")',
           'return _JUDGE_SQL.format(verdict="r.reason")  # MUTATION'),
          ("WHERE judged.verdict IS NULL AND judged.coin_id = r.coin_id",
           "WHERE false AND judged.verdict IS NULL AND judged.coin_id = r.coin_id")],
@@ -154,15 +155,15 @@ MUTATIONS = [
 
 
 def apply(m: Mutation, root: Path) -> None:
-    path = root / m.file
-    text = path.read_text()
-    for i, (old, new) in enumerate(m.edits):
+    for i, edit in enumerate(m.edits):
+        file, old, new = edit if len(edit) == 3 else (m.file, *edit)
+        path = root / file
+        text = path.read_text()
         n = text.count(old)
         if n != 1:
-            raise SystemExit(f"mutation {m.name}: edit {i + 1} matches {n} times in {m.file} (expected exactly once); "
+            raise SystemExit(f"mutation {m.name}: edit {i + 1} matches {n} times in {file} (expected exactly once); "
                              f"the source changed, update the mutation:\n{old}")
-        text = text.replace(old, new)
-    path.write_text(text)
+        path.write_text(text.replace(old, new))
 
 
 def copy_tree(dest_parent: Path, label: str) -> Path:
@@ -200,7 +201,7 @@ def run_tests(root: Path, tests: list[str], python: str, timeout_s: float) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run on an unmodified copy")
     ap.add_argument("--list", action="store_true", help="list the mutations and their tests")

@@ -7,7 +7,8 @@ the survivors are parsed in bulk again. Bad messages are rare in production; the
 only costs what a bad chunk costs.
 
 Rules that need no parsing context (required fields, price > 0, timestamps, duplicates, known
-coins) are applied afterwards in SQL, vectorised, by the pull (see pull.py).
+coins) are applied afterwards in SQL, vectorised, by the pull (see validate.py). Reasons are
+named by crypto_assets.rejections.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import orjson
 import polars as pl
 
-from crypto_assets.contract import FIELDS, MAX_MESSAGE_BYTES
+from crypto_assets import rejections as R
+from crypto_assets.kafka.tick_contract import FIELDS, MAX_MESSAGE_BYTES
 
 _POLARS_TYPES = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}
 CONTRACT_SCHEMA = pl.Schema({name: _POLARS_TYPES[kind] for name, kind in FIELDS.items()})
@@ -34,7 +36,6 @@ class ParseResult:
 
     parsed: pl.DataFrame
     rejects: pl.DataFrame
-    slow_chunks: int = 0
 
 
 def _ndjson(values: list[bytes]) -> pl.DataFrame:
@@ -56,7 +57,7 @@ def triage(value: bytes) -> tuple[str, str] | None:
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return "not_utf8", f"invalid UTF-8 at byte {exc.start}"
+        return R.NOT_UTF8, f"invalid UTF-8 at byte {exc.start}"
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -64,34 +65,34 @@ def triage(value: bytes) -> tuple[str, str] | None:
         try:
             loose = json.loads(value)
         except (ValueError, RecursionError):
-            return "invalid_json", str(exc)[:200]
+            return R.INVALID_JSON, str(exc)[:200]
         if isinstance(loose, dict):
             bad = [k for k, v in loose.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad:
-                reason = "non_finite_price" if "price_usd" in bad else "non_finite_number"
+                reason = R.INVALID_PRICE if "price_usd" in bad else R.NON_FINITE_NUMBER
                 return reason, f"non-finite number(s) (NaN/Infinity are not JSON) in: {', '.join(sorted(bad))}"
-        return "invalid_json", str(exc)[:200]
+        return R.INVALID_JSON, str(exc)[:200]
     if not isinstance(obj, dict):
-        return "not_object", f"JSON {type(obj).__name__} where an object was expected"
+        return R.NOT_OBJECT, f"JSON {type(obj).__name__} where an object was expected"
     for name, kind in FIELDS.items():
         v = obj.get(name)
         if v is not None and not _type_ok(kind, v):
-            return "wrong_type", f"{name}: expected {kind}, got {type(v).__name__} {str(v)[:40]!r}"
+            return R.WRONG_TYPE, f"{name}: expected {kind}, got {type(v).__name__} {str(v)[:40]!r}"
     return None
 
 
-def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, list[tuple[int, str, str]], bool]:
-    """Parse one chunk; returns (parsed frame with idx, rejects, used_slow_path)."""
+def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
+    """Parse one chunk; returns (parsed frame with idx, rejects)."""
     try:
         df = _ndjson(values)
         if df.height == len(values):
-            return df.with_columns(pl.Series("idx", idx, dtype=pl.UInt32)), [], False
+            return df.with_columns(pl.Series("idx", idx, dtype=pl.UInt32)), []
     except Exception:  # noqa: BLE001 - any polars parse error sends the chunk to triage
         pass
     rejects: list[tuple[int, str, str]] = []
     good_vals: list[bytes] = []
     good_idx: list[int] = []
-    for i, v in zip(idx, values):
+    for i, v in zip(idx, values, strict=True):
         verdict = triage(v)
         if verdict is None:
             good_vals.append(v)
@@ -106,16 +107,16 @@ def _parse_chunk(values: list[bytes], idx: list[int]) -> tuple[pl.DataFrame, lis
                 raise ValueError("row count mismatch")
             frames.append(df.with_columns(pl.Series("idx", good_idx, dtype=pl.UInt32)))
         except Exception:  # noqa: BLE001 - triage and polars disagree: isolate per message
-            for i, v in zip(good_idx, good_vals):
+            for i, v in zip(good_idx, good_vals, strict=True):
                 try:
                     one = _ndjson([v])
                     if one.height != 1:
                         raise ValueError("not exactly one JSON document")
                     frames.append(one.with_columns(pl.Series("idx", [i], dtype=pl.UInt32)))
                 except Exception as exc:  # noqa: BLE001
-                    rejects.append((i, "unparseable", str(exc)[:200]))
+                    rejects.append((i, R.UNPARSEABLE, str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
-    return parsed, rejects, True
+    return parsed, rejects
 
 
 def _empty_parsed() -> pl.DataFrame:
@@ -145,7 +146,7 @@ def parse_values(
                 df = pl.read_ndjson(io.BytesIO(blob), schema=CONTRACT_SCHEMA)
                 if df.height == len(values):
                     idx = pl.int_range(pl.len(), dtype=pl.UInt32).alias("idx")
-                    return ParseResult(df.with_columns(idx), _rejects_frame([]), 0)
+                    return ParseResult(df.with_columns(idx), _rejects_frame([]))
             except Exception:  # noqa: BLE001 - a bad message somewhere: take the careful path
                 pass
         del blob
@@ -163,25 +164,23 @@ def parse_values(
     if not any(oversized) and not any(empty) and not any(has_newline):
         fast_idx = list(range(len(values)))
     else:
-        for i, (big, emp, nl) in enumerate(zip(oversized, empty, has_newline)):
+        for i, (big, emp, nl) in enumerate(zip(oversized, empty, has_newline, strict=True)):
             if big:
-                rejects.append((i, "oversized", f"{len(values[i])} bytes > limit {max_bytes}"))
+                rejects.append((i, R.OVERSIZED, f"{len(values[i])} bytes > limit {max_bytes}"))
             elif emp:
-                rejects.append((i, "empty_message", "message value is empty or null"))
+                rejects.append((i, R.EMPTY_MESSAGE, "message value is empty or null"))
             elif nl:
                 slow_idx.append(i)
             else:
                 fast_idx.append(i)
 
     frames: list[pl.DataFrame] = []
-    slow_chunks = 0
     for start in range(0, len(fast_idx), chunk_size):
         idx = fast_idx[start : start + chunk_size]
         chunk_vals = values[idx[0] : idx[-1] + 1] if idx[-1] - idx[0] + 1 == len(idx) else [values[i] for i in idx]
-        df, rej, slow = _parse_chunk(chunk_vals, idx)
+        df, rej = _parse_chunk(chunk_vals, idx)
         frames.append(df)
         rejects.extend(rej)
-        slow_chunks += slow
     for i in slow_idx:
         verdict = triage(values[i])
         if verdict is not None:
@@ -191,6 +190,6 @@ def parse_values(
             obj = orjson.loads(values[i])
             frames.append(_ndjson([orjson.dumps(obj)]).with_columns(pl.Series("idx", [i], dtype=pl.UInt32)))
         except Exception as exc:  # noqa: BLE001
-            rejects.append((i, "unparseable", str(exc)[:200]))
+            rejects.append((i, R.UNPARSEABLE, str(exc)[:200]))
     parsed = pl.concat(frames) if frames else _empty_parsed()
-    return ParseResult(parsed, _rejects_frame(rejects), slow_chunks)
+    return ParseResult(parsed, _rejects_frame(rejects))

@@ -40,7 +40,7 @@ def log_model(
     """One MLflow run: params, metrics (model, baseline, lift), lineage tags, the input dataset,
     JSON artifacts and the Spark model, registered as a new version."""
     mlflow = mlf.activate()
-    import mlflow.spark
+    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
 
     exp_id = mlf.experiment_id(model_name)
     name = mlf.registered_name(register_as or model_name)
@@ -76,11 +76,20 @@ def log_model(
 
 
 def champion_version(mlf: MlflowResource, registered_name: str) -> str | None:
-    client = mlf.client()
+    """The version the `champion` alias points at; None when there is no such registered model
+    or no champion yet. Any other failure (the store unreachable, a bad name) raises: taken for
+    "no champion", it would let a gate promote a version without comparing it with the champion."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
     try:
-        return str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - no model or no alias yet
+        model = mlf.client().get_registered_model(registered_name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
         return None
+    version = (model.aliases or {}).get(CHAMPION)
+    return str(version) if version is not None else None
 
 
 def load_champion(mlf: MlflowResource, registered_name: str):
@@ -89,7 +98,7 @@ def load_champion(mlf: MlflowResource, registered_name: str):
     if version is None:
         return None, None
     mlflow = mlf.activate()
-    import mlflow.spark
+    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
 
     return version, mlflow.spark.load_model(f"models:/{registered_name}@{CHAMPION}")
 

@@ -7,7 +7,7 @@ before the split (an embargo of one horizon), so no label peeks into the test pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from crypto_assets.ml.training_set import REGRESSION_HORIZONS
+
+
+class NotEnoughData(ValueError):
+    """Too little data to train or evaluate a model (no labelled rows yet, one class only, too
+    few rows or coins). The only failure a model asset may turn into a green skip (see
+    ml/model_specs.py `skippable`); any other error fails the step."""
 
 
 @dataclass
@@ -64,7 +70,7 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
     if split_s is None:
         if cache:
             df.unpersist()
-        raise ValueError(f"no rows with a {label} label: not enough history for this horizon")
+        raise NotEnoughData(f"no rows with a {label} label: not enough history for this horizon")
     in_train = ts + horizon_minutes * 60 < split_s
     in_test = ts >= split_s
     y = F.col(label).cast("double")
@@ -74,9 +80,8 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
         F.count(F.when(in_test, 1)).alias("n_te"), F.min(F.when(in_test, F.col("event_time"))).alias("t_te"),
         F.avg(F.when(in_test, y)).alias("y_te"),
     ).first()
-    from datetime import timezone
 
-    return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=timezone.utc),
+    return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=UTC),
                  st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df if cache else None)
 
 
@@ -103,7 +108,7 @@ def _fit_on_cached_vectors(train: DataFrame, features: list[str], label: str, he
     return PipelineModel(stages=[assembler, scaler_model, head_model])
 
 
-def _auc(x: "np.ndarray", y: "np.ndarray") -> float:
+def _auc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
 
@@ -164,7 +169,7 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     neg = split.train_rows - pos
     if not pos or not neg:  # a one-class forest predicts a 1-element probability: nothing to learn or gate
         split.unpersist()
-        raise ValueError(f"the training window holds {pos} anomalies and {neg} normal ticks: a classifier needs both")
+        raise NotEnoughData(f"the training window holds {pos} anomalies and {neg} normal ticks: a classifier needs both")
     if neg > pos * ratio:  # anomalies are rare: keep every positive, sample negatives
         train = train.sampleBy("label_anomaly", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
     rf = RandomForestClassifier(
@@ -205,7 +210,7 @@ def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minute
     split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8), cache=not shared)
     if split.train_rows < params.get("min_train_rows", 200) or split.test_rows < params.get("min_test_rows", 50):
         split.unpersist()
-        raise ValueError(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")
+        raise NotEnoughData(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")
     lr = LinearRegression(featuresCol="features", labelCol=label, regParam=params.get("reg_param", 0.01),
                           maxIter=params.get("max_iter", 50))
     model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
@@ -239,17 +244,18 @@ def train_clusters(df: DataFrame, params: dict) -> Trained:
     n = profiles.count()
     k = max(2, min(params.get("k", 3), n - 1)) if n > 2 else n
     if n < 3:
-        raise ValueError(f"{n} coins: need at least 3 for a clustering with a silhouette")
+        raise NotEnoughData(f"{n} coins: need at least 3 for a clustering with a silhouette")
     km = KMeans(featuresCol="features", k=k, seed=params.get("seed", 7), maxIter=params.get("max_iter", 50))
     model = Pipeline(stages=[*_assembler(PROFILE_FEATURES), km]).fit(profiles)
     pred = model.transform(profiles).cache()
     sil = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(pred)
     # Baseline: the same coins in k random clusters (round-robin by a seeded shuffle).
     rnd = pred.withColumn("prediction", (F.abs(F.hash("coin_id", F.lit(params.get("seed", 7)))) % k).cast("int"))
-    try:
-        sil_rand = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(rnd)
-    except Exception:  # noqa: BLE001 - a random draw can leave a cluster empty
-        sil_rand = 0.0
+    # A draw that puts every coin in one cluster has no silhouette (Spark asserts two clusters): 0.
+    # Counted first rather than caught, so that no other failure passes for it.
+    one_cluster = rnd.select("prediction").distinct().count() < 2
+    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
+    sil_rand = 0.0 if one_cluster else evaluator.evaluate(rnd)
     assignment = {r["coin_id"]: int(r["prediction"]) for r in pred.select("coin_id", "prediction").collect()}
     split = Split(profiles, profiles, datetime.now(), n, n, None, None)
     return Trained(model, {"silhouette": sil}, {**params, "k": k}, split,

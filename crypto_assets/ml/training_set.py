@@ -7,7 +7,6 @@ it is within 5 minutes of t + h so gaps do not masquerade as returns).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +15,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from crypto_assets.warehouse.atomic_files import atomic_write
+
 FEATURES = [
     "return_pct", "log_return", "r_sma_1m", "r_sma_5m", "r_sma_15m", "r_ema_20", "volatility_15m",
     "zscore_15m", "volume_change_pct", "momentum_15m", "momentum_60m", "rsi_14", "bb_pctb",
 ]
 REGRESSION_HORIZONS = {"1h": 60, "4h": 240, "24h": 1440}
+DIRECTION_HORIZON_MINUTES = 15  # the direction label (fwd_return_h) and the trend model look this far ahead
 
 
 @dataclass
@@ -86,8 +88,8 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
     ends = np.r_[starts[1:], len(coins)]
     pstarts = np.flatnonzero(np.r_[True, pc[1:] != pc[:-1]]) if len(pc) else np.array([], dtype=np.int64)
     pends = np.r_[pstarts[1:], len(pc)]
-    where_coin = dict(zip(coins[starts], zip(starts, ends)))
-    for ps, pe in zip(pstarts, pends):
+    where_coin = dict(zip(coins[starts], zip(starts, ends, strict=False), strict=False))
+    for ps, pe in zip(pstarts, pends, strict=False):
         lo, hi = where_coin[pc[ps]]
         seg, q = t[lo:hi], pt[ps:pe]
         for alias, m in specs:
@@ -109,7 +111,7 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
     conn.register("feature_lookups", pa.table(cols))
 
 
-def feature_sql(horizon_minutes: int = 15, where: str = "TRUE") -> str:
+def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "TRUE") -> str:
     """SELECT of features and labels for the market_features rows matching `where` (alias f);
     needs the `feature_lookups` view of the same rows (`_register_lookups`)."""
     fwd_cols = [
@@ -154,14 +156,14 @@ def feature_rows(conn: duckdb.DuckDBPyConnection, hwm: int, upstream_seq: int, m
         f"f.feature_seq > {int(hwm)} AND f.feature_seq <= {int(upstream_seq)} AND "
         f"f.event_time >= (SELECT max(event_time) FROM market_features) - INTERVAL {float(max_age_hours) * 3600} SECOND"
     )
-    _register_lookups(conn, 15, where, bounded=True)
+    _register_lookups(conn, DIRECTION_HORIZON_MINUTES, where, bounded=True)
     try:
-        return conn.sql(f"SELECT * FROM ({feature_sql(15, where)}) ORDER BY event_time, coin_id").pl()
+        return conn.sql(f"SELECT * FROM ({feature_sql(DIRECTION_HORIZON_MINUTES, where)}) ORDER BY event_time, coin_id").pl()
     finally:
         conn.unregister("feature_lookups")
 
 
-def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = 15,
+def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_minutes: int = DIRECTION_HORIZON_MINUTES,
                        window_days: float | None = None) -> TrainingSetInfo:
     """The labelled rows of the last `window_days` before the newest feature row (all of them if
     None), with the same features and labels as over the whole history (bounded lookups)."""
@@ -183,9 +185,8 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_m
     finally:
         conn.unregister("feature_lookups")
     path = out_dir / "training_set.parquet"
-    tmp = out_dir / ".training_set.parquet.tmp"
-    conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as tmp:  # rebuilt by the next retrain
+        conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
     stats = conn.sql(
         """
         SELECT count(*), min(event_time), max(event_time), avg(label_up), avg(label_anomaly),

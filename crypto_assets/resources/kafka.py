@@ -1,63 +1,25 @@
-"""Kafka connection settings and client factories.
+"""Kafka connection settings and client configuration, as a Dagster resource.
 
-The bootstrap address is resolved at use time (not when the code location loads) because the
-embedded broker may be started after Dagster: explicit setting / `KAFKA_BOOTSTRAP_SERVERS`,
-else `$CRYPTO_HOME/broker.json` written by `crypto-assets broker`, else a clear error.
+The address comes from configuration (crypto_assets.settings: `KAFKA_BOOTSTRAP_SERVERS`). When
+none is configured the resource asks, at use time rather than when the code location loads
+(the embedded broker may be started after Dagster), for the embedded broker's recorded address
+(crypto_assets.kafka.embedded_broker.resolve_bootstrap), which fails with a clear error when
+there is none.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.procs import pid_alive
-from crypto_assets.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
-
-BROKER_FILE = "broker.json"
-
-
-class BrokerUnavailable(RuntimeError):
-    """Kafka cannot be reached (or no broker is configured); nothing was advanced."""
-
-
-def read_broker_file(home: str | Path) -> dict | None:
-    path = Path(home) / BROKER_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def resolve_bootstrap(explicit: str | None, home: str | Path) -> str:
-    """Bootstrap servers: explicit/env value, else the embedded broker's file, else an error."""
-    if explicit:
-        return explicit
-    info = read_broker_file(home)
-    path = Path(home) / BROKER_FILE
-    if info is None:
-        raise BrokerUnavailable(
-            "No Kafka broker configured: KAFKA_BOOTSTRAP_SERVERS is not set and "
-            f"{path} does not exist. Start the embedded broker with "
-            "`crypto-assets broker --background` (or point KAFKA_BOOTSTRAP_SERVERS at a cluster)."
-        )
-    pid = info.get("pid")
-    if pid and info.get("host") == os.uname().nodename and not pid_alive(int(pid)):
-        raise BrokerUnavailable(
-            f"{path} names the embedded broker at {info.get('bootstrap_servers')} but its process "
-            f"(pid {pid}) is not running. Start it again with `crypto-assets broker --background`."
-        )
-    return str(info["bootstrap_servers"])
+from crypto_assets.kafka.embedded_broker import resolve_bootstrap
+from crypto_assets.kafka.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """Where Kafka is and how to talk to it; hands out confluent-kafka clients."""
+    """Where Kafka is and how to talk to it: the confluent-kafka configuration of every client."""
 
     bootstrap_servers: str | None = Field(
         default=None,
@@ -77,6 +39,7 @@ class KafkaResource(dg.ConfigurableResource):
     timeout_s: float = Field(default=10.0, description="metadata/watermark/commit timeout")
 
     def bootstrap(self) -> str:
+        """The configured address, else the running embedded broker's (BrokerUnavailable if none)."""
         return resolve_bootstrap(self.bootstrap_servers, self.home)
 
     def _common(self) -> dict[str, Any]:
@@ -125,13 +88,3 @@ class KafkaResource(dg.ConfigurableResource):
         }
         conf.update(overrides)
         return conf
-
-    def producer(self, **overrides: Any):
-        from confluent_kafka import Producer
-
-        return Producer(self.producer_config(**overrides))
-
-    def consumer(self, **overrides: Any):
-        from confluent_kafka import Consumer
-
-        return Consumer(self.consumer_config(**overrides))

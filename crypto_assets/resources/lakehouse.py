@@ -1,4 +1,10 @@
-"""The lakehouse: one DuckDB file (system of record) plus Parquet mirrors under `lake/`."""
+"""The lakehouse: one DuckDB file (system of record) plus Parquet mirrors under `lake/`.
+
+`LakehouseResource` is a dagster-duckdb `DuckDBResource` (so it is one wherever Dagster expects
+that resource) with what the pipeline needs on top: the file and the lake live under CRYPTO_HOME,
+connections wait for another process's write lock instead of failing after a few retries,
+read-only connections, and every connection comes with the UTC session time zone and the schema.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import duckdb
+from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from crypto_assets.contract import DEFAULT_COIN_IDS
-from crypto_assets.warehouse_schema import ensure_schema
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS
+from crypto_assets.warehouse.tables import ensure_schema
 
 
-class LakehouseResource(dg.ConfigurableResource):
+class LakehouseResource(DuckDBResource):
     """Paths under CRYPTO_HOME and DuckDB connections to the warehouse."""
 
     home: str = Field(default="var", description="CRYPTO_HOME: root of everything written at run time")
     coins: list[str] = Field(default_factory=lambda: list(DEFAULT_COIN_IDS))
+    # DuckDBResource's required path: here it follows from `home` unless set
+    database: str = Field(default="", description="DuckDB file of the warehouse (default: <home>/warehouse.duckdb)")
     duckdb_threads: int = 2
     duckdb_memory_limit: str = "4GB"
+    lock_timeout_s: float = Field(default=300.0, description="how long to wait for another process's write lock")
 
     @property
     def root(self) -> Path:
@@ -29,13 +38,20 @@ class LakehouseResource(dg.ConfigurableResource):
 
     @property
     def duckdb_path(self) -> Path:
-        return self.root / "warehouse.duckdb"
+        return Path(self.database).resolve() if self.database else self.root / "warehouse.duckdb"
 
     @property
     def lake_path(self) -> Path:
         return self.root / "lake"
 
-    lock_timeout_s: float = Field(default=300.0, description="how long to wait for another process's write lock")
+    def _config(self) -> dict:
+        # DuckDBResource's user agent, our limits, then its connection_config (the user's say)
+        return {
+            "custom_user_agent": "dagster",
+            "threads": self.duckdb_threads,
+            "memory_limit": self.duckdb_memory_limit,
+            **self.connection_config,
+        }
 
     def _connect_waiting(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """DuckDB allows one read-write process per file. The duckdb_writer pool serialises our
@@ -44,11 +60,7 @@ class LakehouseResource(dg.ConfigurableResource):
         delay = 0.05
         while True:
             try:
-                return duckdb.connect(
-                    str(self.duckdb_path),
-                    read_only=read_only,
-                    config={"threads": self.duckdb_threads, "memory_limit": self.duckdb_memory_limit},
-                )
+                return duckdb.connect(str(self.duckdb_path), read_only=read_only, config=self._config())
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
@@ -58,9 +70,16 @@ class LakehouseResource(dg.ConfigurableResource):
                 delay = min(delay * 2, 0.1)
 
     @contextlib.contextmanager
+    def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDBResource's connection, as `connect` makes it (lock wait, UTC, schema)."""
+        with self.connect(read_only=read_only) as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection with UTC session time zone; the schema exists before first use."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
         if read_only and not self.duckdb_path.exists():
             read_only = False
         conn = self._connect_waiting(read_only)

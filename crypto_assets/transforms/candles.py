@@ -17,9 +17,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from crypto_assets.db import transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.incremental_table import Increment, incremental_table
 
 UPSTREAM = "clean_ticks"
 RSI_PERIOD = 14
@@ -62,7 +60,7 @@ def rsi_with_state(
     # Running sums while seeding (the state before the 14th change).
     g_sum = gain0 + np.cumsum(gains) if n0 < RSI_PERIOD else None
     l_sum = loss0 + np.cumsum(losses) if n0 < RSI_PERIOD else None
-    if n0 < RSI_PERIOD:
+    if g_sum is not None and l_sum is not None:  # n0 < RSI_PERIOD
         g_out[seeding] = g_sum[seeding]
         l_out[seeding] = l_sum[seeding]
     # First index at which the averages exist (n reaches 14), and its seed.
@@ -74,6 +72,7 @@ def rsi_with_state(
         if len(hit) == 0:
             return rsi, n_out, g_out, l_out
         start = int(hit[0])
+        assert g_sum is not None and l_sum is not None  # n0 < RSI_PERIOD here
         g_avg = g_sum[start] / RSI_PERIOD
         l_avg = l_sum[start] / RSI_PERIOD
         g_out[start], l_out[start] = g_avg, l_avg
@@ -93,11 +92,11 @@ def rsi_with_state(
     return rsi, n_out, g_out, l_out
 
 
-def _bucket_sql(bucket: str, upstream_hwm: int, upstream_seq: int) -> str:
+def _bucket_sql(bucket: str, inc: Increment) -> str:
     return f"""
         WITH starts AS (
             SELECT coin_id, date_trunc('{bucket}', min(event_time)) AS b_min FROM clean_ticks
-            WHERE clean_seq > {upstream_hwm} AND clean_seq <= {upstream_seq} GROUP BY 1
+            WHERE {inc.window} GROUP BY 1
         )
         SELECT c.coin_id, any_value(c.symbol) AS symbol, date_trunc('{bucket}', c.event_time) AS bucket,
                arg_min(c.price_usd, c.event_time) AS open, max(c.price_usd) AS high,
@@ -112,14 +111,11 @@ def _bucket_sql(bucket: str, upstream_hwm: int, upstream_seq: int) -> str:
     """
 
 
-def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m") -> CandleResult:
-    hwm, seq = get_state(conn, asset)
-    upstream_seq = get_state(conn, UPSTREAM)[1]
-    if upstream_seq <= hwm:
-        return CandleResult(seq=seq)
-    new_seq = seq + 1
-    with transaction(conn):
-        buckets = conn.sql(_bucket_sql("minute", hwm, upstream_seq)).pl()
+def candles_1m_increment(conn: duckdb.DuckDBPyConnection) -> CandleResult:
+    with incremental_table(conn, "ohlcv_1m", upstream=UPSTREAM) as inc:
+        if inc.nothing_new:
+            return CandleResult(seq=inc.seq)
+        buckets = conn.sql(_bucket_sql("minute", inc)).pl()
         starts = buckets.group_by("coin_id").agg(pl.col("bucket").min().alias("b_min"))
         conn.register("c1_starts", starts.to_arrow())
         # Context: the BB_PERIOD - 1 candles before each coin's first affected minute, whose
@@ -186,24 +182,20 @@ def candles_1m_increment(conn: duckdb.DuckDBPyConnection, asset: str = "ohlcv_1m
             "AND ohlcv_1m.minute >= (SELECT min(b_min) FROM c1_starts)"
         )
         if out.height:
-            conn.register("c1_new", out.with_columns(candle_seq=pl.lit(new_seq, dtype=pl.Int64)).to_arrow())
+            conn.register("c1_new", out.with_columns(candle_seq=pl.lit(inc.new_seq, dtype=pl.Int64)).to_arrow())
             conn.execute(f"INSERT INTO ohlcv_1m SELECT {', '.join(CANDLE_1M_COLUMNS)}, candle_seq FROM c1_new ORDER BY minute")
-            mark_dirty(conn, "gold/ohlcv_1m", "SELECT minute AS event_time, symbol FROM c1_new")
+            inc.mark_touched("SELECT minute AS event_time, symbol FROM c1_new")
             conn.unregister("c1_new")
         conn.unregister("c1_starts")
-        set_state(conn, asset, upstream_seq, new_seq)
-    return CandleResult(out.height, starts["b_min"].min() if starts.height else None, new_seq)
+    return CandleResult(out.height, starts["b_min"].min() if starts.height else None, inc.new_seq)
 
 
 def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResult:
     """ohlcv_1h or hourly_stats: rebuild the affected hours per coin."""
-    hwm, seq = get_state(conn, asset)
-    upstream_seq = get_state(conn, UPSTREAM)[1]
-    if upstream_seq <= hwm:
-        return CandleResult(seq=seq)
-    new_seq = seq + 1
-    with transaction(conn):
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE h_new AS {_bucket_sql('hour', hwm, upstream_seq)}")
+    with incremental_table(conn, asset, upstream=UPSTREAM) as inc:
+        if inc.nothing_new:
+            return CandleResult(seq=inc.seq)
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE h_new AS {_bucket_sql('hour', inc)}")
         conn.execute("CREATE OR REPLACE TEMP TABLE h_starts AS SELECT coin_id, min(bucket) AS b_min FROM h_new GROUP BY 1")
         conn.execute(
             f"DELETE FROM {asset} USING h_starts s WHERE {asset}.coin_id = s.coin_id AND {asset}.hour >= s.b_min "
@@ -211,15 +203,16 @@ def hourly_increment(conn: duckdb.DuckDBPyConnection, asset: str) -> CandleResul
         )
         if asset == "ohlcv_1h":
             conn.execute(
-                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq FROM h_new ORDER BY bucket",
-                {"seq": new_seq},
+                "INSERT INTO ohlcv_1h SELECT coin_id, symbol, bucket, open, high, low, close, volume, tick_count, $seq "
+                "FROM h_new ORDER BY bucket",
+                {"seq": inc.new_seq},
             )
         else:
             conn.execute(
-                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, tick_count, $seq FROM h_new ORDER BY bucket",
-                {"seq": new_seq},
+                "INSERT INTO hourly_stats SELECT coin_id, symbol, bucket, avg_price, low, high, stddev_price, avg_volume, "
+                "tick_count, $seq FROM h_new ORDER BY bucket",
+                {"seq": inc.new_seq},
             )
-        mark_dirty(conn, f"gold/{asset}", "SELECT bucket AS event_time, symbol FROM h_new")
+        inc.mark_touched("SELECT bucket AS event_time, symbol FROM h_new")
         rows = conn.sql("SELECT count(*), min(b_min) FROM h_new, (SELECT min(b_min) AS b_min FROM h_starts)").fetchall()[0]
-        set_state(conn, asset, upstream_seq, new_seq)
-    return CandleResult(int(rows[0]), rows[1], new_seq)
+    return CandleResult(int(rows[0]), rows[1], inc.new_seq)

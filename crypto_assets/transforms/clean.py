@@ -8,25 +8,17 @@ the coin's recent ones is quarantined as a jump (see plausibility.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from crypto_assets.db import first, scalar, transaction
-from crypto_assets.faults import fault_point
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets import rejections as R
 from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
+from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.warehouse.sql import first
+from crypto_assets.warehouse.tables import TABLES
 
 ASSET = "clean_ticks"
-DATASET = "silver/clean_ticks"
-
-COIN_STATE_DDL = """
-CREATE TABLE IF NOT EXISTS clean_coin_state (
-    coin_id         VARCHAR PRIMARY KEY,
-    max_event_time  TIMESTAMPTZ NOT NULL
-)
-"""
 
 
 @dataclass
@@ -66,39 +58,34 @@ class CleanResult:
 
 
 _DETAILS = {
-    "unknown_coin": "coin_id is not in the configured COINS",
-    "invalid_price": "price_usd must be finite and > 0",
-    "price_out_of_range": "price_usd is outside the plausible range",
-    "invalid_volume": "volume_24h_usd must be finite and >= 0",
-    "volume_out_of_range": "volume_24h_usd is outside the plausible range",
-    "future_timestamp": "last_updated_at is ahead of its ingestion time by more than the allowed skew",
-    "too_old": "last_updated_at is older than the configured horizon",
-    "late": "arrived after the coin's newest tick minus the lateness window",
-    "price_jump": "price_usd is many times away from the coin's recent prices",
-    "duplicate": "same (coin_id, last_updated_at) is already in clean_ticks",
+    R.UNKNOWN_COIN: "coin_id is not in the configured COINS",
+    R.INVALID_PRICE: "price_usd must be finite and > 0",
+    R.PRICE_OUT_OF_RANGE: "price_usd is outside the plausible range",
+    R.INVALID_VOLUME: "volume_24h_usd must be finite and >= 0",
+    R.VOLUME_OUT_OF_RANGE: "volume_24h_usd is outside the plausible range",
+    R.TIMESTAMP_IN_FUTURE: "last_updated_at is ahead of its ingestion time by more than the allowed skew",
+    R.TIMESTAMP_TOO_OLD: "last_updated_at is older than the configured horizon",
+    R.LATE: "arrived after the coin's newest tick minus the lateness window",
+    R.PRICE_JUMP: "price_usd is many times away from the coin's recent prices",
+    R.DUPLICATE: "same (coin_id, last_updated_at) is already in clean_ticks",
 }
 
 
 def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: CleanConfig | None = None) -> CleanResult:
     cfg = cfg or CleanConfig()
-    conn.execute(COIN_STATE_DDL)
+    conn.execute(TABLES["clean_coin_state"].ddl)
     ensure_window(conn, cfg.jump_window)
-    hwm, seq = get_state(conn, ASSET)
-    # ingest_batches is written in the same transaction as the batch rows: one row per batch, not per tick
-    last_batch = scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM ingest_batches")
-    if last_batch <= hwm:
-        return CleanResult(None, seq=seq)
-    new_seq = seq + 1
-    now = datetime.now(timezone.utc)
-    with transaction(conn):
+    now = datetime.now(UTC)
+    with incremental_table(conn, ASSET, upstream="raw_ticks", before_commit="clean_before_commit") as inc:
+        if inc.nothing_new:
+            return CleanResult(None, seq=inc.seq)
         conn.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE clean_in AS
             SELECT r.*, row_number() OVER (PARTITION BY coin_id, last_updated_at
                                            ORDER BY batch_id, kafka_partition, kafka_offset) AS dup_rank
-            FROM raw_ticks r WHERE batch_id > $hwm AND batch_id <= $last
-            """,
-            {"hwm": hwm, "last": last_batch},
+            FROM raw_ticks r WHERE {inc.window}
+            """
         )
         conn.execute(
             """
@@ -111,8 +98,8 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN NOT isfinite(i.volume_24h_usd) OR i.volume_24h_usd < 0 THEN 'invalid_volume'
                 WHEN i.volume_24h_usd > $max_volume OR (i.volume_24h_usd > 0 AND i.volume_24h_usd < $min_volume)
                   THEN 'volume_out_of_range'
-                WHEN i.last_updated_at > i.ingested_at + $skew THEN 'future_timestamp'
-                WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'too_old'
+                WHEN i.last_updated_at > i.ingested_at + $skew THEN 'timestamp_in_future'
+                WHEN i.last_updated_at < i.ingested_at - $horizon THEN 'timestamp_too_old'
                 WHEN i.dup_rank > 1 THEN 'duplicate'
                 WHEN s.max_event_time IS NOT NULL AND i.last_updated_at < s.max_event_time - $lateness THEN 'late'
               END AS verdict,
@@ -123,10 +110,10 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                 WHEN verdict = 'invalid_volume' THEN printf('volume_24h_usd %g must be finite and >= 0', i.volume_24h_usd)
                 WHEN verdict = 'volume_out_of_range'
                   THEN printf('volume_24h_usd %g is neither 0 nor within [%g, %g] USD', i.volume_24h_usd, $min_volume, $max_volume)
-                WHEN verdict = 'future_timestamp'
+                WHEN verdict = 'timestamp_in_future'
                   THEN printf('last_updated_at %s is %s ahead of its ingestion at %s (allowed skew %s)',
                               i.last_updated_at, i.last_updated_at - i.ingested_at, i.ingested_at, $skew)
-                WHEN verdict = 'too_old'
+                WHEN verdict = 'timestamp_too_old'
                   THEN printf('last_updated_at %s is %s before its ingestion at %s (horizon %s)',
                               i.last_updated_at, i.ingested_at - i.last_updated_at, i.ingested_at, $horizon)
                 WHEN verdict = 'late'
@@ -170,7 +157,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
                    batch_id, $seq
             FROM clean_judged WHERE verdict IS NULL ORDER BY last_updated_at
             """,
-            {"seq": new_seq},
+            {"seq": inc.new_seq},
         )
         conn.execute(
             """
@@ -188,11 +175,7 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
             ON CONFLICT (coin_id) DO UPDATE SET max_event_time = greatest(clean_coin_state.max_event_time, excluded.max_event_time)
             """
         )
-        mark_dirty(
-            conn,
-            DATASET,
-            "SELECT last_updated_at AS event_time, symbol FROM clean_judged WHERE verdict IS NULL",
-        )
+        inc.mark_touched("SELECT last_updated_at AS event_time, symbol FROM clean_judged WHERE verdict IS NULL")
         counts = first(
             conn,
             """
@@ -204,16 +187,14 @@ def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: Clea
         reasons = dict(
             conn.sql("SELECT verdict, count(*) FROM clean_judged WHERE verdict IS NOT NULL GROUP BY 1").fetchall()
         )
-        set_state(conn, ASSET, last_batch, new_seq)
-        fault_point("clean_before_commit")
     rows_in, rows_out = int(counts[0]), int(counts[1])
     return CleanResult(
-        raw_batches=(hwm + 1, last_batch),
+        raw_batches=(inc.hwm + 1, inc.upstream),
         rows_in=rows_in,
         rows_out=rows_out,
         quarantined=rows_in - rows_out,
         reasons={k: int(v) for k, v in reasons.items()},
         min_event_time=counts[2],
         max_event_time=counts[3],
-        seq=new_seq,
+        seq=inc.new_seq,
     )

@@ -13,16 +13,15 @@ import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import duckdb
 import polars as pl
 
-from crypto_assets.db import first, transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
+from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.warehouse.sql import first
 
 ASSET = "market_features"
-DATASET = "gold/market_features"
 UPSTREAM = "clean_ticks"
 LOOKBACK = timedelta(minutes=15)
 EMA_SPAN = 20
@@ -52,7 +51,7 @@ def _pow2_scale(prices: pl.Series) -> float:
     """The power of two at or below the largest price (at least the smallest normal float, whose
     reciprocal is finite: polars divides by multiplying with it). Dividing by it is exact, so
     windows summed over prices / scale give bit-identical results without overflowing."""
-    top = prices.max()
+    top = cast(float | None, prices.max())
     if top is None or not math.isfinite(top) or top <= 0:
         return 1.0
     return max(math.ldexp(1.0, math.frexp(top)[1] - 1), sys.float_info.min)
@@ -160,19 +159,15 @@ def _build_context(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def features_increment(conn: duckdb.DuckDBPyConnection) -> FeaturesResult:
-    hwm, seq = get_state(conn, ASSET)
-    upstream_seq = get_state(conn, UPSTREAM)[1]
-    if upstream_seq <= hwm:
-        return FeaturesResult(seq=seq)
-    new_seq = seq + 1
-    with transaction(conn):
+    with incremental_table(conn, ASSET, upstream=UPSTREAM) as inc:
+        if inc.nothing_new:
+            return FeaturesResult(seq=inc.seq)
         conn.execute(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE feat_starts AS
             SELECT coin_id, min(event_time) AS t_min FROM clean_ticks
-            WHERE clean_seq > $hwm AND clean_seq <= $up GROUP BY 1
-            """,
-            {"hwm": hwm, "up": upstream_seq},
+            WHERE {inc.window} GROUP BY 1
+            """
         )
         _build_context(conn)
         ticks = conn.sql(
@@ -199,10 +194,9 @@ def features_increment(conn: duckdb.DuckDBPyConnection) -> FeaturesResult:
               AND market_features.event_time >= (SELECT min(t_min) FROM feat_starts)
             """
         )
-        conn.register("feats_new", feats.with_columns(feature_seq=pl.lit(new_seq, dtype=pl.Int64)).to_arrow())
+        conn.register("feats_new", feats.with_columns(feature_seq=pl.lit(inc.new_seq, dtype=pl.Int64)).to_arrow())
         conn.execute(f"INSERT INTO market_features SELECT {', '.join(FEATURE_COLUMNS)}, feature_seq FROM feats_new ORDER BY event_time")
-        mark_dirty(conn, DATASET, "SELECT event_time, symbol FROM feats_new")
+        inc.mark_touched("SELECT event_time, symbol FROM feats_new")
         conn.unregister("feats_new")
         t_min = first(conn, "SELECT min(t_min), count(*) FROM feat_starts")
-        set_state(conn, ASSET, upstream_seq, new_seq)
-    return FeaturesResult(rows_written=feats.height, coins=int(t_min[1]), recomputed_from=t_min[0], seq=new_seq)
+    return FeaturesResult(rows_written=feats.height, coins=int(t_min[1]), recomputed_from=t_min[0], seq=inc.new_seq)

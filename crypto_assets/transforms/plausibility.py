@@ -26,21 +26,11 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from crypto_assets.db import transaction
+from crypto_assets.warehouse.sql import transaction
+from crypto_assets.warehouse.tables import TABLES
 
 if TYPE_CHECKING:
     from crypto_assets.transforms.clean import CleanConfig
-
-WINDOW_DDL = """
-CREATE TABLE IF NOT EXISTS clean_price_window (
-    coin_id          VARCHAR NOT NULL,
-    batch_id         BIGINT NOT NULL,      -- arrival order: (batch_id, kafka_partition, kafka_offset)
-    kafka_partition  INTEGER NOT NULL,
-    kafka_offset     BIGINT NOT NULL,
-    event_time       TIMESTAMPTZ NOT NULL,
-    price_usd        DOUBLE NOT NULL
-)
-"""
 
 _ARRIVAL = "batch_id, kafka_partition, kafka_offset"
 
@@ -54,7 +44,7 @@ def ensure_window(conn: duckdb.DuckDBPyConnection, n: int) -> None:
     except duckdb.CatalogException:
         pass
     with transaction(conn):
-        conn.execute(WINDOW_DDL)
+        conn.execute(TABLES["clean_price_window"].ddl)
         conn.execute(
             f"""
             INSERT INTO clean_price_window

@@ -13,22 +13,17 @@ All of it is one transaction.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 
-from crypto_assets.db import first, transaction
-from crypto_assets.lake import mark_dirty
-from crypto_assets.state import get_state, set_state
-from crypto_assets.transforms.clean import ASSET, COIN_STATE_DDL, DATASET
+from crypto_assets.transforms.clean import ASSET
+from crypto_assets.warehouse.incremental_table import incremental_table
+from crypto_assets.warehouse.sql import first
+from crypto_assets.warehouse.tables import TABLES
 
-# Derived per-coin tables: (table, time column, date_trunc unit of its rows or None, lake dataset).
-DERIVED = (
-    ("market_features", "event_time", None, "gold/market_features"),
-    ("ohlcv_1m", "minute", "minute", "gold/ohlcv_1m"),
-    ("ohlcv_1h", "hour", "hour", "gold/ohlcv_1h"),
-    ("hourly_stats", "hour", "hour", "gold/hourly_stats"),
-)
+# Derived per-coin tables: table -> the date_trunc unit of its rows' times (None: a tick's own time).
+DERIVED = {"market_features": None, "ohlcv_1m": "minute", "ohlcv_1h": "hour", "hourly_stats": "hour"}
 
 
 def quarantine_clean_ticks(
@@ -36,14 +31,15 @@ def quarantine_clean_ticks(
 ) -> int:
     """Move the clean ticks of `coin_id` with start <= event_time <= end to quarantine; returns
     how many moved. The next incremental run recomputes everything derived from them."""
-    conn.execute(COIN_STATE_DDL)
-    now = datetime.now(timezone.utc)
+    conn.execute(TABLES["clean_coin_state"].ddl)
+    now = datetime.now(UTC)
     p = {"coin": coin_id, "start": start, "end": end}
     where = "coin_id = $coin AND event_time BETWEEN $start AND $end"
-    with transaction(conn):
+    with incremental_table(conn, ASSET, upstream=None) as inc:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE repair_moved AS SELECT * FROM clean_ticks WHERE {where}", p)
         moved = first(conn, "SELECT count(*) FROM repair_moved")[0]
         if not moved:
+            inc.keep_state()
             return 0
         conn.execute(
             """
@@ -56,31 +52,29 @@ def quarantine_clean_ticks(
             """,
             {"detail": detail, "now": now},
         )
-        for dataset in [DATASET] + [d for *_, d in DERIVED]:
-            mark_dirty(conn, dataset, "SELECT event_time, symbol FROM repair_moved")
+        for table in (ASSET, *DERIVED):
+            inc.mark_touched("SELECT event_time, symbol FROM repair_moved", table)
         conn.execute(f"DELETE FROM clean_ticks WHERE {where}", p)
-        hwm, seq = get_state(conn, ASSET)
         before = first(conn, "SELECT max(event_time) FROM clean_ticks WHERE coin_id = $coin AND event_time < $t",
                        {"coin": coin_id, "t": start})[0]
         if before is None:
             # Nothing earlier to recompute from: drop what was derived before the first remaining tick.
             after = first(conn, "SELECT min(event_time) FROM clean_ticks WHERE coin_id = $coin AND event_time > $t",
                           {"coin": coin_id, "t": end})[0]
-            limit = {"coin": coin_id, "t": after or datetime.max.replace(tzinfo=timezone.utc)}
-            for table, col, unit, _ in DERIVED:
+            limit = {"coin": coin_id, "t": after or datetime.max.replace(tzinfo=UTC)}
+            for table, unit in DERIVED.items():
                 bound = f"date_trunc('{unit}', $t)" if unit else "$t"
-                conn.execute(f"DELETE FROM {table} WHERE coin_id = $coin AND {col} < {bound}", limit)
+                conn.execute(f"DELETE FROM {table} WHERE coin_id = $coin AND {TABLES[table].time_column} < {bound}", limit)
             conn.execute("DELETE FROM anomalies WHERE coin_id = $coin AND event_time < $t AND published_at IS NULL", limit)
         anchor = before if before is not None else after
         if anchor is not None:
             conn.execute(
                 "UPDATE clean_ticks SET clean_seq = $seq WHERE coin_id = $coin AND event_time = $t",
-                {"seq": seq + 1, "coin": coin_id, "t": anchor},
+                {"seq": inc.new_seq, "coin": coin_id, "t": anchor},
             )
         conn.execute(
             "UPDATE clean_coin_state SET max_event_time = coalesce("
             "(SELECT max(event_time) FROM clean_ticks WHERE coin_id = $coin), max_event_time) WHERE coin_id = $coin",
             {"coin": coin_id},
         )
-        set_state(conn, ASSET, hwm, seq + 1)
     return int(moved)

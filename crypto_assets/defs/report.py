@@ -1,0 +1,68 @@
+"""The market report: figures and a markdown page under <CRYPTO_HOME>/reports/."""
+
+import dagster as dg
+from pydantic import Field
+
+from crypto_assets.resources import LakehouseResource
+from crypto_assets.resources.mlflow import MlflowResource
+
+
+class MarketReportConfig(dg.Config):
+    hours: float = Field(default=6.0, gt=0, description="candlestick window: hours before the newest candle")
+    dpi: int = Field(default=100, ge=40, le=300, description="PNG resolution (pixels = figure inches * dpi)")
+    keep_reports: int = Field(default=0, ge=0, description="keep only the newest N timestamped reports; 0 keeps all")
+
+
+@dg.asset(
+    deps=["ohlcv_1m", "correlations", "anomalies", "market_features",
+          "trend_model", "anomaly_model", "price_model", "coin_clusters"],
+    group_name="report",
+    kinds={"duckdb", "mlflow", "matplotlib"},
+    owners=["team:data-eng"],
+    code_version="1",
+)
+def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
+                  mlflow: MlflowResource) -> dg.MaterializeResult:
+    """PNG figures and report.md under `reports/<UTC timestamp>/`, mirrored to `reports/latest/`:
+    per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); the 24 h / 7 d
+    correlation heat-maps; each model's primary metric vs its baseline per MLflow run with the
+    champion marked; the key numbers per coin, top correlations and champions in markdown."""
+    # Imported here: matplotlib costs ~2 s, which every run worker would pay at code load.
+    from crypto_assets.report.markdown import coin_table, correlation_table, model_table
+    from crypto_assets.report.publish import write_report
+
+    with lakehouse.connect() as conn:
+        res = write_report(
+            conn, mlflow, lakehouse.root, hours=config.hours, dpi=config.dpi,
+            coin_order=list(lakehouse.coins), keep_reports=config.keep_reports, logger=context.log,
+        )
+    m = res.market
+    files = "\n".join(f"- `{res.report_dir / f}`" for f in ["report.md", *res.figures.all()])
+    summary = "\n\n".join([
+        f"**Data up to** {m.window_end:%Y-%m-%d %H:%M} UTC · candle window {m.hours:g} h" if m.window_end else "**No market data yet**",
+        coin_table(m) if m.snapshots else "",
+        "**Top correlations**\n\n" + correlation_table(m, 3),
+        "**Models**\n\n" + model_table(res.series, res.model_note),
+        f"**Files** (also in `{res.latest_dir}`)\n\n{files}",
+    ])
+    md: dict = {
+        "summary": dg.MetadataValue.md(summary),
+        "report_dir": dg.MetadataValue.path(str(res.report_dir)),
+        "latest_dir": dg.MetadataValue.path(str(res.latest_dir)),
+        "report_md": dg.MetadataValue.path(str(res.markdown_path)),
+        "figures": res.figures.all(),
+        "coins": len(m.snapshots),
+        "anomalies_in_window": m.anomalies.height,
+        "models_with_runs": len(res.series),
+        "champions": {s.name: s.champion_version or "none" for s in res.series},
+    }
+    if m.window_end is not None:
+        md["data_up_to"] = dg.MetadataValue.timestamp(m.window_end)
+    if res.preview_uri:
+        md["preview"] = dg.MetadataValue.md(f"![overview]({res.preview_uri})")
+    if res.removed:
+        md["pruned_reports"] = res.removed
+    if res.model_note:
+        context.log.warning(res.model_note)
+    context.log.info(f"report written to {res.report_dir} ({len(res.figures.all())} figures)")
+    return dg.MaterializeResult(metadata=md)

@@ -1,0 +1,276 @@
+"""`crypto-assets`: run the embedded broker, producers, the demo and a status screen.
+
+Commands build their resources through crypto_assets.settings, exactly as the code location
+does, so the CLI and Dagster always agree on where Kafka and the warehouse are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC
+from pathlib import Path
+
+from crypto_assets import settings
+from crypto_assets.kafka.embedded_broker import (
+    BROKER_FILE,
+    EmbeddedBroker,
+    read_broker_file,
+    remove_broker_file,
+    write_broker_file,
+)
+from crypto_assets.kafka.errors import BrokerUnavailable
+from crypto_assets.ops.processes import pid_alive
+
+
+def _home(args) -> Path:
+    if getattr(args, "home", None):
+        os.environ["CRYPTO_HOME"] = str(Path(args.home).resolve())
+    return settings.crypto_home()
+
+
+# --------------------------------------------------------------------------------- broker
+def cmd_broker(args) -> int:
+    home = _home(args)
+    if args.stop:
+        return _stop_broker(home)
+    if args.background:
+        return _broker_background(home)
+    broker = EmbeddedBroker()
+    address = broker.start()
+    path = write_broker_file(home, broker)
+    print(f"embedded Kafka broker (librdkafka mock cluster) listening on {address}", flush=True)
+    print(f"cluster id {broker.cluster_id}; address written to {path}", flush=True)
+    print("export KAFKA_BOOTSTRAP_SERVERS=" + address, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        remove_broker_file(home)
+        broker.stop()
+        print("broker stopped", flush=True)
+    return 0
+
+
+def _broker_background(home: Path) -> int:
+    info = read_broker_file(home)
+    if info and (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
+        print(f"embedded broker already running on {info['bootstrap_servers']} (pid {info['pid']})")
+        return 0
+    home.mkdir(parents=True, exist_ok=True)
+    logf = open(home / "broker.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crypto_assets.ops.cli", "broker", "--home", str(home)],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = read_broker_file(home)
+        if info and info.get("pid") == proc.pid:
+            print(info["bootstrap_servers"])
+            print(f"embedded broker started in the background (pid {proc.pid}); stop it with "
+                  f"`crypto-assets broker --stop`", file=sys.stderr)
+            return 0
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    print(f"embedded broker failed to start; see {home / 'broker.log'}", file=sys.stderr)
+    return 1
+
+
+
+
+def _stop_broker(home: Path) -> int:
+    info = read_broker_file(home)
+    if not info or not (bool(info.get("pid")) and pid_alive(int(info["pid"]))):
+        print("no embedded broker running")
+        (home / BROKER_FILE).unlink(missing_ok=True)
+        return 0
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not pid_alive(pid):
+            break
+        time.sleep(0.1)
+    print(f"stopped embedded broker pid {pid}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- produce
+def cmd_produce(args) -> int:
+    _home(args)
+    kafka = settings.kafka_resource()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.source == "coingecko":
+        from crypto_assets.producers.coingecko import run_coingecko
+        from crypto_assets.producers.coingecko_client import DEFAULT_BASE_URL
+
+        cg = settings.coingecko_settings()
+        out = run_coingecko(
+            kafka,
+            settings.coin_ids(),
+            interval_s=args.interval_s if args.interval_s is not None else 60.0,
+            base_url=args.base_url or cg.base_url or DEFAULT_BASE_URL,
+            api_key=cg.api_key,
+            pro=cg.pro,
+            max_polls=args.count,
+            stop_event=stop,
+        )
+    elif args.source == "simulate":
+        from crypto_assets.durations import parse_duration
+        from crypto_assets.producers.simulator.config import SimulatorConfig
+        from crypto_assets.producers.simulator.run import run_simulator
+
+        cfg = SimulatorConfig(
+            coins=tuple(settings.coin_ids()),
+            seed=args.seed,
+            rate=args.rate,
+            count=args.count,
+            bad_ratio=args.bad_ratio,
+            history=parse_duration(args.history) if args.history else None,
+            interval=parse_duration(args.interval) if args.interval else parse_duration("60s"),
+        )
+        out = run_simulator(kafka, cfg, stop_event=stop)
+    else:
+        from crypto_assets.producers.replay import run_replay
+
+        if not args.file:
+            print("--file is required for --source replay", file=sys.stderr)
+            return 2
+        out = run_replay(kafka, args.file, speed=args.speed, shift_to_now=args.shift_to_now,
+                         limit=args.count, stop_event=stop)
+    print(json.dumps(out, default=str, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------- topics
+def cmd_topics(args) -> int:
+    """Create the declared topics on a real cluster (docker-compose's init step)."""
+    # the documented import path (the type stubs declare NewTopic in confluent_kafka.cimpl only)
+    from confluent_kafka.admin import AdminClient, NewTopic  # pyright: ignore[reportPrivateImportUsage]
+
+    from crypto_assets.kafka.topics import TOPICS
+
+    _home(args)
+    kafka = settings.kafka_resource()
+    admin = AdminClient(kafka._common())
+    existing = set(admin.list_topics(timeout=kafka.timeout_s).topics)
+    new = [
+        NewTopic(t.name, num_partitions=t.partitions, replication_factor=args.replication_factor, config=t.config())
+        for t in TOPICS
+        if t.name not in existing
+    ]
+    for name, fut in (admin.create_topics(new, operation_timeout=30).items() if new else []):
+        fut.result()
+        print(f"created topic {name}")
+    for t in TOPICS:
+        if t.name in existing:
+            print(f"topic {t.name} exists")
+    return 0
+
+
+# --------------------------------------------------------------------------------- quarantine-ticks
+def cmd_quarantine_ticks(args) -> int:
+    """Move clean ticks of one coin to quarantine; the next run recomputes what they fed."""
+    from datetime import datetime
+
+    from crypto_assets.transforms.repair import quarantine_clean_ticks
+
+    def ts(text: str) -> datetime:
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    _home(args)
+    start = ts(args.start)
+    end = ts(args.end) if args.end else start
+    with settings.lakehouse_resource().connect() as conn:
+        moved = quarantine_clean_ticks(conn, args.coin, start, end, args.detail)
+    if not moved:
+        print(f"no clean tick of {args.coin} between {start} and {end}", file=sys.stderr)
+        return 1
+    print(f"moved {moved} clean tick(s) of {args.coin} to quarantine (reason manual); the next incremental "
+          f"run recomputes its features, candles, hourly stats and anomalies from there")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crypto-assets", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka broker (librdkafka mock cluster)")
+    b.add_argument("--home")
+    b.add_argument("--background", action="store_true", help="start detached and return once it listens")
+    b.add_argument("--stop", action="store_true", help="stop the background broker")
+    b.set_defaults(func=cmd_broker)
+
+    pr = sub.add_parser("produce", help="write contract ticks to crypto_raw")
+    pr.add_argument("--home")
+    pr.add_argument("--source", choices=["simulate", "coingecko", "replay"], required=True)
+    pr.add_argument("--rate", type=float, default=10.0, help="simulate: messages per second (live mode)")
+    pr.add_argument("--count", type=int, default=None, help="messages (simulate/replay) or polls (coingecko)")
+    pr.add_argument("--seed", type=int, default=42)
+    pr.add_argument("--bad-ratio", type=float, default=0.0, help="simulate: share of malformed messages")
+    pr.add_argument("--history", default=None, help="simulate: emit a past window, e.g. 7d")
+    pr.add_argument("--interval", default=None, help="simulate history: spacing between ticks, e.g. 60s")
+    pr.add_argument("--interval-s", dest="interval_s", type=float, default=None, help="coingecko: poll interval")
+    pr.add_argument("--base-url", default=None, help="coingecko: API base URL")
+    pr.add_argument("--file", default=None, help="replay: CSV or Parquet file")
+    pr.add_argument("--speed", type=float, default=1.0, help="replay: time acceleration (0 = as fast as possible)")
+    pr.add_argument("--shift-to-now", action="store_true", help="replay: move the series so it ends now")
+    pr.set_defaults(func=cmd_produce)
+
+    t = sub.add_parser("topics", help="create the declared topics on a real Kafka cluster")
+    t.add_argument("--home")
+    t.add_argument("--replication-factor", type=int, default=1)
+    t.set_defaults(func=cmd_topics)
+
+    qt = sub.add_parser("quarantine-ticks", help="move accepted ticks of a coin to quarantine and recompute from there")
+    qt.add_argument("--home")
+    qt.add_argument("--coin", required=True)
+    qt.add_argument("--from", dest="start", required=True, help="event time of the first tick (ISO-8601, UTC if no zone)")
+    qt.add_argument("--to", dest="end", default=None, help="event time of the last tick (default: --from)")
+    qt.add_argument("--detail", default="quarantined by hand", help="why (stored in quarantine.detail)")
+    qt.set_defaults(func=cmd_quarantine_ticks)
+
+    from crypto_assets.ops import demo, live, status
+
+    d = sub.add_parser("demo", help="run the whole pipeline end to end on the embedded defaults")
+    demo.add_arguments(d)
+    d.set_defaults(func=demo.cmd_demo)
+
+    lv = sub.add_parser("live", help="embedded broker + simulator + dagster dev with sensors on (Ctrl-C stops all)")
+    live.add_arguments(lv)
+    lv.set_defaults(func=live.cmd_live)
+
+    s = sub.add_parser("status", help="health of broker, lag and tables (non-zero exit when unhealthy)")
+    s.add_argument("--home")
+    s.set_defaults(func=status.cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BrokerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

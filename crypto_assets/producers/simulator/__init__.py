@@ -1,0 +1,9 @@
+"""The market simulator, one module per concern:
+
+config.py        SimulatorConfig (what to simulate, how fast) and the shared time conventions
+prices.py        MarketSimulator: correlated GBM prices with regimes, momentum, jumps; volumes
+messages.py      paths -> contract ticks; generate_ticks / generate_messages (no Kafka)
+bad_messages.py  BAD_KINDS, make_bad_message and the BadInjector that mixes them in
+samples.py       the OHLCV replay sample (`python -m crypto_assets.producers.simulator --write-sample PATH`)
+run.py           run_simulator: history and live sends to the raw topic
+"""

@@ -1,0 +1,75 @@
+"""What a simulation run is asked to do (`SimulatorConfig`), and the time conventions the
+simulator modules share: a step given as a duration -> seconds, a datetime -> epoch seconds
+(naive = UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from crypto_assets.durations import parse_duration
+from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, Coin, coins_for
+
+SOURCE = "simulator"
+
+
+@dataclass
+class SimulatorConfig:
+    """What to simulate and how fast.
+
+    coins: coin ids (unknown ids get a neutral profile, see contract.coins_for) or Coin objects.
+    seed: makes the price/volume paths and the bad-message mix reproducible.
+    rate: live mode, messages per second over all coins (<= 0: unthrottled).
+    count: total messages (valid + bad) to send; None = whole history / until stop_event.
+    bad_ratio: expected share of malformed messages in the stream, 0 <= bad_ratio < 1.
+    history: history mode when set: the window to fill (timedelta or "7d").
+    interval: history mode tick spacing per coin (timedelta or "60s").
+    start_time: history mode: event time of the first tick (default: window ends now).
+    follow: history mode: continue live (same paths) after the history is sent.
+    """
+
+    coins: Sequence[str | Coin] = DEFAULT_COIN_IDS
+    seed: int = 42
+    rate: float = 50.0
+    count: int | None = None
+    bad_ratio: float = 0.0
+    history: timedelta | None = None
+    interval: timedelta = timedelta(seconds=60)
+    start_time: datetime | None = None
+    follow: bool = False
+    source: str = SOURCE
+
+    def __post_init__(self) -> None:
+        if self.history is not None and not isinstance(self.history, timedelta):
+            self.history = parse_duration(self.history)
+        if not isinstance(self.interval, timedelta):
+            self.interval = parse_duration(self.interval)
+        if not 0.0 <= self.bad_ratio < 1.0:
+            raise ValueError(f"bad_ratio must be in [0, 1), got {self.bad_ratio}")
+        if self.interval.total_seconds() <= 0:
+            raise ValueError("interval must be positive")
+        if self.history is not None and self.history < self.interval:
+            raise ValueError("history must be at least one interval")
+        if self.count is not None and self.count < 0:
+            raise ValueError("count must be >= 0")
+        if not self.coins:
+            raise ValueError("no coins to simulate")
+
+    def resolved_coins(self) -> tuple[Coin, ...]:
+        if all(isinstance(c, Coin) for c in self.coins):
+            return tuple(self.coins)  # type: ignore[arg-type]
+        return coins_for([c.coin_id if isinstance(c, Coin) else str(c) for c in self.coins])
+
+
+def epoch_seconds(ts: datetime) -> float:
+    """A datetime as epoch seconds; a naive one is taken as UTC."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.timestamp()
+
+
+def step_seconds(step: timedelta | float | str) -> float:
+    """A step given as timedelta, seconds or a duration string (see parse_duration) -> seconds."""
+    return parse_duration(step).total_seconds()

@@ -1,0 +1,100 @@
+"""The model side of the report: every MLflow run of the report's experiments with its primary
+metric and baseline, joined to registered versions, gate tags and the champion alias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crypto_assets.ml.registry import CHAMPION, PRIMARY_METRIC
+
+if TYPE_CHECKING:
+    from crypto_assets.resources.mlflow import MlflowResource
+
+REPORT_MODELS = ("trend_model", "anomaly_model", "price_model", "coin_clusters")
+LOWER_IS_BETTER = {"rmse", "mae"}
+
+
+@dataclass
+class ModelPoint:
+    run_id: str
+    time: datetime
+    value: float
+    baseline: float | None
+    version: str | None = None
+    gate: str | None = None
+
+
+@dataclass
+class ModelSeries:
+    name: str  # registered short name: trend_model, price_model_1h, ...
+    experiment: str  # experiment short name: price_model for every horizon
+    metric: str
+    points: list[ModelPoint]
+    champion_version: str | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric not in LOWER_IS_BETTER
+
+    @property
+    def champion(self) -> ModelPoint | None:
+        return next((p for p in self.points if p.version is not None and p.version == self.champion_version), None)
+
+    @property
+    def latest(self) -> ModelPoint | None:
+        return self.points[-1] if self.points else None
+
+
+def load_model_history(mlf: MlflowResource, models: tuple[str, ...] = REPORT_MODELS, max_runs: int = 500) -> list[ModelSeries]:
+    """Every run of the experiments `<prefix>/<model>` with its primary metric and baseline, in
+    start-time order, joined to registered versions (gate tag, champion alias) where they exist.
+    Runs need no registered model: a run with the metric is a point. A default (sqlite) store
+    that does not exist yet means no runs: it is not created just to be found empty."""
+    if not mlf.tracking_uri and not (Path(mlf.home).resolve() / "mlflow" / "mlflow.db").exists():
+        return []
+    client = mlf.client()
+    out: list[ModelSeries] = []
+    for model in models:
+        exp = client.get_experiment_by_name(f"{mlf.experiment_prefix}/{model}")
+        if exp is None:
+            continue
+        metric = PRIMARY_METRIC.get(model, "auc_roc")
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=max_runs)
+        series: dict[str, ModelSeries] = {}
+        for r in runs:
+            value = r.data.metrics.get(metric)
+            if value is None or r.info.status == "FAILED":
+                continue
+            name = model
+            if model == "price_model":
+                horizon = r.data.tags.get("horizon") or r.data.params.get("horizon")
+                name = f"price_model_{horizon}" if horizon else model
+            t = datetime.fromtimestamp((r.info.start_time or 0) / 1000.0, tz=UTC)
+            s = series.setdefault(name, ModelSeries(name, model, metric, []))
+            s.points.append(ModelPoint(r.info.run_id, t, float(value), r.data.metrics.get(f"baseline_{metric}")))
+        for name, s in sorted(series.items()):
+            _attach_versions(client, mlf.registered_name(name), s)
+            s.points.sort(key=lambda p: p.time)
+            out.append(s)
+    return out
+
+
+def _attach_versions(client, registered_name: str, s: ModelSeries) -> None:
+    try:
+        versions = client.search_model_versions(f"name='{registered_name}'")
+    except Exception:  # noqa: BLE001 - never registered
+        return
+    by_run = {v.run_id: v for v in versions}
+    for p in s.points:
+        v = by_run.get(p.run_id)
+        if v is not None:
+            p.version = str(v.version)
+            p.gate = (v.tags or {}).get("gate")
+    try:
+        s.champion_version = str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
+    except Exception:  # noqa: BLE001 - no alias yet
+        s.champion_version = None
+

@@ -1,1 +1,0 @@
-"""Producers that write contract ticks to `crypto_raw`: CoinGecko poller, simulator, replay."""

@@ -1,0 +1,56 @@
+"""The registry of every warehouse table (crypto_assets.warehouse.table_spec.Table): the one place
+that says a table's DDL, its Parquet mirror, its time and sequence columns and what each column
+means. Everything that creates, exports, checks or describes a table looks it up here; and
+ensure_schema creates the tables on connect (idempotent)."""
+
+from __future__ import annotations
+
+import duckdb
+
+from crypto_assets.warehouse.derived_tables import DERIVED_TABLES
+from crypto_assets.warehouse.ingest_tables import INGEST_TABLES
+from crypto_assets.warehouse.sql import transaction
+from crypto_assets.warehouse.table_spec import Table
+
+TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + DERIVED_TABLES}
+
+# Mirrored hour by hour through lake_pending (export_dirty; compaction merges closed days).
+HOURLY_MIRRORED: tuple[Table, ...] = tuple(t for t in TABLES.values() if t.dataset and not t.single_file)
+
+
+def table_of_dataset(dataset: str) -> Table:
+    """The table a Parquet dataset mirrors ("gold/ohlcv_1m" -> ohlcv_1m)."""
+    return next(t for t in TABLES.values() if t.dataset == dataset)
+
+
+# One query that binds every table created on connect (see ensure_schema).
+_ON_CONNECT = [t for t in TABLES.values() if t.on_connect]
+_PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{t.name} LIMIT 0)" for t in _ON_CONNECT)
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables. Every DDL is `CREATE TABLE IF NOT EXISTS`, a no-op when the table
+    exists, so when one query that binds every table succeeds (~2-3 ms) the DDL statements
+    (~12-17 ms on every connect) are skipped. (A duckdb_tables() lookup costs more than the DDL.)
+    Call it outside a transaction (LakehouseResource.connect does, on a fresh connection): a
+    failed probe aborts an open transaction."""
+    try:
+        conn.execute(_PROBE).fetchall()
+        return
+    except duckdb.CatalogException:
+        pass
+    for t in _ON_CONNECT:
+        conn.execute(t.ddl)
+    _migrate_lake_dirty(conn)
+
+
+def _migrate_lake_dirty(conn: duckdb.DuckDBPyConnection) -> None:
+    """Warehouses from before hourly Parquet files mark whole days in lake_dirty: carry each
+    marked day over as its 24 hours (the export then also replaces the day's old part-0 file)."""
+    from crypto_assets.warehouse.lake_export import mark_whole_days  # lake_export.py reads these tables: import at use
+
+    if not conn.sql("SELECT 1 FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'lake_dirty'").fetchall():
+        return
+    with transaction(conn):
+        mark_whole_days(conn, "SELECT dataset, day, symbol FROM lake_dirty")
+        conn.execute("DROP TABLE lake_dirty")

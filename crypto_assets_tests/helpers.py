@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import dagster as dg
 import orjson
 
 from crypto_assets.kafka.producer import TickProducer
@@ -18,7 +21,21 @@ from crypto_assets.resources import KafkaResource
 BASE_TIME = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def tick(i: int, coin_id: str = "bitcoin", price: float | None = None, base: datetime = BASE_TIME) -> dict:
+@dataclass(frozen=True)
+class SensorTick:
+    """What a sensor's evaluation returned, Dagster's None (nothing requested, no message) read as empty."""
+
+    run_requests: list[dg.RunRequest]
+    skip_message: str
+    cursor: str | None
+
+
+def evaluate_sensor(sensor: dg.SensorDefinition, context: dg.SensorEvaluationContext) -> SensorTick:
+    data = sensor.evaluate_tick(context)
+    return SensorTick(list(data.run_requests or ()), data.skip_message or "", data.cursor)
+
+
+def tick(i: int, coin_id: str = "bitcoin", price: float | None = None, base: datetime = BASE_TIME) -> dict[str, Any]:
     coin = COINS_BY_ID[coin_id]
     return make_tick(
         source="test",
@@ -45,7 +62,7 @@ def produce(kafka: KafkaResource, messages: list) -> int:
     return p.stats.delivered
 
 
-def ticks(n: int, coins: tuple[str, ...] = ("bitcoin", "ethereum", "solana"), start: int = 0) -> list[dict]:
+def ticks(n: int, coins: tuple[str, ...] = ("bitcoin", "ethereum", "solana"), start: int = 0) -> list[dict[str, Any]]:
     return [tick(start + i, coins[i % len(coins)]) for i in range(n)]
 
 
@@ -101,8 +118,8 @@ def read_topic(kafka: KafkaResource, topic: str | None = None, deadline_s: float
         got: dict[tuple[int, int], object] = {}
         while len(got) < len(want) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error() is not None:
-                    assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                if (err := msg.error()) is not None:
+                    assert err.code() == KafkaError._PARTITION_EOF, err
                     continue
                 key = (msg.partition(), msg.offset())
                 assert key not in got, f"offset {key} read twice"

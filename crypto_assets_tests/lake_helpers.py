@@ -48,6 +48,22 @@ def export(conn: duckdb.DuckDBPyConnection, lake_root: Path, dataset: str = DATA
     return export_dirty(conn, lake_root, dataset, TABLE, "event_time", "coin_id, event_time", **kw)
 
 
+def export_registered(conn: duckdb.DuckDBPyConnection, lake_root: Path, name: str):
+    """export_dirty of a registry table, with the mirror, time column and order the registry gives it."""
+    from crypto_assets.warehouse.tables import TABLES
+
+    t = TABLES[name]
+    assert t.dataset is not None and t.time_column is not None and t.export_order is not None, t
+    return export_dirty(conn, lake_root, t.dataset, t.name, t.time_column, t.export_order)
+
+
+def query_rows(sql: str) -> list[tuple]:
+    """The rows of a query on DuckDB's default connection (a query that returns rows)."""
+    rel = duckdb.sql(sql)
+    assert rel is not None, sql
+    return rel.fetchall()
+
+
 def table_rows(conn: duckdb.DuckDBPyConnection) -> Counter:
     return Counter(conn.sql(f"SELECT {COLUMNS} FROM {TABLE}").fetchall())
 

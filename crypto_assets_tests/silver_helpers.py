@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -50,7 +51,7 @@ def insert_raw_batch(conn, ticks: pl.DataFrame, ingested_at: datetime | None = N
     """Append ticks to raw_ticks as one new batch (as a pull would); returns the batch id."""
     batch_id = conn.sql("SELECT coalesce(max(batch_id), 0) + 1 FROM ingest_batches").fetchall()[0][0]
     start_off = conn.sql("SELECT coalesce(max(kafka_offset), -1) + 1 FROM raw_ticks").fetchall()[0][0]
-    ing = ingested_at or (ticks["last_updated_at"].max() + timedelta(seconds=1) if ticks.height else datetime.now(UTC))
+    ing = ingested_at or (cast(datetime, ticks["last_updated_at"].max()) + timedelta(seconds=1) if ticks.height else datetime.now(UTC))
     df = ticks.with_columns(
         pl.lit("test").alias("source"),
         pl.lit(1).alias("schema_version"),
@@ -103,8 +104,7 @@ GOLD_MIRRORS = ("market_features", "ohlcv_1m", "anomalies")  # the gold mirrors 
 def export_gold_mirrors(conn, lake_root) -> None:
     """What the incremental step does after run_incremental's transforms: export the Parquet
     mirrors the training set reads (the transforms marked the hours they touched)."""
-    from crypto_assets.warehouse.lake_export import export_dirty
-    from crypto_assets.warehouse.tables import TABLES
+    from crypto_assets_tests.lake_helpers import export_registered
 
-    for t in map(TABLES.get, GOLD_MIRRORS):
-        export_dirty(conn, lake_root, t.dataset, t.name, t.time_column, t.export_order)
+    for name in GOLD_MIRRORS:
+        export_registered(conn, lake_root, name)

@@ -11,7 +11,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import orjson
 import polars as pl
 import pytest
 
@@ -42,7 +41,7 @@ def _ticks(start: datetime, n: int, spike_at: int | None = None, spikes: tuple[i
 
 def _alerts(kafka) -> list[dict]:
     """Every message on the alerts topic (read to its high watermarks), with its key and id header."""
-    return [orjson.loads(r.value) | {"_key": r.key.decode(), "_header_id": r.header("anomaly_id")}
+    return [r.json() | {"_key": r.text_key(), "_header_id": r.header("anomaly_id")}
             for r in read_topic(kafka.bootstrap(), kafka.alerts_topic)]
 
 

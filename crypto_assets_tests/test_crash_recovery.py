@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from datetime import datetime
 
-import orjson
 import pytest
 
 from crypto_assets.faults import ENV_VAR
@@ -81,7 +80,7 @@ def _state(lakehouse, kafka):
 
 def _dlq_sources(kafka) -> Counter:
     """(source partition, source offset) of every message on the DLQ topic, with multiplicity."""
-    return Counter((int(r.header("source.partition")), int(r.header("source.offset")))
+    return Counter((r.int_header("source.partition"), r.int_header("source.offset"))
                    for r in read_topic(kafka.bootstrap(), kafka.dlq_topic))
 
 
@@ -114,7 +113,7 @@ def _assert_exactly_once(kafka, lakehouse):
     )
     # ... holding that message: its values, or its bytes and the reason it was rejected
     for p, o, coin, t, price, volume in rows:
-        m = orjson.loads(produced[(p, o)].value)
+        m = produced[(p, o)].json()
         assert (coin, t, price, volume) == (
             m["coin_id"], datetime.fromisoformat(m["last_updated_at"].replace("Z", "+00:00")), m["price_usd"],
             m["volume_24h_usd"],
@@ -127,13 +126,13 @@ def _assert_exactly_once(kafka, lakehouse):
     # the DLQ outbox: every quarantined message on the DLQ topic exactly once, with its bytes,
     # key, reason and source coordinates, and marked sent
     dlq = read_topic(kafka.bootstrap(), kafka.dlq_topic)
-    assert Counter((int(r.header("source.partition")), int(r.header("source.offset"))) for r in dlq) == Counter(
+    assert Counter((r.int_header("source.partition"), r.int_header("source.offset")) for r in dlq) == Counter(
         (p, o) for p, o, *_ in quarantined
     )
     by_source = {(p, o): (reason, key, raw, batch) for p, o, reason, key, raw, batch, _ in quarantined}
     for r in dlq:
-        src = (int(r.header("source.partition")), int(r.header("source.offset")))
-        assert (r.header("reason"), r.key, r.value, int(r.header("batch_id"))) == by_source[src]
+        src = (r.int_header("source.partition"), r.int_header("source.offset"))
+        assert (r.header("reason"), r.key, r.value, r.int_header("batch_id")) == by_source[src]
         assert r.header("source.topic") == kafka.raw_topic
     assert all(published for *_, published in quarantined)
 
@@ -194,6 +193,7 @@ def test_kill_at_random_moments(kafka, lakehouse, home):
             proc = subprocess.Popen(_child_args(kafka, home, 2_000, "progress"), env=_env(), stdout=subprocess.PIPE,
                                     stderr=err, text=True)
             reported: dict[int, int] = {}
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 m = _BATCH_LINE.match(line)
                 if m:

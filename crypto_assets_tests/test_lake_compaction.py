@@ -6,9 +6,9 @@ from __future__ import annotations
 import glob
 import os
 from datetime import timedelta
+from typing import cast
 
 import dagster as dg
-import duckdb
 import pytest
 
 from crypto_assets.defs.maintenance import compact_lake as compact_lake_op
@@ -24,7 +24,17 @@ from crypto_assets.warehouse.lake_layout import (
     list_dataset_files,
     read_lock,
 )
-from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
+from crypto_assets_tests.lake_helpers import (
+    BY_DATE_DATASET,
+    DATASET,
+    T0,
+    export,
+    insert_rows,
+    lake_rows,
+    lake_state,
+    query_rows,
+    table_rows,
+)
 
 NOW = T0 + timedelta(days=2, hours=1, seconds=1)  # days 0 and 1 closed (day 1 ends at T0+2d, 1 h grace), day 2 open
 
@@ -34,7 +44,7 @@ def _leaf(root, day: int, symbol: str):
 
 
 def _file_rows(path) -> list[tuple]:
-    return duckdb.sql(f"SELECT * FROM read_parquet('{path}', hive_partitioning = false)").fetchall()
+    return query_rows(f"SELECT * FROM read_parquet('{path}', hive_partitioning = false)")
 
 
 def _stats(res):
@@ -203,9 +213,9 @@ def test_compact_lake_op_reports_its_numbers(lakehouse):
     assert (out["days_compacted"], out["files_before"], out["files_after"], out["rows"]) == (2, 48, 2, 288)
     assert out["per_dataset"][DATASET]["dataset_files"] == 2 + 96
     [event] = [e for e in first.all_events if e.event_type_value == "STEP_OUTPUT"]
-    md = event.event_specific_data.metadata
+    md = event.step_output_data.metadata
     assert md["days_compacted"].value == 2 and md["bytes_after"].value == out["bytes_after"] > 0
-    assert md["per_dataset"].value[DATASET]["files_before"] == 48
+    assert cast(dict, md["per_dataset"].value)[DATASET]["files_before"] == 48
 
     second = run({"as_of": NOW.isoformat(), "datasets": [DATASET]})  # default grace 1 h
     assert second.output_for_node("compact_lake")["days_compacted"] == 2
@@ -230,7 +240,7 @@ def test_a_date_only_dataset_holds_every_coin_in_one_file_per_day(lakehouse):
     assert os.listdir(day0) == [DAY_FILE]
     assert lake_rows(root, BY_DATE_DATASET) == expected
     with read_lock(root, [BY_DATE_DATASET]):
-        types = duckdb.sql(f"DESCRIBE SELECT symbol, date FROM {duckdb_source(root, BY_DATE_DATASET)}").fetchall()
+        types = query_rows(f"DESCRIBE SELECT symbol, date FROM {duckdb_source(root, BY_DATE_DATASET)}")
     assert [t[1] for t in types] == ["VARCHAR", "DATE"]
 
 

@@ -15,14 +15,23 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.warehouse.lake_compaction import compact_lake
 from crypto_assets.warehouse.lake_layout import DAY_FILE, HOUR_FILE_RE, dataset_glob, leaf_dir, leaf_pattern, read_lock
-from crypto_assets_tests.lake_helpers import BY_DATE_DATASET, DATASET, T0, export, insert_rows, lake_rows, lake_state, table_rows
+from crypto_assets_tests.lake_helpers import (
+    BY_DATE_DATASET,
+    DATASET,
+    T0,
+    export,
+    insert_rows,
+    lake_rows,
+    lake_state,
+    query_rows,
+    table_rows,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +185,7 @@ def test_compaction_and_export_in_two_processes(lakehouse, tmp_path):
                         names = os.listdir(leaf)
                         assert DAY_FILE not in names or names == [DAY_FILE], (leaf, names)
                     assert lake_rows(root) == table_rows(conn)
-                    glob_rows = duckdb.sql(f"SELECT count(*) FROM read_parquet('{dataset_glob(root, DATASET)}')").fetchall()[0][0]
+                    glob_rows = query_rows(f"SELECT count(*) FROM read_parquet('{dataset_glob(root, DATASET)}')")[0][0]
                     assert glob_rows == sum(table_rows(conn).values())
             expected = table_rows(conn)
     finally:

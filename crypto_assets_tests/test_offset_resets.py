@@ -102,6 +102,7 @@ def test_log_that_starts_over_is_read_from_its_start(kafka, lakehouse, scenario)
         stored = {p: o for p, (o, _c) in _positions(lakehouse, kafka.raw_topic).items()}
         b = EmbeddedBroker()  # started while `a` runs: a different cluster (its id names its address)
         b.start(topics=[kafka.raw_topic])
+        assert b.bootstrap_servers is not None  # started
     finally:
         a.stop()
     try:
@@ -181,7 +182,7 @@ def test_retention_past_the_stored_offset_is_reported_and_the_rest_read_once(kaf
     assert {p: o for p, (o, _c) in _positions(lakehouse, kafka.raw_topic).items()} == {
         p: hi for p, (_lo, hi) in marks.items() if hi
     }
-    survivors = [orjson.loads(x.value) for x in unread]
+    survivors = [x.json() for x in unread]
     assert _all_event_keys(lakehouse) == _event_keys(first_msgs + survivors)
     again = pull_raw_ticks(kafka, lakehouse)
     assert again.notices == [] and again.offsets_lost == {} and again.messages == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
 
 from crypto_assets.defs import predictions
@@ -45,7 +44,7 @@ def test_predictions_outbox_finishes_an_interrupted_send_exactly_once(kafka, tmp
     with pytest.raises(RuntimeError, match="killed before the mark"):
         publish(kafka, interrupted, lh.connect, 100)
     first = read_topic(kafka.bootstrap(), kafka.predictions_topic)
-    assert sorted((r.key.decode(), orjson.loads(r.value)["event_time"]) for r in first) == sorted(
+    assert sorted((r.text_key(), r.json()["event_time"]) for r in first) == sorted(
         (c, _iso(t)) for c, t, *_ in rows)
     with lh.connect() as conn:
         assert conn.sql("SELECT count(*) FROM predictions WHERE published_at IS NULL").fetchall() == [(len(rows),)]
@@ -58,7 +57,7 @@ def test_predictions_outbox_finishes_an_interrupted_send_exactly_once(kafka, tmp
     sent = read_topic(kafka.bootstrap(), kafka.predictions_topic)  # by (partition, offset): the new one may sit anywhere
     assert set(first) <= set(sent) and len(sent) == len(first) + 1
     (again,) = set(sent) - set(first)
-    assert (again.key.decode(), orjson.loads(again.value)["event_time"], orjson.loads(again.value)["trend_prob_up"],
+    assert (again.text_key(), again.json()["event_time"], again.json()["trend_prob_up"],
             again.header("predicted_at")) == (rows[0][0], _iso(rows[0][1]), 0.875, rescored.isoformat())
     with lh.connect() as conn:
         assert conn.sql("SELECT count(*) FROM predictions WHERE published_at IS NULL").fetchall() == [(0,)]

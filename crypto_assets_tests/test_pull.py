@@ -9,7 +9,8 @@ from collections import Counter
 from crypto_assets.ingest.config import BRONZE_DATASET, PullConfig
 from crypto_assets.ingest.offsets import lost_offsets_notice, plan_partitions
 from crypto_assets.ingest.pull import pull_raw_ticks
-from crypto_assets_tests.helpers import produce, tick, ticks
+from crypto_assets.ingest.results import PartitionPlan
+from crypto_assets_tests.helpers import evaluate_sensor, produce, tick, ticks
 from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
 from crypto_assets_tests.topic_helpers import read_topic, watermarks
 
@@ -63,6 +64,12 @@ def test_snapshot_ignores_messages_after_start(kafka, lakehouse):
     assert pull_raw_ticks(kafka, lakehouse).messages == 50
 
 
+def _reason(plan: PartitionPlan) -> str:
+    """The reason a plan resets its partition (it does)."""
+    assert plan.reset_reason is not None, plan
+    return plan.reset_reason
+
+
 def test_plan_partitions_notices_broker_changes():
     # first run: start at low watermark
     plans = plan_partitions({0: (0, 10)}, {}, "c1")
@@ -71,13 +78,13 @@ def test_plan_partitions_notices_broker_changes():
     assert plan_partitions({0: (0, 10)}, {0: (7, "c1")}, "c1")[0].start == 7
     # broker restarted: new cluster id
     p = plan_partitions({0: (0, 3)}, {0: (7, "c1")}, "c2")[0]
-    assert p.start == 0 and "cluster id changed" in p.reset_reason
+    assert p.start == 0 and "cluster id changed" in _reason(p)
     # stored offset beyond high watermark (topic recreated)
     p = plan_partitions({0: (0, 3)}, {0: (7, "c1")}, "c1")[0]
-    assert p.start == 0 and "beyond the high watermark" in p.reset_reason
+    assert p.start == 0 and "beyond the high watermark" in _reason(p)
     # retention deleted unread data
     p = plan_partitions({0: (20, 30)}, {0: (7, "c1")}, "c1")[0]
-    assert p.start == 20 and "13 messages" in p.reset_reason and "retention" in p.reset_reason
+    assert p.start == 20 and "13 messages" in _reason(p) and "retention" in _reason(p)
 
 
 def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lakehouse):
@@ -110,7 +117,7 @@ def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lake
 def test_plan_partitions_first_pull_on_a_truncated_log():
     plans = plan_partitions({0: (250, 300), 1: (0, 10)}, {}, "c1")
     assert (plans[0].start, plans[0].lost) == (250, 250)
-    assert "first pull" in plans[0].reset_reason and "0..249 (250 messages)" in plans[0].reset_reason
+    assert "first pull" in _reason(plans[0]) and "0..249 (250 messages)" in _reason(plans[0])
     assert (plans[1].start, plans[1].lost, plans[1].reset_reason) == (0, 0, None)
     plans += plan_partitions({2: (40, 50)}, {2: (30, "c1")}, "c1")  # a stored offset behind the log
     assert lost_offsets_notice(plans) == "260 offsets were deleted by retention before they were read (partition 0: 250, partition 2: 10)."
@@ -177,7 +184,7 @@ def test_pull_commits_the_consumer_group_so_the_backlog_is_zero(kafka, lakehouse
 
     def sensor_says():
         with dg.DagsterInstance.ephemeral() as instance:
-            return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"kafka": kafka}))
+            return evaluate_sensor(sensor, dg.build_sensor_context(instance=instance, resources={"kafka": kafka}))
 
     def stored():
         return dict(_table(lakehouse, f"SELECT kafka_partition, next_offset FROM ingest_positions "

@@ -17,7 +17,7 @@ from crypto_assets.defs.automation import build_backlog_sensor, incremental_run_
 from crypto_assets.kafka.lag import measure_backlog
 from crypto_assets.resources import KafkaResource
 from crypto_assets.settings import automation_settings
-from crypto_assets_tests.helpers import produce, ticks
+from crypto_assets_tests.helpers import evaluate_sensor, produce, ticks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _own_tags(req: dg.RunRequest) -> dict:
 
 def _eval(sensor, kafka, instance, cursor=None):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka})
-    result = sensor.evaluate_tick(ctx)
+    result = evaluate_sensor(sensor, ctx)
     return result, ctx.cursor if hasattr(ctx, "cursor") else None
 
 
@@ -44,6 +44,7 @@ def test_backlog_sensor_skip_request_and_dedupe(kafka):
         assert len(r.run_requests) == 1
         assert r.run_requests[0].tags["lag"] == "50"
         cursor = r.cursor
+        assert cursor is not None
         highs = json.loads(cursor)["highs"]
         assert highs == measure_backlog(kafka, with_age=False).highs and sum(highs.values()) == 50
         assert r.run_requests[0].run_key == "backlog-" + "-".join(f"{p}:{h}" for p, h in highs.items())
@@ -95,7 +96,7 @@ def test_backlog_older_than_max_wait_requests_a_run(kafka):
     two_hours_ago_ms = int((time.time() - 7200) * 1000)
     _produce_at(kafka, 3, two_hours_ago_ms)
     backlog = measure_backlog(kafka)
-    assert backlog.lag == 3 and 7200 <= backlog.oldest_pending_age_s < 7200 + 600
+    assert backlog.lag == 3 and backlog.oldest_pending_age_s is not None and 7200 <= backlog.oldest_pending_age_s < 7200 + 600
     with dg.DagsterInstance.ephemeral() as instance:
         patient = build_backlog_sensor(incremental_job, min_messages=100, max_wait_seconds=3 * 3600)
         r, _ = _eval(patient, kafka, instance)
@@ -170,7 +171,9 @@ def test_automation_definitions_use_the_defaults():
     assert incremental == {"raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
                            "correlations", "anomalies"}  # the cheap path never trains
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("predictions")).automation_condition.get_label() == (
+    condition = graph.get(dg.AssetKey("predictions")).automation_condition
+    assert condition is not None
+    assert condition.get_label() == (
         "every '*/5 * * * *' tick with new features or models")
 
 
@@ -208,7 +211,7 @@ def test_duckdb_writers_share_a_pool_of_one():
         assert not graph.get(dg.AssetKey(key)).pools, key
     from crypto_assets.defs.schema_checks import warehouse_schema
 
-    assert warehouse_schema.node_def.pool is None  # the incremental checks run inside the pooled step
+    assert warehouse_schema.op.pool is None  # the incremental checks run inside the pooled step
     assert cfg["concurrency"]["pools"]["granularity"] == "op"  # the slot is held by the step, not its run
 
 
@@ -218,7 +221,7 @@ def test_retraining_schedule_skips_while_a_training_run_is_active():
     sched = defs.resolve_schedule_def("retraining_schedule")
     with dg.instance_for_test() as instance:
         with dg.build_schedule_context(instance=instance) as ctx:
-            assert len(sched.evaluate_tick(ctx).run_requests) == 1
+            assert len(sched.evaluate_tick(ctx).run_requests or ()) == 1
         instance.add_run(dg.DagsterRun(job_name="training_job", run_id="abcdef12-0000-0000-0000-000000000001",
                                        status=dg.DagsterRunStatus.STARTED))
         with dg.build_schedule_context(instance=instance) as ctx:

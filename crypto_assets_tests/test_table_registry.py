@@ -19,10 +19,9 @@ from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.chain import run_incremental
 from crypto_assets.transforms.clean import CleanConfig
 from crypto_assets.warehouse.incremental_table import incremental_table
-from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, set_state
-from crypto_assets_tests.lake_helpers import assert_mirror_equals_table
+from crypto_assets_tests.lake_helpers import assert_mirror_equals_table, export_registered
 from crypto_assets_tests.silver_helpers import T0, insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum"]
@@ -166,8 +165,7 @@ LATE_OK = CleanConfig(lateness=timedelta(hours=2))  # the late tick below is cle
 
 
 def _export_anomalies(conn, lake) -> None:
-    t = TABLES["anomalies"]
-    export_dirty(conn, lake, t.dataset, t.name, t.time_column, t.export_order)
+    export_registered(conn, lake, "anomalies")
 
 
 def test_the_anomalies_mirror_follows_the_table(tmp_path):

@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,22 @@ class Record:
             if k == name:
                 return v.decode()
         return None
+
+    def int_header(self, name: str) -> int:
+        """A header the message carries, holding an integer."""
+        value = self.header(name)
+        assert value is not None, f"[{self.partition}]@{self.offset} has no {name} header"
+        return int(value)
+
+    def json(self) -> Any:
+        """The value, parsed (the message has one)."""
+        assert self.value is not None, f"[{self.partition}]@{self.offset} has no value"
+        return orjson.loads(self.value)
+
+    def text_key(self) -> str:
+        """The key, decoded (the message has one)."""
+        assert self.key is not None, f"[{self.partition}]@{self.offset} has no key"
+        return self.key.decode()
 
 
 def watermarks(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
@@ -55,8 +74,11 @@ def read_topic(bootstrap: str, topic: str, give_up_s: float = 30.0) -> list[Reco
             for m in c.consume(1000, timeout=0.2):
                 assert m.error() is None, m.error()
                 p, o = m.partition(), m.offset()
+                assert p is not None and o is not None  # a consumed message has both
+                # a consumed message's headers are a list of (name, value) pairs
+                headers = cast("list[tuple[str, bytes]]", m.headers() or [])
                 if p in todo and o < todo[p]:
-                    out.append(Record(p, o, m.key(), m.value(), tuple(m.headers() or ())))
+                    out.append(Record(p, o, m.key(), m.value(), tuple(headers)))
                     if o + 1 >= todo[p]:
                         todo.pop(p)
     finally:

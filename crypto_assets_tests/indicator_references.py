@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def make_ticks(
     return pd.concat(frames, ignore_index=True)
 
 
-def to_polars(ticks: pd.DataFrame, is_target=True) -> pl.DataFrame:
+def to_polars(ticks: pd.DataFrame, is_target: bool | list[bool] = True) -> pl.DataFrame:
     """The frame compute_features expects (event_time as Datetime(us, UTC), as DuckDB yields)."""
     vol = [None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
            for v in ticks["volume_24h_usd"]]
@@ -115,7 +116,7 @@ def ref_features_coin(t_us: np.ndarray, price: np.ndarray, vol: list) -> dict[st
             r[name].append(math.fsum(win) / len(win))
         idx15 = np.nonzero((t_us > t_us[i] - W15_US) & (t_us <= t_us[i]))[0].tolist()
         r["ticks_15m"].append(len(idx15))
-        lr = [log_ret[j] for j in idx15 if log_ret[j] is not None]
+        lr = [x for x in (log_ret[j] for j in idx15) if x is not None]
         r["volatility_15m"].append(_pop_std(lr) if lr else None)
         pw = [float(price[j]) for j in idx15]
         sd = _pop_std(pw)
@@ -128,8 +129,7 @@ def ref_features_coin(t_us: np.ndarray, price: np.ndarray, vol: list) -> dict[st
             r["return_pct"].append((price[i] - price[i - 1]) / price[i - 1] * 100.0)
             r["log_return"].append(log_ret[i])
             v0, v1 = vol[i - 1], vol[i]
-            ok = v0 is not None and v1 is not None and v0 > 0
-            r["volume_change_pct"].append((v1 - v0) / v0 * 100.0 if ok else None)
+            r["volume_change_pct"].append((v1 - v0) / v0 * 100.0 if v0 is not None and v1 is not None and v0 > 0 else None)
     r["ema_20"] = ref_ema(price)
     return r
 
@@ -172,7 +172,7 @@ def ref_candles(ticks: pd.DataFrame, bucket_us: int) -> pd.DataFrame:
     volume, tick count, mean price, population std of price, mean volume."""
     t = ticks.sort_values(["coin_id", "t_us"]).copy()
     t["bucket"] = t["t_us"] // bucket_us * bucket_us
-    t["vol"] = pd.to_numeric(t["volume_24h_usd"], errors="coerce").astype(float)
+    t["vol"] = cast(pd.Series, pd.to_numeric(t["volume_24h_usd"], errors="coerce")).astype(float)
     g = t.groupby(["coin_id", "bucket"], sort=True)
     c = g.agg(
         symbol=("symbol", "first"), open=("price_usd", "first"), high=("price_usd", "max"),

@@ -154,11 +154,18 @@ def test_parser_never_drops_a_message(kind):
     assert res.parsed.height >= 50
 
 
+def _reason(raw: bytes) -> str:
+    """The reason triage rejects raw with (it rejects it)."""
+    rejected = triage(raw)
+    assert rejected is not None, raw
+    return rejected[0]
+
+
 def test_triage_reasons():
     assert triage(b"\xff") == ("not_utf8", "invalid UTF-8 at byte 0")
-    assert triage(b"{") [0] == "invalid_json"
-    assert triage(b"[]")[0] == "not_object"
-    assert triage(b'{"price_usd": "1"}')[0] == "wrong_type"
-    assert triage(b'{"price_usd": NaN}')[0] == "invalid_price"
-    assert triage(b'{"volume_24h_usd": Infinity}')[0] == "non_finite_number"
+    assert _reason(b"{") == "invalid_json"
+    assert _reason(b"[]") == "not_object"
+    assert _reason(b'{"price_usd": "1"}') == "wrong_type"
+    assert _reason(b'{"price_usd": NaN}') == "invalid_price"
+    assert _reason(b'{"volume_24h_usd": Infinity}') == "non_finite_number"
     assert triage(orjson.dumps(tick(1))) is None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 _spec = importlib.util.spec_from_file_location("bench_freshness", Path(__file__).resolve().parent.parent / "bench" / "freshness.py")
+assert _spec is not None and _spec.loader is not None  # a .py file path has a spec with a loader
 freshness = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = freshness  # its dataclasses look their module up
 _spec.loader.exec_module(freshness)

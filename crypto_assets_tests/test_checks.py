@@ -4,6 +4,7 @@ check stops downstream assets in the same run."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import dagster as dg
 import pytest
@@ -93,7 +94,7 @@ def test_failing_blocking_check_stops_downstream_in_same_run(tmp_path, kafka):
     evals = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evals["clean_ticks_positive_price"] is False
     materialized = {
-        e.event_specific_data.materialization.asset_key.to_user_string()
+        e.step_materialization_data.materialization.asset_key.to_user_string()
         for e in result.get_asset_materialization_events()
     }
     assert "clean_ticks" in materialized
@@ -121,7 +122,7 @@ def test_failed_blocking_check_holds_until_the_rows_are_repaired(tmp_path, kafka
         result = dg.materialize([incremental.incremental], resources=res, selection=selection, raise_on_error=False)
         evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert evals["clean_ticks_positive_price"].passed is False and not result.success
-        assert "-1" in evals["clean_ticks_positive_price"].metadata["offending_rows"].value
+        assert "-1" in cast(str, evals["clean_ticks_positive_price"].metadata["offending_rows"].value)
         with lh.connect() as conn:
             assert conn.sql("SELECT count(*) FROM market_features").fetchall()[0][0] == features_before
     with lh.connect() as conn:

@@ -47,6 +47,7 @@ def test_dagster_asset_materialize_cli(home):
 
     batch = ticks(250)
     with EmbeddedBroker() as b:
+        assert b.bootstrap_servers is not None  # started on entering
         kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
         assert produce(kafka, batch) == 250
         offsets = {(m.partition(), m.offset()) for m in read_topic(kafka)}
@@ -77,6 +78,7 @@ def test_produce_and_status_cli(home):
 
     exe = [sys.executable, "-m", "crypto_assets.ops.cli"]
     with EmbeddedBroker() as b:  # the CLI writes the default topic: private to this test on its own broker
+        assert b.bootstrap_servers is not None  # started on entering
         env = _env(home, b.bootstrap_servers)
         out = subprocess.run(
             exe + ["produce", "--source", "simulate", "--count", "120", "--rate", "0", "--seed", "3"],
@@ -145,6 +147,7 @@ def test_two_concurrent_runs_both_succeed(tmp_path):
     home = tmp_path / "conc"
     home.mkdir()
     with EmbeddedBroker() as b:
+        assert b.bootstrap_servers is not None  # started on entering
         kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
         batch = ticks(3000)
         assert produce(kafka, batch) == 3000

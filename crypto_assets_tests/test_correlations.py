@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -60,7 +61,7 @@ def _expected(ticks: pl.DataFrame) -> dict[tuple[str, str, str], tuple[float, in
     returns = closes.with_columns(
         ret=(pl.col("price_usd") / pl.col("price_usd").shift(1).over("coin_id") - 1.0) * 100.0
     ).drop_nulls("ret")
-    end = closes["minute"].max()
+    end = cast(datetime, closes["minute"].max())
     out = {}
     for w, span in (("24h", timedelta(hours=24)), ("7d", timedelta(days=7))):
         inside = returns.filter(pl.col("minute") > end - span)
@@ -76,8 +77,9 @@ def _expected(ticks: pl.DataFrame) -> dict[tuple[str, str, str], tuple[float, in
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     ticks = _ticks()
-    t0 = ticks["last_updated_at"].min()
-    cuts = [t0 + timedelta(days=5), t0 + timedelta(days=7, hours=3), ticks["last_updated_at"].max() + timedelta(seconds=1)]
+    t0 = cast(datetime, ticks["last_updated_at"].min())
+    cuts = [t0 + timedelta(days=5), t0 + timedelta(days=7, hours=3),
+            cast(datetime, ticks["last_updated_at"].max()) + timedelta(seconds=1)]
     lh = LakehouseResource(home=str(tmp_path_factory.mktemp("corr") / "var"), coins=COINS)
     out = []
     lo = t0

@@ -72,6 +72,7 @@ def test_jobs_and_their_selections():
 
 
 def test_sensors_and_schedules():
+    assert defs.sensors is not None and defs.schedules is not None
     sensors = {s.name: s for s in defs.sensors}
     assert set(sensors) == {"kafka_backlog_sensor", "predictions_automation"}
     assert sensors["kafka_backlog_sensor"].job_name == "incremental_job"
@@ -81,9 +82,14 @@ def test_sensors_and_schedules():
     graph = defs.resolve_asset_graph()
     with_condition = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
     assert with_condition == {"predictions"}
-    assert graph.get(dg.AssetKey("predictions")).automation_condition.get_label() == "every '*/5 * * * *' tick with new features or models"
+    condition = graph.get(dg.AssetKey("predictions")).automation_condition
+    assert condition is not None
+    assert condition.get_label() == "every '*/5 * * * *' tick with new features or models"
 
-    schedules = {s.name: s for s in defs.schedules}
+    schedules: dict[str, dg.ScheduleDefinition] = {}
+    for s in defs.schedules:
+        assert isinstance(s, dg.ScheduleDefinition), s  # cron schedules of jobs: nothing left to resolve
+        schedules[s.name] = s
     assert {n: (s.job_name, s.cron_schedule, s.execution_timezone) for n, s in schedules.items()} == {
         "retraining_schedule": ("training_job", "0 * * * *", "UTC"),
         "maintenance_schedule": ("maintenance_job", "*/30 * * * *", "UTC"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -137,7 +138,7 @@ def test_empty_batches_single_tick_and_one_coin(tmp_path):
 
 def test_coin_that_stops_and_restarts(tmp_path):
     a = make_ticks(300, ["bitcoin", "ethereum"], seed=2)
-    gap_start = a["last_updated_at"].max()
+    gap_start = cast(datetime, a["last_updated_at"].max())
     b = make_ticks(300, ["bitcoin"], start=gap_start + timedelta(days=4), seed=4)  # bitcoin pauses 4 days
     c = make_ticks(200, ["bitcoin", "ethereum"], start=gap_start + timedelta(days=5), seed=6)
     ticks = pl.concat([a, b, c]).sort("last_updated_at")
@@ -190,7 +191,7 @@ def test_duplicates_late_and_invalid_rows_are_quarantined(tmp_path):
     with lh.connect() as conn:
         insert_raw_batch(conn, ticks)
         run_incremental(conn, ["bitcoin"])
-        last = ticks["last_updated_at"].max()
+        last = cast(datetime, ticks["last_updated_at"].max())
         batch2 = pl.concat(
             [
                 ticks.head(3),  # duplicates of cleaned rows

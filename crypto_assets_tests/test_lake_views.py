@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import dagster as dg
 import duckdb
@@ -94,7 +95,7 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     assert not lake_only.duckdb_path.exists()
     md = res.asset_materializations_for_node("training_set")[0].metadata
     assert md["dagster/row_count"].value == ref.rows
-    assert md["lake_files_read"].data["anomalies"] > 0
+    assert cast(dict, md["lake_files_read"].value)["anomalies"] > 0
     got = pq.read_table(lake_only.lake_path / "training" / "training_set.parquet")
     want = pq.read_table(ref.path)
     assert got.schema == want.schema
@@ -144,5 +145,5 @@ def test_a_training_window_reads_its_days_and_equals_the_whole_set_cut_to_it(tmp
     assert md["lake_files_since"].value == "2026-10-03"  # newest day 10-06, minus 1 + 2 lookback days
     assert md["dagster/row_count"].value == got.height
     every_day = sum(1 for _ in (lh.lake_path / "gold" / "market_features").rglob("*.parquet"))
-    assert md["lake_files_read"].data["market_features"] < every_day
+    assert cast(dict, md["lake_files_read"].value)["market_features"] < every_day
     assert pl.read_parquet(lh.lake_path / "training" / "training_set.parquet").equals(got)

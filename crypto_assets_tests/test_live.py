@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import duckdb
 import psutil
@@ -168,9 +169,11 @@ def _produced_ticks(bootstrap: str, at_least: int, deadline: float) -> dict[tupl
             msg = c.poll(1.0)
             if msg is None or msg.error():
                 continue
-            if msg.offset() < highs[msg.partition()]:
-                tick = json.loads(msg.value())
-                got[(msg.partition(), msg.offset())] = (tick["coin_id"], datetime.fromisoformat(tick["last_updated_at"]))
+            p, o = msg.partition(), msg.offset()
+            assert p is not None and o is not None  # a consumed message has both
+            if o < highs[p]:
+                tick = json.loads(cast(bytes, msg.value()))  # the simulator's ticks all have a value
+                got[(p, o)] = (tick["coin_id"], datetime.fromisoformat(tick["last_updated_at"]))
         return got
     finally:
         c.close()
@@ -189,7 +192,9 @@ def _warehouse_rows(path: Path, table: str, keys) -> dict[tuple[int, int], tuple
         raise
     try:
         conn.execute("SET TimeZone = 'UTC'")
-        if not conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]:
+        found = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()
+        assert found is not None  # count(*) is one row
+        if not found[0]:
             return None
         when = "last_updated_at" if table == "raw_ticks" else "event_time"
         topic = f"AND kafka_topic = '{RAW_TOPIC}'" if table == "raw_ticks" else ""

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import shutil
 from datetime import UTC, datetime, timedelta
+from typing import Literal, cast
 
 import dagster as dg
 import numpy as np
 import orjson
+import pandas as pd
 import polars as pl
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -93,6 +95,7 @@ def test_lineage_tags(trained):
     assert tags["asset_key"] == "trend_model"
     # the asset's code version (a hash of its code, defs/code_versions.py), on the run and the version
     code_version = models.trend_model.code_versions_by_key[dg.AssetKey("trend_model")]
+    assert code_version is not None
     assert tags["code_version"] == code_version and len(code_version) == 12
     assert tags["training_set_path"].endswith("training/training_set.parquet")
     _assert_split_counts(tags, horizon=timedelta(minutes=15))
@@ -112,7 +115,7 @@ def _assert_split_counts(tags: dict, horizon: timedelta) -> None:
     window reaches past the split) or in test (at or after the split)."""
     import pyarrow.parquet as pq
 
-    ts = pl.from_arrow(pq.read_table(tags["training_set_path"], columns=["event_time", "label_up"]))
+    ts = cast(pl.DataFrame, pl.from_arrow(pq.read_table(tags["training_set_path"], columns=["event_time", "label_up"])))
     split = datetime.fromisoformat(tags["split_time"])
     labelled = ts.filter(pl.col("label_up").is_not_null())
     train = labelled.filter(pl.col("event_time") + horizon < split).height
@@ -128,6 +131,7 @@ def test_time_split_has_no_overlap(trained, spark):
     df = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet"))
     s = time_split(df, "label_up", 15, 0.8)
     assert s.train_rows > 0 and s.test_rows > 0
+    assert s.train_max_time is not None and s.test_min_time is not None  # both sides have rows
     assert s.train_max_time < s.test_min_time
     assert s.train_max_time + timedelta(minutes=15) < s.test_min_time + timedelta(seconds=1)  # label embargo
 
@@ -173,6 +177,7 @@ def test_a_champion_that_cannot_score_the_holdout_is_left_out_and_other_errors_p
     failure is not taken for that: it propagates and fails the step."""
     mlf = trained["mlf"]
     version, champ = load_champion(mlf, mlf.registered_name("trend_model"))
+    assert champ is not None  # trained: there is a champion
     holdout = spark.read.parquet(str(trained["home"] / "lake" / "training" / "training_set.parquet")).limit(500)
     log = logging.getLogger("gate-test")
     scored = models.champion_metrics(log, version, lambda: binary_metrics(champ.transform(holdout), "label_up"))
@@ -235,7 +240,9 @@ def _published(kafka) -> list[tuple[int, int, str, dict]]:
         for m in c.consume(500, timeout=0.5):
             if m.error() is None:
                 out.append(m)
-                pos[m.partition()] = m.offset() + 1
+                p, o = m.partition(), m.offset()
+                assert p is not None and o is not None  # a consumed message has both
+                pos[p] = o + 1
     c.close()
     assert all(pos[p] >= ends[p] for p in parts), (pos, ends)
     return sorted((m.partition(), m.offset(), m.key().decode(), orjson.loads(m.value())) for m in out)
@@ -343,7 +350,7 @@ def test_numpy_scoring_agrees_with_spark(trained, spark):
                     FEATURES, 15, {"max_iter": 20})
     pdf = t.model.transform(df).select(*FEATURES, "probability").toPandas()
     spark_p = np.array([p[1] for p in pdf["probability"]])
-    ours = score_linear(pl.from_pandas(pdf[FEATURES]), linear_coefficients(t.model))
+    ours = score_linear(pl.from_pandas(cast(pd.DataFrame, pdf[FEATURES])), linear_coefficients(t.model))
     np.testing.assert_allclose(ours, spark_p, rtol=1e-9, atol=1e-12)
 
 
@@ -356,7 +363,7 @@ def test_predictions_without_champion_produce_nothing(tmp_path, spark, kafka):
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
     md = out.asset_materializations_for_node("predictions")[0].metadata
-    assert md["predictions"].value == 0 and "no champion" in md["reason"].value
+    assert md["predictions"].value == 0 and "no champion" in cast(str, md["reason"].value)
 
 
 def test_binary_metrics_equal_spark_evaluator(spark):
@@ -374,7 +381,8 @@ def test_binary_metrics_equal_spark_evaluator(spark):
     rows = [(Vectors.dense([1 - a, a]), float(a >= 0.5), float(b)) for a, b in zip(s, y, strict=False)]
     pred = spark.createDataFrame(rows, ["probability", "prediction", "label"]).repartition(3)
     ours = binary_metrics(pred, "label")
-    for metric, key in (("areaUnderROC", "auc_roc"), ("areaUnderPR", "pr_auc")):
+    areas: tuple[tuple[Literal["areaUnderROC", "areaUnderPR"], str], ...] = (("areaUnderROC", "auc_roc"), ("areaUnderPR", "pr_auc"))
+    for metric, key in areas:
         ev = BinaryClassificationEvaluator(labelCol="label", rawPredictionCol="probability", metricName=metric, numBins=0)
         assert ours[key] == pytest.approx(ev.evaluate(pred), abs=1e-12), metric
     assert ours["accuracy"] == pytest.approx(float(np.mean((s >= 0.5) == (y == 1))), abs=1e-12)

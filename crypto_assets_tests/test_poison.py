@@ -239,5 +239,5 @@ def test_quarantining_accepted_ticks_by_hand_equals_never_having_them(tmp_path, 
     with homes["never"].connect() as conn:
         want = {t: table(conn, t) for t in TABLE_KEYS}
     for t in TABLE_KEYS:
-        assert_frame_equal(got[t], want[t], check_exact=False, rel_tol=1e-9, abs_tol=1e-9), t
+        assert_frame_equal(got[t], want[t], check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
     assert q == [("manual", "bad first tick", "bitcoin", t_bad)]

@@ -33,7 +33,8 @@ class Evaluator:
         self.assets = [*DEPS, dg.AssetSpec(KEY, deps=real.deps, automation_condition=predictions_condition(CRON))]
 
     def requested(self, at: datetime) -> bool:
-        r = dg.evaluate_automation_conditions(defs=self.assets, instance=self.instance,
+        # Definitions(assets=...) is what it builds from a list itself; its annotation omits AssetSpec
+        r = dg.evaluate_automation_conditions(defs=dg.Definitions(assets=self.assets), instance=self.instance,
                                               asset_selection=dg.AssetSelection.assets(KEY),
                                               evaluation_time=at, cursor=self.cursor)
         self.cursor = r.cursor
@@ -78,4 +79,6 @@ def test_a_retrained_model_alone_triggers_predictions():
 def test_the_code_location_uses_the_condition():
     cond = defs.resolve_asset_graph().get(KEY).automation_condition
     assert cond == predictions_condition(PREDICTIONS_CRON)
-    assert PREDICTIONS_CRON in cond.get_label()
+    assert cond is not None
+    label = cond.get_label()
+    assert label is not None and PREDICTIONS_CRON in label

@@ -52,7 +52,10 @@ def _send(kafka, messages: list[dict]) -> dict[bytes, tuple[int, int]]:
     while len(found) < len(values) and idle < 20:
         batch = [m for m in c.consume(100, timeout=0.5) if m.error() is None]
         idle = 0 if batch else idle + 1
-        found.update({m.value(): (m.partition(), m.offset()) for m in batch})
+        for m in batch:
+            value, p, o = m.value(), m.partition(), m.offset()
+            assert value is not None and p is not None and o is not None  # a consumed tick has all three
+            found[value] = (p, o)
     c.close()
     assert set(found) == set(values)
     return found

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import orjson
 import polars as pl
@@ -47,7 +48,7 @@ def test_sample_file_loads_clean():
     expected = (btc["price_usd"][30] / btc["price_usd"][6] - 1) * 100
     assert btc["change_24h_pct"][30] == pytest.approx(expected, abs=1e-3)
     # per-bar volume became a 24h volume of the right order of magnitude
-    assert 1e10 < btc["volume_24h_usd"].median() < 1e11
+    assert 1e10 < cast(float, btc["volume_24h_usd"].median()) < 1e11
 
 
 def test_replay_sample_at_full_speed(kafka):

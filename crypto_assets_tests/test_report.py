@@ -243,7 +243,9 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     name = mlf.registered_name("trend_model")
     client.create_registered_model(name)
     for rid in run_ids:
-        mv = client.create_model_version(name, source=client.get_run(rid).info.artifact_uri + "/model", run_id=rid)
+        artifact_uri = client.get_run(rid).info.artifact_uri
+        assert artifact_uri is not None
+        mv = client.create_model_version(name, source=artifact_uri + "/model", run_id=rid)
         client.set_model_version_tag(name, mv.version, "gate", "passed" if str(mv.version) == "2" else "rejected")
     client.set_registered_model_alias(name, "champion", "2")
 
@@ -252,7 +254,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     trend = series["trend_model"]
     assert [p.value for p in trend.points] == [0.55, 0.61, 0.58]
     assert [p.version for p in trend.points] == ["1", "2", "3"]
-    assert trend.champion_version == "2" and trend.champion.value == 0.61
+    assert trend.champion_version == "2" and trend.champion is not None and trend.champion.value == 0.61
     assert [p.gate for p in trend.points] == ["rejected", "passed", "rejected"]
     assert [p.value for p in series["price_model_1h"].points] == [0.010, 0.009]
     assert not series["price_model_1h"].higher_is_better

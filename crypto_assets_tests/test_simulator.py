@@ -79,7 +79,8 @@ def test_config_validation():
         SimulatorConfig(bad_ratio=1.0)
     with pytest.raises(ValueError):
         SimulatorConfig(bad_ratio=-0.1)
-    cfg = SimulatorConfig(history="2h", interval="30s")
+    # strings are parsed in __post_init__ (documented), though the fields are annotated timedelta
+    cfg = SimulatorConfig(history="2h", interval="30s")  # pyright: ignore[reportArgumentType]
     assert cfg.history == timedelta(hours=2) and cfg.interval == timedelta(seconds=30)
 
 

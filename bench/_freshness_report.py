@@ -14,12 +14,11 @@ from bench._live import Sample
 
 
 def summarize(label: str, samples: list[Sample]) -> dict:
-    seen = [s for s in samples if s.visible is not None]
-    f = [s.visible - s.produced for s in seen]
-    print(f"  {label:<9} samples {len(samples):5d}  seen {len(seen):5d}  unseen {len(samples) - len(seen):4d}"
+    f = [s.visible - s.produced for s in samples if s.visible is not None]  # one per seen sample
+    print(f"  {label:<9} samples {len(samples):5d}  seen {len(f):5d}  unseen {len(samples) - len(f):4d}"
           + (f"   p50 {pct(f, 50):6.2f} s  p95 {pct(f, 95):6.2f} s  max {max(f):6.2f} s  "
              f"min {min(f):5.2f} s  mean {statistics.fmean(f):6.2f} s" if f else ""))
-    return {"p50": pct(f, 50), "p95": pct(f, 95), "max": max(f) if f else math.nan, "n": len(seen)}
+    return {"p50": pct(f, 50), "p95": pct(f, 95), "max": max(f) if f else math.nan, "n": len(f)}
 
 
 PHASES = [  # (name, group) in time order; each ends at the timestamp named in timeline()
@@ -54,7 +53,8 @@ def breakdown(samples: list[Sample], runs: list[RunInfo]) -> None:
         if s.visible is None or r is None:
             continue
         i = order[r.run_id]
-        prev_end = runs[i - 1].end if i > 0 and runs[i - 1].end is not None else -math.inf
+        prev = runs[i - 1].end if i > 0 else None
+        prev_end = prev if prev is not None else -math.inf
         tl = timeline(r, prev_end)
         if tl[-1] is None or r.start is None:
             continue
@@ -133,7 +133,7 @@ def medians(runs: list[RunInfo], label: str) -> None:
           f"   (sensor tick -> created {med([_d(r.sensor_tick, r.enqueued) for r in ok]):5.2f})")
     firsts = [min(s for s, _ in r.steps.values() if s) - r.start for r in ok if r.steps]
     lasts = [r.end - max(e for _, e in r.steps.values() if e) for r in ok if r.steps]
-    print(f"    start->end (execution)        {med([r.end - r.start for r in ok]):6.2f}"
+    print(f"    start->end (execution)        {med([_d(r.start, r.end) for r in ok]):6.2f}"
           f"  (RUN_START->first step {med(firsts):.2f}, last step->end {med(lasts):.2f});"
           f" RUN_START->market_features done {med([_d(r.start, r.steps.get('market_features', (0, None))[1]) for r in ok]):.2f}")
     idle = [_d(runs[idx[r.run_id] - 1].end, r.requested) for r in ok if idx[r.run_id] > 0]
@@ -162,7 +162,8 @@ def cycle_report(runs: list[RunInfo], measured_ids: set[str]) -> None:
     for a, b in zip(runs, runs[1:], strict=False):
         pa = a.steps.get("raw_ticks", (None, None))[0]
         pb = b.steps.get("raw_ticks", (None, None))[0]
-        if b.run_id not in measured_ids or None in (pa, pb, a.end, b.start, b.starting, b.proc):
+        if (b.run_id not in measured_ids or pa is None or pb is None or a.end is None or b.start is None
+                or b.starting is None or b.proc is None):
             continue
         rows.append({
             "rest of previous run after its pull": a.end - pa,

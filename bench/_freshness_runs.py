@@ -13,6 +13,7 @@ import duckdb
 
 from bench._live import Sample
 from bench._runs import sensor_ticks
+from crypto_assets.warehouse.sql import scalar
 
 LOOP_JOB = "bench_loop_job"  # --mode loop --loop-assets
 
@@ -54,9 +55,11 @@ def read_instance(dagster_home: Path):
             continue
         ev: dict = {}
         proc = None
-        steps: dict = defaultdict(lambda: [None, None])
+        steps: dict[str | None, list[float | None]] = defaultdict(lambda: [None, None])
         for r in inst.get_records_for_run(run.run_id, of_type=types).records:
             e = r.event_log_entry
+            if e.dagster_event is None:
+                raise RuntimeError(f"run {run.run_id}: a record of the Dagster event types read holds no Dagster event")
             t = e.dagster_event.event_type
             if t == E.STEP_START:
                 steps[e.step_key][0] = e.timestamp
@@ -98,7 +101,7 @@ def attribute(db_path: Path, samples: list[Sample]) -> dict[str, int]:
             "SELECT coin_id, epoch_ms(event_time) FROM clean_ticks WHERE event_time >= to_timestamp(?)", [lo]).fetchall()}
         feat = {(c, int(m)) for c, m in con.execute(
             "SELECT coin_id, epoch_ms(event_time) FROM market_features WHERE event_time >= to_timestamp(?)", [lo]).fetchall()}
-        quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        quarantined = scalar(con, "SELECT count(*) FROM quarantine")
     finally:
         con.close()
     stuck = Counter()

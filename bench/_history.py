@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import HOURLY_MIRRORED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,9 +65,18 @@ SPIKE_P = 2e-4  # share of ticks whose 24h volume jumps x4
 VOLUME_BAND = 1.5
 SEC_PER_YEAR = 365 * 24 * 3600
 
+
+
+def _export_args(t: Table) -> tuple[str, str, str, str]:
+    """(dataset, table, time column, order by) of an hour-file mirror, as export_dirty takes them."""
+    if t.dataset is None or t.time_column is None or t.export_order is None:
+        raise ValueError(f"{t.name}: an hour-file mirror needs a dataset, a time column and an export order")
+    return t.dataset, t.name, t.time_column, t.export_order
+
+
 # (dataset, table, time column, order by) of every hour-file mirror, from the table registry, as
 # the assets call export_dirty (ingest/pull.py, defs/incremental.py)
-EXPORTS = tuple((t.dataset, t.name, t.time_column, t.export_order) for t in HOURLY_MIRRORED)
+EXPORTS = tuple(_export_args(t) for t in HOURLY_MIRRORED)
 
 
 @dataclass

@@ -66,6 +66,11 @@ class SqlProfiler(TimedConnection):
 
 
 class Warehouse:
+    setup_parts: int  # set by setup()
+    setup_batches: int
+    db_size: int  # bytes, set after the runs (bench/incremental.py)
+    lake_size: int
+
     def __init__(self, label: str, history: int, root: Path, seed: int) -> None:
         self.label = label
         self.history = history
@@ -259,12 +264,12 @@ def profile_sql(conn, wh: Warehouse, loader: Loader, n_new: int) -> None:
     loader.append(wh.gen.take(max(1, n_new // len(wh.coins))))
     prof = SqlProfiler(conn)
     t = time.perf_counter()
-    run_incremental(prof, wh.coins)
+    run_incremental(prof.as_connection(), wh.coins)
     total = time.perf_counter() - t
     ex_prof = SqlProfiler(conn)
     t = time.perf_counter()
     for dataset, table, tcol, order in EXPORTS:
-        export_dirty(ex_prof, wh.lh.lake_path, dataset, table, tcol, order)
+        export_dirty(ex_prof.as_connection(), wh.lh.lake_path, dataset, table, tcol, order)
     ex_total = time.perf_counter() - t
     conn.execute("CHECKPOINT")
     sp = wh.sql_profile = wh.sql_profile or {"run": defaultdict(list), "export": defaultdict(list),

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import duckdb
 import orjson
@@ -25,6 +26,9 @@ from bench._common import REPO
 from crypto_assets.kafka.tick_contract import DEFAULT_COINS, make_tick
 from crypto_assets.resources import KafkaResource
 from crypto_assets.warehouse.tables import TABLES
+
+if TYPE_CHECKING:
+    import psutil
 
 
 class TickStream:
@@ -102,9 +106,9 @@ class RssSampler:
     def available(self) -> bool:
         return self._proc is not None
 
-    def _run(self) -> None:
+    def _run(self, proc: psutil.Process) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak = max(self.peak, proc.memory_info().rss)
             self._stop.wait(self.interval_s)
 
     @contextlib.contextmanager
@@ -113,7 +117,7 @@ class RssSampler:
             yield
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._proc,), daemon=True)
         self._thread.start()
         try:
             yield
@@ -155,14 +159,18 @@ def consume_only(kafka: KafkaResource, topic: str, start: dict[int, int], high: 
             continue
         idle_since = time.monotonic()
         for m in msgs:
-            if m.error() is not None:
-                if m.error().code() == KafkaError._PARTITION_EOF:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise KafkaException(m.error())
-            nbytes += len(m.value())
+                raise KafkaException(err)
+            value, p, offset = m.value(), m.partition(), m.offset()
+            if value is None or p is None or offset is None:  # a consumed tick has all three
+                raise RuntimeError(f"consume-only: a message without a value, partition or offset: {m}")
+            nbytes += len(value)
             n += 1
-            if m.offset() + 1 >= high[m.partition()]:
-                todo.discard(m.partition())
+            if offset + 1 >= high[p]:
+                todo.discard(p)
     t2 = time.perf_counter()
     acc.cpu_s += time.process_time() - c1
     c.close()
@@ -201,7 +209,7 @@ def naive_baseline(kafka: KafkaResource, home: Path, topic: str, start: dict[int
         for m in msgs:
             if m.error() is not None:
                 raise KafkaException(m.error())
-            d = json.loads(m.value())
+            d = json.loads(cast(bytes, m.value()))
             conn.execute(
                 NAIVE_INSERT,
                 [
@@ -212,7 +220,7 @@ def naive_baseline(kafka: KafkaResource, home: Path, topic: str, start: dict[int
                     datetime.fromtimestamp(m.timestamp()[1] / 1000, utc), 1, datetime.now(utc),
                 ],
             )
-            next_off[m.partition()] = m.offset() + 1
+            next_off[cast(int, m.partition())] = cast(int, m.offset()) + 1
             n += 1
     for p, o in next_off.items():
         conn.execute("INSERT INTO naive_offsets VALUES (?, ?, ?)", [topic, p, o])

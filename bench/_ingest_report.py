@@ -3,6 +3,7 @@ printed report (rates, ratios against the targets, memory, where (b)'s time goes
 
 from __future__ import annotations
 
+import cProfile
 import io
 import pstats
 import resource
@@ -41,7 +42,7 @@ class IngestRun:
     timers_b: Timers = field(default_factory=Timers)
     timers_b2: Timers = field(default_factory=Timers)
     sampler: RssSampler | None = None
-    prof: object = None
+    prof: cProfile.Profile | None = None
     cfg_b: PullConfig | None = None
     hwm_ok: bool = True
     naive: tuple[int, float] = (0, float("nan"))
@@ -95,6 +96,8 @@ def report(args, r: IngestRun) -> int:
     load_end, import_s, value_bytes, gen_s, prod_s = r.load_end, r.import_s, r.value_bytes, r.gen_s, r.prod_s
     export_once_s, export_once_inner, mem_probes, hwm_ok = r.export_once_s, r.export_once_inner, r.mem_probes, r.hwm_ok
     chk_a, chk_b = r.chk_a, r.chk_b
+    if sampler is None or cfg_b is None or res_x is None:
+        raise ValueError("report: the run has no RSS sampler, pull config or one-shot export result: it did not run")
     rate_a = N / acc_a.loop_s
     rate_a_total = N / acc_a.total_s
     rate_b = N / acc_b.total_s

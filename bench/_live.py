@@ -15,6 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crypto_assets.kafka.tick_contract import Coin
 
 TickFn = Callable[[int, int], tuple[str, bytes]]  # (tick number, event time in epoch ms) -> (key, value)
 
@@ -39,7 +43,7 @@ class Walk:
         self.price, self.volume = list(prices), list(volumes)
         self.rng = random.Random(seed)
 
-    def step(self, i: int, dt_s: float) -> tuple[object, float, float]:
+    def step(self, i: int, dt_s: float) -> tuple[Coin, float, float]:
         k = i % len(self.coins)
         c = self.coins[k]
         self.price[k] *= math.exp(c.annual_vol * math.sqrt(dt_s / (365 * 24 * 3600)) * self.rng.gauss(0, 1))
@@ -136,7 +140,7 @@ def stop_producer(producer: Producer | None) -> None:
         return
     producer.stop_event.set()
     producer.join(15)
-    producer.tp = None
+    del producer.tp  # the client goes with the collection below
     gc.collect()
 
 

@@ -8,6 +8,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import duckdb
 
 FETCHES = ("fetchall", "fetchone", "pl", "arrow", "df", "fetchnumpy")
 Record = Callable[[Hashable, str, float], None]  # (key, kind, seconds)
@@ -61,6 +65,10 @@ class TimedConnection:
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
+
+    def as_connection(self) -> duckdb.DuckDBPyConnection:
+        """This proxy, typed as the connection it stands for (what it does not time, it delegates)."""
+        return cast("duckdb.DuckDBPyConnection", self)
 
 
 class _TimedRelation:

@@ -129,7 +129,8 @@ def stack_roles(root_pid: int) -> dict[str, list[int]]:
         return roles
     for p in procs:
         try:
-            cmd, parent = " ".join(p.cmdline()), " ".join(p.parent().cmdline()) if p.parent() else ""
+            parent_proc = p.parent()
+            cmd, parent = " ".join(p.cmdline()), " ".join(parent_proc.cmdline()) if parent_proc else ""
         except psutil.Error:
             continue
         role = ("dev" if p.pid == root_pid else "daemon" if "dagster-daemon" in cmd or "daemon run" in cmd

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -15,14 +17,22 @@ from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.training_set import FEATURES
 
 AGREE_TOL = 1e-9
+T = TypeVar("T")
 
 
-def timed(fn, reps: int = 1):
-    ts, res = [], None
-    for _ in range(reps):
+def timed(fn: Callable[[], T], reps: int = 1) -> tuple[T, float, list[float]]:
+    """The result of the last of `reps` (at least one) calls of fn, their median time and every time."""
+    ts: list[float] = []
+
+    def once() -> T:
         t = time.perf_counter()
         res = fn()
         ts.append(time.perf_counter() - t)
+        return res
+
+    res = once()
+    for _ in range(reps - 1):
+        res = once()
     return res, statistics.median(ts), ts
 
 
@@ -55,7 +65,7 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
             past = f"past_return_{name.split('_', 1)[1]}"
             s_in = s_in.withColumn(past, F.coalesce(F.col(past), F.lit(0.0)))
         pred = t.model.transform(s_in)
-        col = vector_to_array("probability")[1] if name == "trend" else F.col("prediction")
+        col = vector_to_array(F.col("probability"))[1] if name == "trend" else F.col("prediction")
         out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), col.alias("p"))
         _, s_noop, _ = timed(lambda out=out: out.write.format("noop").mode("overwrite").save())
         spark_pdf, s_collect, _ = timed(lambda out=out: out.toPandas())
@@ -76,7 +86,7 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
     an = trained.get("anomaly")
     if an is not None and not isinstance(an, ValueError):
         pred = an.model.transform(sdf)
-        out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), vector_to_array("probability")[1].alias("p"))
+        out = pred.select("coin_id", F.unix_micros("event_time").alias("t_us"), vector_to_array(F.col("probability"))[1].alias("p"))
         _, s_noop, _ = timed(lambda: out.write.format("noop").mode("overwrite").save())
         _, s_collect, _ = timed(lambda: out.toPandas())
         # the predictions asset's first scoring code, and its current one (Arrow both ways and one
@@ -90,7 +100,7 @@ def inference(spark, path: str, trained: dict, n_rows: int, asset_rows: int, res
 
         def arrow_path():
             s = spark.createDataFrame(sub.select(FEATURES).to_pandas())
-            return an.model.transform(s).select(vector_to_array("probability")[1].alias("p")).toPandas()["p"].to_numpy()
+            return an.model.transform(s).select(vector_to_array(F.col("probability"))[1].alias("p")).toPandas()["p"].to_numpy()
 
         import warnings
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bench._training_profile import Profiler
 from bench._training_setup import CpuMeter, spark_jobs
@@ -17,8 +19,13 @@ from crypto_assets.ml.model_specs import with_baseline
 from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
 from crypto_assets.resources.mlflow import MlflowResource
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
-def _model_specs() -> list[tuple[str, str, object]]:
+    from crypto_assets.ml.train import Trained
+
+
+def _model_specs() -> list[tuple[str, str, Callable[[DataFrame], Trained]]]:
     """(asset, model, train function) in the order the training job runs them."""
     from crypto_assets.ml import train as T
 

@@ -105,10 +105,10 @@ class Profiler:
             self._wrap(DataFrame, meth, lambda *a, _m=meth, **k: f"action {_m} @ {Profiler._caller()}", action=True)
         import mlflow
         import mlflow.data
-        import mlflow.spark
+        import mlflow.spark as mlflow_spark
 
         for mod, fn in ((mlflow, "log_params"), (mlflow, "log_metrics"), (mlflow, "set_tags"), (mlflow, "log_input"),
-                        (mlflow, "log_artifact"), (mlflow, "start_run"), (mlflow.spark, "log_model"),
+                        (mlflow, "log_artifact"), (mlflow, "start_run"), (mlflow_spark, "log_model"),
                         (mlflow.data, "from_spark")):
             label = f"mlflow.{mod.__name__.split('.')[-1]}.{fn}" if mod is not mlflow else f"mlflow.{fn}"
             self._wrap(mod, fn, lambda *a, _n=label, **k: _n)

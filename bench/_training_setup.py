@@ -16,7 +16,7 @@ import polars as pl
 from bench._common import mb_kb, status_kb
 from bench._warehouse import Loader
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, coins_for
-from crypto_assets.producers.simulator import MarketSimulator
+from crypto_assets.producers.simulator.prices import MarketSimulator
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.settings import spark_config
 from crypto_assets.transforms.chain import run_incremental

@@ -5,6 +5,7 @@ batch, the way a pull commits one, without going through Kafka."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -89,7 +90,7 @@ class Loader:
         """Insert the batch; returns its batch_id."""
         self.batch_id += 1
         n = ticks.height
-        ing = ticks["last_updated_at"].max() + timedelta(seconds=1)
+        ing = cast(datetime, ticks["last_updated_at"].max()) + timedelta(seconds=1)  # a Datetime column's max
         absent = {c: pl.lit(None, dtype=pl.Float64) for c in ("change_24h_pct", "change_7d_pct") if c not in ticks.columns}
         df = ticks.with_columns(
             source=pl.lit("bench"),

@@ -138,7 +138,7 @@ def automation_note(env: dict[str, str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=100.0, help="ticks per second (all coins)")
     ap.add_argument("--duration", type=float, default=180.0, help="measured window after warm-up (s)")
     ap.add_argument("--sensor-interval", type=int, default=2, help="SENSOR_INTERVAL_SECONDS")
@@ -243,8 +243,11 @@ def main(argv=None) -> int:
     print(f"  load average at start: {load_start}")
 
     broker = start_broker(home)
-    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
-    env = stack_env(args, home, dagster_home, broker.bootstrap_servers, cron_env)
+    bootstrap = broker.bootstrap_servers
+    if bootstrap is None:  # start() sets it or raises
+        raise RuntimeError("the embedded broker has no address after its start")
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+    env = stack_env(args, home, dagster_home, bootstrap, cron_env)
     cmd, cwd, port = stack_command(args, home, Path(__file__).resolve())
     log_path = home / "dagster-dev.log"
 
@@ -287,7 +290,8 @@ def main(argv=None) -> int:
             print("dagster dev log (tail):")
             print("\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
             return code
-        ok, n_seen = print_result(args, samples, stuck, runs, ticks, other_jobs, poller, producer.sent, stop_how,
+        sent = producer.sent if producer else 0
+        ok, n_seen = print_result(args, samples, stuck, runs, ticks, other_jobs, poller, sent, stop_how,
                                   t0, t_end, load_end, warm_end, win_end)
         if code == 0 and args.strict and not ok:
             code = 1

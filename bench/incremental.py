@@ -74,7 +74,7 @@ from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--history-small", type=int, default=100_000)
     ap.add_argument("--history-large", type=int, default=5_000_000)
     ap.add_argument("--new", type=int, default=10_000, help="ticks per increment (all coins)")
@@ -133,6 +133,8 @@ def main() -> int:
             with wh.lh.connect() as conn:
                 naive_baseline(conn, wh)
             b = wh.baseline
+            if b is None:
+                raise RuntimeError(f"[{wh.label}] the full recomputation recorded no comparison")
             if not b["same_keys"] or b["over_tol"]:
                 errors.append(f"[{wh.label}] full recomputation differs from the incremental market_features "
                               f"(same rows: {b['same_keys']}, {b['over_tol']} values outside tolerance; "

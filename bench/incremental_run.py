@@ -200,7 +200,7 @@ def report(results: list[dict], args, sizes: dict[str, int]) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--small", type=int, default=100_000, help="ticks of history, A")
     ap.add_argument("--large", type=int, default=20_000_000, help="ticks of history, B")
     ap.add_argument("--new", type=int, default=10_000, help="new ticks per run")

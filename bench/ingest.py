@@ -87,7 +87,7 @@ from crypto_assets.resources import KafkaResource  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000, help="N, total messages (default 1,000,000)")
     ap.add_argument("--chunk", type=int, default=150_000, help="C, messages per round (default 150,000)")
     ap.add_argument("--batch-size", type=int, default=PullConfig.batch_size,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
     )
     print("=" * 96)
 
-    broker.start(topics=[RAW_TOPIC, DLQ_TOPIC])
+    bootstrap = broker.start(topics=[RAW_TOPIC, DLQ_TOPIC])
     # One-off library import cost kept out of the timings: the pull's first to_arrow() imports
     # pyarrow (and numpy), which takes ~0.4 s here (PYTHONDONTWRITEBYTECODE=1 => no .pyc cache).
     t = time.perf_counter()
@@ -275,9 +275,9 @@ def run(args: argparse.Namespace, root: Path, broker: EmbeddedBroker) -> int:
     r.load_end = os.getloadavg()[0]
     small = max(args.batch_size // 10, 1)
     r.mem_probes = [
-        memory_probe(broker.bootstrap_servers, root, "big", args.batch_size, min(N, args.batch_size)),
-        memory_probe(broker.bootstrap_servers, root, "small_many", small, min(N, args.batch_size)),
-        memory_probe(broker.bootstrap_servers, root, "small_one", small, min(N, small)),
+        memory_probe(bootstrap, root, "big", args.batch_size, min(N, args.batch_size)),
+        memory_probe(bootstrap, root, "small_many", small, min(N, args.batch_size)),
+        memory_probe(bootstrap, root, "small_one", small, min(N, small)),
     ]
     probe.close()
     del producer

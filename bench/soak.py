@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import MB, RUNS_ROOT, db_bytes, dir_stats, fmt, keep_or_remove, load_avg, med, pct  # noqa: E402
 from bench._history import build_history  # noqa: E402
 from bench._live import Poller, Producer, Walk, stack_exit, stop_producer, walk_ticks  # noqa: E402
-from bench._runs import run_stats, sensor_ticks  # noqa: E402
+from bench._runs import RunStats, run_stats, sensor_ticks  # noqa: E402
 from bench._stack import (  # noqa: E402
     interrupt_flag,
     launch_dagster_dev,
@@ -105,7 +105,7 @@ class RunCollector:
 
     def __init__(self, dagster_home: Path):
         self.dagster_home = dagster_home
-        self.incr: dict[str, object] = {}
+        self.incr: dict[str, RunStats] = {}
         self.other: dict[str, tuple] = {}
         self.inst = None
 
@@ -260,7 +260,7 @@ def integrity(home: Path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--history", type=int, default=20_000_000, help="ticks of history (cached build)")
     ap.add_argument("--coins", type=int, default=10)
     ap.add_argument("--rate", type=float, default=100.0, help="ticks per second (all coins)")
@@ -291,11 +291,11 @@ def main(argv=None) -> int:
 
 def progress(producer: Producer, pending: dict, s: Snap, now: float, t_meas: float) -> None:
     """One line at each window's end: production, storage, RSS and freshness so far."""
-    seen = [x for x in producer.samples if x.visible is not None and x.produced >= t_meas]
+    fresh = [x.visible - x.produced for x in producer.samples if x.visible is not None and x.produced >= t_meas]
     print(f"  +{now - t_meas:5.0f} s  produced {producer.sent}  pending samples {len(pending)}  "
           f"storage {s.storage[0] / MB:.1f} MB / {s.storage[1]} files  db {s.db / MB:.0f} MB  "
           f"RSS daemon {s.rss.get('daemon', 0) / MB:.0f} MB webserver {s.rss.get('webserver', 0) / MB:.0f} MB  "
-          f"fresh p95 so far {pct([x.visible - x.produced for x in seen], 95):.1f} s  load {s.load:.2f}",
+          f"fresh p95 so far {pct(fresh, 95):.1f} s  load {s.load:.2f}",
           flush=True)
 
 
@@ -343,7 +343,7 @@ def soak(args, home: Path, crons: dict[str, str]) -> int:
                     print(f"nothing visible after {args.warmup_timeout:g} s; see {log_path}", file=sys.stderr)
                     code = 1
                     break
-                if t_meas is not None and now >= next_snap and now < t_end:
+                if t_meas is not None and t_end is not None and now >= next_snap and now < t_end:
                     snaps.append(snapshot(home, dev.pid))
                     collector.poll()
                     next_snap += args.snapshot_every
@@ -355,7 +355,8 @@ def soak(args, home: Path, crons: dict[str, str]) -> int:
                 if t_end is not None and now >= t_end and drain_end is None:
                     snaps.append(snapshot(home, dev.pid))  # the end of the last window
                     drain_end = now + args.drain
-                if drain_end is not None and (not any(x.produced < t_end for x in pending.values()) or now >= drain_end):
+                if (drain_end is not None and t_end is not None
+                        and (not any(x.produced < t_end for x in pending.values()) or now >= drain_end)):
                     break
                 time.sleep(0.02)
         finally:
@@ -366,7 +367,7 @@ def soak(args, home: Path, crons: dict[str, str]) -> int:
             stop_broker(home, broker)
     print(f"\nRESULT (dagster dev stopped: {stop_how}; produced {producer.sent if producer else 0} ticks; "
           f"load average at end: {load_avg()})")
-    if t_meas is None or len(snaps) < 2:
+    if t_meas is None or t_end is None or producer is None or len(snaps) < 2:
         print("dagster dev log (tail):\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]))
         return code or 1
     incr, other, ticks = read_instance(dagster_home, collector)

@@ -91,7 +91,7 @@ from crypto_assets.warehouse.watermarks import get_state  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="market_features rows (all coins)")
     ap.add_argument("--step-s", type=float, default=60.0, help="seconds between two ticks of one coin")
     ap.add_argument("--batch", type=int, default=500_000, help="raw batch size while building the warehouse")
@@ -137,7 +137,7 @@ def main() -> int:
             proxy = DuckTimer(conn)
             c0 = time.process_time()
             t = time.perf_counter()
-            info = build_training_set(proxy, out_dir)
+            info = build_training_set(proxy.as_connection(), out_dir)
             timings["training_set"] = time.perf_counter() - t
             timings["cpu training_set"] = time.process_time() - c0
             timings["_duck"] = proxy.times

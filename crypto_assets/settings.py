@@ -156,6 +156,44 @@ def coingecko_settings(env: Mapping[str, str] | None = None) -> CoinGeckoSetting
     )
 
 
+# The exchanges' public endpoints (overridden in tests by local servers, in production by a proxy).
+COINBASE_WS_URL = "wss://ws-feed.exchange.coinbase.com"
+COINBASE_REST_URL = "https://api.exchange.coinbase.com"
+BINANCE_WS_URL = "wss://stream.binance.com:9443"
+BINANCE_REST_URL = "https://api.binance.com"
+DEFAULT_COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
+DEFAULT_BINANCE_SYMBOLS = ("btcusdt", "ethusdt", "solusdt")
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """Where the trade sources (`produce --source coinbase|binance`) connect, and what they follow."""
+
+    coinbase_ws_url: str = COINBASE_WS_URL
+    coinbase_rest_url: str = COINBASE_REST_URL
+    binance_ws_url: str = BINANCE_WS_URL
+    binance_rest_url: str = BINANCE_REST_URL
+    coinbase_products: tuple[str, ...] = DEFAULT_COINBASE_PRODUCTS
+    binance_symbols: tuple[str, ...] = DEFAULT_BINANCE_SYMBOLS
+
+
+def _csv(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in (value or "").split(",") if x.strip())
+    return items or default
+
+
+def exchange_settings(env: Mapping[str, str] | None = None) -> ExchangeSettings:
+    env = os.environ if env is None else env
+    return ExchangeSettings(
+        coinbase_ws_url=env.get("COINBASE_WS_URL") or COINBASE_WS_URL,
+        coinbase_rest_url=env.get("COINBASE_REST_URL") or COINBASE_REST_URL,
+        binance_ws_url=env.get("BINANCE_WS_URL") or BINANCE_WS_URL,
+        binance_rest_url=env.get("BINANCE_REST_URL") or BINANCE_REST_URL,
+        coinbase_products=_csv(env.get("COINBASE_PRODUCTS"), DEFAULT_COINBASE_PRODUCTS),
+        binance_symbols=_csv(env.get("BINANCE_SYMBOLS"), DEFAULT_BINANCE_SYMBOLS),
+    )
+
+
 def dagster_home(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
     """$DAGSTER_HOME, or <home or CRYPTO_HOME>/dagster (what the CLI, demo and live mode use)."""
     env = os.environ if env is None else env

@@ -1,5 +1,5 @@
 """Compaction of closed days: one sorted file per leaf (dataset, day[, symbol]), the export still exact
-after it (late rows rewrite the day file), legacy day files carried over, and the lake locks."""
+after it (late rows rewrite the day file), and the lake locks."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import pytest
 
 from crypto_assets.defs.maintenance import compact_lake as compact_lake_op
 from crypto_assets.warehouse.lake_compaction import compact_lake, is_closed
-from crypto_assets.warehouse.lake_export import mark_dirty, mark_whole_days
+from crypto_assets.warehouse.lake_export import mark_dirty
 from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
-    LEGACY_DAY_FILE,
     LakeLockTimeout,
     dataset_glob,
     duckdb_source,
@@ -141,35 +140,6 @@ def test_marker_pending_across_compaction_still_reaches_the_day_file(lakehouse):
         assert lake_rows(root) == table_rows(conn)
 
 
-def test_legacy_day_files_are_compacted_or_left_to_the_export(lakehouse):
-    root = lakehouse.lake_path
-    with lakehouse.connect() as conn:
-        insert_rows(conn, T0, hours=72)
-        export(conn, root)
-        # day 1 / eth in the older layout: one part-0 file holding the day, no marker
-        eth1 = _leaf(root, 1, "eth")
-        conn.execute(f"COPY (SELECT * EXCLUDE (symbol) FROM t WHERE symbol = 'eth' AND CAST(event_time AS DATE) = "
-                     f"DATE '{(T0 + timedelta(days=1)).date()}' ORDER BY event_time) TO '{eth1 / LEGACY_DAY_FILE}' (FORMAT parquet)")
-        legacy_rows = _file_rows(eth1 / LEGACY_DAY_FILE)
-        for h in range(24):
-            (eth1 / hour_file(h)).unlink()
-        # day 0 / btc as an export of the older layout killed before it deleted part-0: hour
-        # files and part-0 hold the same rows, and the day's markers are still pending
-        btc0 = _leaf(root, 0, "btc")
-        conn.execute(f"COPY (SELECT * EXCLUDE (symbol) FROM t WHERE symbol = 'btc' AND CAST(event_time AS DATE) = "
-                     f"DATE '{T0.date()}') TO '{btc0 / LEGACY_DAY_FILE}' (FORMAT parquet)")
-        mark_whole_days(conn, f"SELECT '{DATASET}' AS dataset, DATE '{T0.date()}' AS day, 'btc' AS symbol")
-
-        st = _stats(compact_lake(root, now=NOW))
-        assert st.days_compacted == 3 and st.days_waiting == [str(btc0)]
-        assert os.listdir(eth1) == [DAY_FILE] and _file_rows(eth1 / DAY_FILE) == legacy_rows
-        assert LEGACY_DAY_FILE in os.listdir(btc0)
-        export(conn, root)  # resolves day 0 / btc (24 hour files, part-0 deleted)
-        st = _stats(compact_lake(root, now=NOW))
-        assert st.days_compacted == 1 and os.listdir(btc0) == [DAY_FILE]
-        assert lake_rows(root) == table_rows(conn)
-
-
 def test_writers_wait_for_readers_and_readers_share(lakehouse):
     root = lakehouse.lake_path
     with lakehouse.connect() as conn:
@@ -242,22 +212,3 @@ def test_a_date_only_dataset_holds_every_coin_in_one_file_per_day(lakehouse):
     with read_lock(root, [BY_DATE_DATASET]):
         types = query_rows(f"DESCRIBE SELECT symbol, date FROM {duckdb_source(root, BY_DATE_DATASET)}")
     assert [t[1] for t in types] == ["VARCHAR", "DATE"]
-
-
-def test_a_date_only_dataset_in_the_older_per_symbol_layout_is_rewritten_by_the_next_export(lakehouse):
-    root = lakehouse.lake_path
-    with lakehouse.connect() as conn:
-        insert_rows(conn, T0, hours=72)  # exported below in the per-symbol layout, then moved over
-        export(conn, root)
-        (root / BY_DATE_DATASET).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(root / DATASET, root / BY_DATE_DATASET)
-        compact_lake(root, now=NOW, datasets=[BY_DATE_DATASET])  # nothing to do in the old layout
-        assert list((root / BY_DATE_DATASET).glob("date=*/symbol=*/day.parquet")) == []
-        insert_rows(conn, T0 + timedelta(days=2, hours=5), hours=1, tag="new", dataset=BY_DATE_DATASET)
-        export(conn, root, BY_DATE_DATASET)
-        assert list((root / BY_DATE_DATASET).glob("date=*/symbol=*")) == []
-        assert lake_rows(root, BY_DATE_DATASET) == table_rows(conn)
-        assert len(list_dataset_files(root, BY_DATE_DATASET)) == 72  # days 0-2, one file per hour for both coins
-        insert_rows(conn, T0 + timedelta(days=2, hours=6), hours=1, tag="later", dataset=BY_DATE_DATASET)
-        assert export(conn, root, BY_DATE_DATASET).partitions == 2  # migrated once: only the new hour now
-        assert lake_rows(root, BY_DATE_DATASET) == table_rows(conn)

@@ -126,18 +126,6 @@ def test_any_split_gives_the_same_verdicts_and_the_window_stays_bounded(tmp_path
         assert a.sql(per_coin).fetchall() == [(CFG.jump_window,)]
 
 
-def test_a_warehouse_from_before_the_guard_seeds_its_window(tmp_path):
-    lh = LakehouseResource(home=str(tmp_path), coins=["bitcoin"])
-    with lh.connect() as conn:
-        insert_raw_batch(conn, _frame("bitcoin", [9e4] * 10))
-        clean_increment(conn, ["bitcoin"])
-        conn.execute("DROP TABLE clean_price_window")  # as an older version left it
-        insert_raw_batch(conn, _frame("bitcoin", [9e-2, 9e4], start=T0 + timedelta(hours=1)))
-        r = clean_increment(conn, ["bitcoin"])
-        assert r.reasons == {"price_jump": 1} and r.rows_out == 1
-        assert conn.sql("SELECT kafka_offset FROM clean_price_window ORDER BY 1").fetchall() == [(o,) for o in range(7, 12)]
-
-
 _CHILD = """
 import sys
 from crypto_assets.resources import LakehouseResource

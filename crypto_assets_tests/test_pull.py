@@ -87,9 +87,9 @@ def test_plan_partitions_notices_broker_changes():
     assert p.start == 20 and "13 messages" in _reason(p) and "retention" in _reason(p)
 
 
-def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lakehouse):
-    """ingest_positions (read by every pull) equals the last ingest_offsets row per partition;
-    a warehouse without it (older layout) derives it once and resumes exactly where it was."""
+def test_positions_follow_the_offsets_and_the_next_pull_resumes_from_them(kafka, lakehouse):
+    """ingest_positions (read by every pull) equals the last ingest_offsets row per partition,
+    and the next pull resumes exactly where it points."""
     from crypto_assets.ingest.pull import pull_raw_ticks
     from crypto_assets_tests.helpers import produce
     from crypto_assets_tests.helpers import ticks as make
@@ -105,7 +105,6 @@ def test_positions_follow_the_offsets_and_old_warehouses_derive_them(kafka, lake
                              params=[kafka.raw_topic]).fetchall()
         assert positions == conn.sql(last_sql, params=[kafka.raw_topic]).fetchall()
         assert sum(n for _, n in positions) == 65
-        conn.execute("DELETE FROM ingest_positions")  # as a warehouse from before the table
     produce(kafka, make(10, start=65))
     pull_raw_ticks(kafka, lakehouse)
     with lakehouse.connect() as conn:

@@ -15,7 +15,7 @@ spec is `skippable` is a WARN as well; every other error fails the step.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -122,6 +122,9 @@ class _Registered:
     champion_before: str | None
 
 
+_H = TypeVar("_H", str, None)  # a horizon ("1h"), or None for a model without horizons
+
+
 def _md(logged: Logged, metrics: dict, extra: dict | None = None) -> dict[str, Any]:
     md: dict[str, Any] = {
         "mlflow_run_id": logged.run_id,
@@ -168,11 +171,12 @@ def _train_and_gate(context: dg.AssetExecutionContext, spec: ModelSpec, config: 
     df = pyspark.spark_session.read.parquet(path)
     window = data_window(path)  # once, not per horizon
     source = spec.prepare(df) if spec.prepare else df
-    skippable = (NotEnoughData,) if spec.skippable else ()
-    done: dict[str | None, _Registered] = {}
-    skipped: dict[str | None, str] = {}
-    try:
-        for h in spec.horizons(config) if spec.horizons else [None]:
+
+    def each(horizons: list[_H]) -> tuple[dict[_H, _Registered], dict[_H, str]]:
+        skippable = (NotEnoughData,) if spec.skippable else ()
+        done: dict[_H, _Registered] = {}
+        skipped: dict[_H, str] = {}
+        for h in horizons:
             try:
                 t = spec.fit(source, spec.params(config, h))
             except skippable as exc:
@@ -180,10 +184,15 @@ def _train_and_gate(context: dg.AssetExecutionContext, spec: ModelSpec, config: 
                 skipped[h] = str(exc)
                 continue
             done[h] = _register_and_gate(context, spec, config, mlflow, t, df, path, window, h)
+        return done, skipped
+
+    try:
+        if spec.horizons:
+            return _per_horizon_result(*each(spec.horizons(config)))
+        return _single_result(spec, *each([None]))
     finally:
         if spec.prepare:
             source.unpersist()
-    return _per_horizon_result(done, skipped) if spec.horizons else _single_result(spec, done, skipped)
 
 
 def _single_result(spec: ModelSpec, done: dict[None, _Registered], skipped: dict[None, str]) -> dg.MaterializeResult:

@@ -81,8 +81,8 @@ class Champions:
         return self.trend[0] is None and self.anomaly[0] is None and not self.price
 
 
-def predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
-                kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
+def _predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
+                 kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
     """Trend probability, anomaly probability and return forecasts for feature rows not yet
     scored, from the `champion` version of each model (recorded per row). Without any champion
     it says so and produces nothing."""
@@ -262,11 +262,12 @@ def _mark_predictions_sent(conn, sent: list[tuple[str, str, str]]) -> None:
 # Decorated here, at the end, so that its code version can hash its source and every helper
 # above that it calls (see defs/code_versions.py).
 predictions = dg.asset(
+    name="predictions",
     deps=["market_features", "trend_model", "anomaly_model", "price_model"],
     group_name="models",
     kinds={"duckdb", "kafka", "mlflow"},
     owners=["team:ml"],
-    code_version=source_version(predictions, PredictionsConfig),
+    code_version=source_version(_predictions, PredictionsConfig),
     automation_condition=predictions_condition(PREDICTIONS_CRON),
     metadata=table_definition_metadata("predictions"),
-)(predictions)
+)(_predictions)

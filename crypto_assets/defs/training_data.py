@@ -21,9 +21,19 @@ from crypto_assets.warehouse.lake_views import lake_reader
 from crypto_assets.warehouse.tables import TABLES
 
 TRAINING_WINDOW_DAYS = 7.0  # a week of minute-level history: ~600k rows for 10 coins
-FEATURES_DATASET = TABLES["market_features"].dataset
+
+
+def _mirror(table: str) -> str:
+    """The Parquet dataset a table is mirrored to, which the training set reads."""
+    dataset = TABLES[table].dataset
+    if dataset is None:
+        raise ValueError(f"table {table} has no Parquet mirror: the training set cannot read it")
+    return dataset
+
+
+FEATURES_DATASET = _mirror("market_features")
 # lake datasets, read as views named like the tables
-TRAINING_INPUTS = (FEATURES_DATASET, TABLES["ohlcv_1m"].dataset, TABLES["anomalies"].dataset)
+TRAINING_INPUTS = (FEATURES_DATASET, _mirror("ohlcv_1m"), _mirror("anomalies"))
 
 
 class TrainingSetConfig(dg.Config):
@@ -38,8 +48,8 @@ class TrainingSetConfig(dg.Config):
 _LOOKBACK_DAYS = 2
 
 
-def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource,
-                 compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
+def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource,
+                  compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
     """Features (backward-looking only) and labels (direction over the horizon, forward returns at
     1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/, read from the
     gold Parquet mirrors (market_features, ohlcv_1m, anomalies), not from warehouse.duckdb."""
@@ -74,9 +84,10 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, l
 # Decorated here, not with @, so that its code version can hash the function's own source and
 # what it calls (see defs/code_versions.py).
 training_set = dg.asset(
+    name="training_set",
     deps=["market_features", "ohlcv_1m", "anomalies"],
     group_name="models",
     kinds={"duckdb", "parquet"},
     owners=["team:ml"],
-    code_version=source_version(training_set, TrainingSetConfig),
-)(training_set)
+    code_version=source_version(_training_set, TrainingSetConfig),
+)(_training_set)

@@ -14,21 +14,6 @@ def stored_offsets(conn: duckdb.DuckDBPyConnection, topic: str) -> dict[int, tup
     rows = conn.sql(
         "SELECT kafka_partition, next_offset, cluster_id FROM ingest_positions WHERE kafka_topic = ?", params=[topic]
     ).fetchall()
-    if not rows:
-        # a warehouse from before ingest_positions: derive them once from the offsets history
-        conn.execute(
-            """
-            INSERT INTO ingest_positions
-            SELECT kafka_topic, kafka_partition, next_offset, cluster_id, batch_id FROM ingest_offsets
-            WHERE kafka_topic = ?
-            QUALIFY row_number() OVER (PARTITION BY kafka_partition ORDER BY batch_id DESC) = 1
-            ON CONFLICT DO NOTHING
-            """,
-            [topic],
-        )
-        rows = conn.sql(
-            "SELECT kafka_partition, next_offset, cluster_id FROM ingest_positions WHERE kafka_topic = ?", params=[topic]
-        ).fetchall()
     return {int(p): (int(o), c) for p, o, c in rows}
 
 

@@ -2,7 +2,7 @@
 
 DuckDB is the system of record for offsets. A pull
   1. snapshots the high watermarks (the batch never chases new data),
-  2. reconciles the offsets stored in `ingest_offsets` with the broker's log (restarted embedded
+  2. reconciles the offsets stored in `ingest_positions` with the broker's log (restarted embedded
      broker, recreated topic, retention) and says what it found,
   3. reads with `assign()` from the stored offsets (no consumer-group rebalance),
   4. parses in bulk, and writes rows, quarantine rows, per-partition offsets and Parquet dirty

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RAW_TOPIC = "crypto_raw"
+TRADES_TOPIC = "crypto_trades"  # exchange trades (kafka/trade_contract.py), key exchange:product
 DLQ_TOPIC = "crypto_raw_dlq"
 ALERTS_TOPIC = "crypto_alerts"
 PREDICTIONS_TOPIC = "crypto_predictions"
@@ -33,6 +34,7 @@ DAY_MS = 24 * 3600 * 1000
 # the spec therefore asks for 4 on crypto_raw so both stacks behave alike.
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RAW_TOPIC, partitions=4, retention_ms=7 * DAY_MS),
+    TopicSpec(TRADES_TOPIC, partitions=4, retention_ms=7 * DAY_MS),
     TopicSpec(DLQ_TOPIC, partitions=1, retention_ms=30 * DAY_MS),
     TopicSpec(ALERTS_TOPIC, partitions=1, retention_ms=30 * DAY_MS),
     TopicSpec(PREDICTIONS_TOPIC, partitions=1, retention_ms=7 * DAY_MS),

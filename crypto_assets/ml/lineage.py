@@ -35,7 +35,7 @@ def data_window(path: str) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     t = pq.read_table(path, columns=["event_time"])["event_time"]
-    mm = pc.min_max(t)
+    mm = pc.call_function("min_max", [t])  # = pc.min_max(t), generated at import: no static name
     return {"data_min_time": str(mm["min"].as_py()), "data_max_time": str(mm["max"].as_py()), "data_rows": str(len(t))}
 
 

@@ -13,10 +13,11 @@ covers its own entry only.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 from pydantic import Field
+from pyspark.ml.classification import RandomForestClassificationModel
 from pyspark.ml.evaluation import ClusteringEvaluator, RegressionEvaluator
 from pyspark.sql import DataFrame
 
@@ -153,7 +154,7 @@ ANOMALY_MODEL = ModelSpec(
                           "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES)},
     champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_anomaly"),
     artifacts=lambda t: {"baseline.json": t.extra["baseline"], "feature_importances.json": dict(
-        zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist(), strict=False))},
+        zip(FEATURES, cast(RandomForestClassificationModel, t.model.stages[-1]).featureImportances.toArray().tolist(), strict=False))},
     metadata=lambda t: {"train_positives": t.extra["train_positives"]},
     skippable=True,  # too few anomalies yet: skipped, the champion stays, the run stays green
 )

@@ -40,7 +40,7 @@ def log_model(
     """One MLflow run: params, metrics (model, baseline, lift), lineage tags, the input dataset,
     JSON artifacts and the Spark model, registered as a new version."""
     mlflow = mlf.activate()
-    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
+    import mlflow.spark as mlflow_spark
 
     exp_id = mlf.experiment_id(model_name)
     name = mlf.registered_name(register_as or model_name)
@@ -58,7 +58,7 @@ def log_model(
         # Explicit requirements: inferring them imports the model in a subprocess (~25 s per model).
         import pyspark
 
-        info = mlflow.spark.log_model(
+        info = mlflow_spark.log_model(
             spark_model, artifact_path="model", registered_model_name=name,
             pip_requirements=[f"pyspark=={pyspark.__version__}"],
         )
@@ -97,10 +97,10 @@ def load_champion(mlf: MlflowResource, registered_name: str):
     version = champion_version(mlf, registered_name)
     if version is None:
         return None, None
-    mlflow = mlf.activate()
-    import mlflow.spark  # noqa: F811 - loads the submodule onto the activated mlflow
+    mlf.activate()
+    import mlflow.spark as mlflow_spark
 
-    return version, mlflow.spark.load_model(f"models:/{registered_name}@{CHAMPION}")
+    return version, mlflow_spark.load_model(f"models:/{registered_name}@{CHAMPION}")
 
 
 def champion_artifact(mlf: MlflowResource, registered_name: str, filename: str) -> tuple[str | None, dict | None]:
@@ -109,9 +109,11 @@ def champion_artifact(mlf: MlflowResource, registered_name: str, filename: str) 
         return None, None
     client = mlf.client()
     mv = client.get_model_version(registered_name, version)
-    mlflow = mlf.activate()
+    mlf.activate()
+    import mlflow.artifacts as mlflow_artifacts
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=filename, dst_path=tmp)
+        path = mlflow_artifacts.download_artifacts(run_id=mv.run_id, artifact_path=filename, dst_path=tmp)
         return version, json.loads(Path(path).read_text())
 
 
@@ -188,7 +190,7 @@ def gate_and_promote(
             return GateVerdict(ERROR, None, metric, None, None, None, None, "this run registered no version")
         version = str(max(int(v.version) for v in mine))
     mv = client.get_model_version(registered_name, version)
-    m = client.get_run(mv.run_id).data.metrics
+    m = _run_metrics(client, mv)
     value, base, champ = m.get(metric), m.get(f"baseline_{metric}"), m.get(f"champion_{metric}")
     before = champion_version(mlf, registered_name)
     outcome, reason = judge(metric, value, base, champ, higher_is_better, margin, before, rtol)
@@ -198,6 +200,13 @@ def gate_and_promote(
     client.set_model_version_tag(registered_name, mv.version, "gate", tag)
     client.set_model_version_tag(registered_name, mv.version, "gate_reason", reason)
     return GateVerdict(outcome, str(mv.version), metric, value, base, champ, before, reason)
+
+
+def _run_metrics(client, mv) -> dict[str, float]:
+    """The metrics of the MLflow run that logged model version `mv`."""
+    if mv.run_id is None:  # every version here is logged by log_model's run; one registered by hand may not be
+        raise ValueError(f"{mv.name} v{mv.version} was not logged by an MLflow run: it has no metrics")
+    return client.get_run(mv.run_id).data.metrics
 
 
 PRIMARY_METRIC = {"trend_model": "auc_roc", "anomaly_model": "pr_auc", "price_model": "rmse", "coin_clusters": "silhouette"}
@@ -214,7 +223,7 @@ def model_summary(mlf: MlflowResource) -> list[dict]:
         latest = max(versions, key=lambda v: int(v.version))
         short = rm.name.split(".", 1)[-1]
         metric = PRIMARY_METRIC.get(short.split("_1h")[0].split("_4h")[0].split("_24h")[0], "auc_roc")
-        m = client.get_run(latest.run_id).data.metrics
+        m = _run_metrics(client, latest)
         out.append(
             {
                 "model": short,

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression, RandomForestClassifier
+from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel, RandomForestClassifier
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import StandardScaler, VectorAssembler
-from pyspark.ml.regression import LinearRegression
-from pyspark.sql import DataFrame
+from pyspark.ml.feature import StandardScaler, StandardScalerModel, VectorAssembler
+from pyspark.ml.regression import LinearRegression, LinearRegressionModel
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from crypto_assets.ml.training_set import REGRESSION_HORIZONS
@@ -27,6 +27,14 @@ class NotEnoughData(ValueError):
     """Too little data to train or evaluate a model (no labelled rows yet, one class only, too
     few rows or coins). The only failure a model asset may turn into a green skip (see
     ml/model_specs.py `skippable`); any other error fails the step."""
+
+
+def _only_row(df: DataFrame) -> Row:
+    """The row of a global aggregate (no groupBy): Spark returns exactly one, even over no rows."""
+    row = df.first()
+    if row is None:
+        raise RuntimeError("a global aggregate returned no row")
+    return row
 
 
 @dataclass
@@ -66,7 +74,7 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
     if cache:
         df = df.cache()
     ts = F.col("event_time").cast("double")
-    split_s = df.select(F.percentile_approx(ts, train_fraction, 10000).alias("q")).first()["q"]
+    split_s = _only_row(df.select(F.percentile_approx(ts, train_fraction, 10000).alias("q")))["q"]
     if split_s is None:
         if cache:
             df.unpersist()
@@ -74,12 +82,12 @@ def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: 
     in_train = ts + horizon_minutes * 60 < split_s
     in_test = ts >= split_s
     y = F.col(label).cast("double")
-    st = df.agg(
+    st = _only_row(df.agg(
         F.count(F.when(in_train, 1)).alias("n_tr"), F.max(F.when(in_train, F.col("event_time"))).alias("t_tr"),
         F.avg(F.when(in_train, y)).alias("y_tr"),
         F.count(F.when(in_test, 1)).alias("n_te"), F.min(F.when(in_test, F.col("event_time"))).alias("t_te"),
         F.avg(F.when(in_test, y)).alias("y_te"),
-    ).first()
+    ))
 
     return Split(df.filter(in_train), df.filter(in_test), datetime.fromtimestamp(split_s, tz=UTC),
                  st["n_tr"], st["n_te"], st["t_tr"], st["t_te"], st["y_tr"], st["y_te"], df if cache else None)
@@ -118,7 +126,7 @@ def binary_metrics(pred: DataFrame, label: str) -> dict[str, float]:
     3 doubles per holdout row via Arrow, instead of three Spark passes with two sorts."""
     from pyspark.ml.functions import vector_to_array
 
-    pdf = pred.select(vector_to_array("probability")[1].alias("s"), F.col("prediction").cast("double").alias("p"),
+    pdf = pred.select(vector_to_array(F.col("probability"))[1].alias("s"), F.col("prediction").cast("double").alias("p"),
                       F.col(label).cast("double").alias("y")).toPandas()
     s, p, y = (pdf[c].to_numpy(dtype=np.float64) for c in ("s", "p", "y"))
     order = np.argsort(-s, kind="mergesort")
@@ -216,11 +224,11 @@ def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minute
     model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
     # model errors and both baselines in one pass over the holdout (was: three)
     y, p, b = F.col(label), F.col("prediction"), F.col(past)  # past: 0 where missing (select above)
-    row = model.transform(split.test).select(
+    row = _only_row(model.transform(split.test).select(
         F.sqrt(F.avg((y - p) ** 2)).alias("rmse"), F.avg(F.abs(y - p)).alias("mae"),
         F.sqrt(F.avg(y ** 2)).alias("rmse_zero"), F.avg(F.abs(y)).alias("mae_zero"),
         F.sqrt(F.avg((y - b) ** 2)).alias("rmse_persistence"), F.avg(F.abs(y - b)).alias("mae_persistence"),
-    ).first()
+    ))
     metrics = {"rmse": float(row["rmse"]), "mae": float(row["mae"])}
     base = {k: float(row[k]) for k in ("rmse_zero", "mae_zero", "rmse_persistence", "mae_persistence")}
     return Trained(model, metrics, params, split, {"baseline": base})
@@ -264,7 +272,9 @@ def train_clusters(df: DataFrame, params: dict) -> Trained:
 
 def linear_coefficients(model: PipelineModel) -> dict:
     """Export a scaler + linear model pipeline as plain numbers, so scoring needs no Spark."""
-    assembler, scaler, head = model.stages[0], model.stages[1], model.stages[-1]
+    assembler = cast(VectorAssembler, model.stages[0])
+    scaler = cast(StandardScalerModel, model.stages[1])
+    head = cast(LogisticRegressionModel | LinearRegressionModel, model.stages[-1])
     out = {
         "features": list(assembler.getInputCols()),
         "mean": [float(x) for x in scaler.mean.toArray()],

@@ -15,7 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from crypto_assets.kafka.embedded_broker import resolve_bootstrap
-from crypto_assets.kafka.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC
+from crypto_assets.kafka.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC, TRADES_TOPIC
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -32,6 +32,7 @@ class KafkaResource(dg.ConfigurableResource):
     sasl_password: str | None = None
     ssl_ca_location: str | None = None
     raw_topic: str = RAW_TOPIC
+    trades_topic: str = TRADES_TOPIC
     dlq_topic: str = DLQ_TOPIC
     alerts_topic: str = ALERTS_TOPIC
     predictions_topic: str = PREDICTIONS_TOPIC

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from crypto_assets import rejections as R
-from crypto_assets.transforms.plausibility import ensure_window, judge_jumps
+from crypto_assets.transforms.plausibility import judge_jumps
 from crypto_assets.warehouse.incremental_table import incremental_table
 from crypto_assets.warehouse.sql import first
 from crypto_assets.warehouse.tables import TABLES
@@ -74,7 +74,7 @@ _DETAILS = {
 def clean_increment(conn: duckdb.DuckDBPyConnection, coins: list[str], cfg: CleanConfig | None = None) -> CleanResult:
     cfg = cfg or CleanConfig()
     conn.execute(TABLES["clean_coin_state"].ddl)
-    ensure_window(conn, cfg.jump_window)
+    conn.execute(TABLES["clean_price_window"].ddl)
     now = datetime.now(UTC)
     with incremental_table(conn, ASSET, upstream="raw_ticks", before_commit="clean_before_commit") as inc:
         if inc.nothing_new:

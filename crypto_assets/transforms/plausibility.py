@@ -26,33 +26,10 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from crypto_assets.warehouse.sql import transaction
-from crypto_assets.warehouse.tables import TABLES
-
 if TYPE_CHECKING:
     from crypto_assets.transforms.clean import CleanConfig
 
 _ARRIVAL = "batch_id, kafka_partition, kafka_offset"
-
-
-def ensure_window(conn: duckdb.DuckDBPyConnection, n: int) -> None:
-    """Create the window table; a warehouse cleaned before it existed seeds it once with each
-    coin's last accepted ticks. Call it outside a transaction: a failed probe aborts one."""
-    try:
-        conn.execute("SELECT 1 FROM clean_price_window LIMIT 0").fetchall()  # cheaper than a catalog lookup
-        return
-    except duckdb.CatalogException:
-        pass
-    with transaction(conn):
-        conn.execute(TABLES["clean_price_window"].ddl)
-        conn.execute(
-            f"""
-            INSERT INTO clean_price_window
-            SELECT coin_id, raw_batch_id, kafka_partition, kafka_offset, event_time, price_usd FROM clean_ticks
-            QUALIFY row_number() OVER (PARTITION BY coin_id ORDER BY raw_batch_id DESC, kafka_partition DESC,
-                                       kafka_offset DESC) <= {int(n)}
-            """
-        )
 
 
 def judge_jumps(conn: duckdb.DuckDBPyConnection, cfg: CleanConfig) -> None:

@@ -88,7 +88,7 @@ INGEST_BATCHES = Table("ingest_batches", """
 # Parquet files whose DuckDB rows changed and must be (re)exported: one per (dataset, UTC hour,
 # symbol), i.e. one part-HH.parquet file. Written in the same transaction as the rows, cleared
 # only after the file is in place: a crash during export leaves the marker behind and the next
-# run redoes the export. (Replaces lake_dirty, which marked whole days: see tables.py.)
+# run redoes the export.
 LAKE_PENDING = Table("lake_pending", """
     dataset  VARCHAR NOT NULL,      -- Parquet dataset, e.g. gold/ohlcv_1m
     hour     TIMESTAMPTZ NOT NULL,  -- UTC hour of the file to rewrite

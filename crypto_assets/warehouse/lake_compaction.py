@@ -20,15 +20,14 @@ rename to day.parquet (the commit point), delete the hour files. A kill -9 anywh
 a staging file (deleted by the next run under the lock: no live writer has one then), only hour
 files (compacted again), or a day file with some hour files beside it (leftovers: the day file
 already holds their rows, so they are deleted, never merged). Re-running therefore gives the
-same lake as an uninterrupted run. A day directory holding both a legacy part-0 file and hour
-files is an interrupted export of the older layout; its pending markers resolve it, so it waits.
+same lake as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -41,7 +40,6 @@ from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
     HOUR_FILE_RE,
     LAKE_DATASETS,
-    LEGACY_DAY_FILE,
     LOCK_TIMEOUT_S,
     by_symbol,
     dataset_lock,
@@ -55,13 +53,12 @@ DEFAULT_GRACE = timedelta(hours=1)
 class DatasetCompaction:
     dataset: str
     days_compacted: int = 0
-    files_before: int = 0      # hour (or legacy) files merged into the new day files
+    files_before: int = 0      # hour files merged into the new day files
     files_after: int = 0       # day files written
     rows: int = 0              # rows in the day files written
     bytes_before: int = 0
     bytes_after: int = 0
     leftovers_removed: int = 0  # hour files beside an existing day file (a killed run's)
-    days_waiting: list[str] = field(default_factory=list)  # legacy + hour files: the export's
     dataset_files: int = 0     # data files of the dataset after the run
 
 
@@ -92,7 +89,7 @@ def is_closed(day: date, now: datetime, grace: timedelta = DEFAULT_GRACE) -> boo
 
 
 def _closed_leaves(target: Path, dataset: str, now: datetime, grace: timedelta) -> list[tuple[date, Path]]:
-    """(day, leaf directory) of every closed day that still has hour (or legacy) files. Costs one
+    """(day, leaf directory) of every closed day that still has hour files. Costs one
     directory listing per leaf of the dataset, not a read of any file."""
     out = []
     for day_dir in sorted(target.glob("date=*")):
@@ -103,7 +100,7 @@ def _closed_leaves(target: Path, dataset: str, now: datetime, grace: timedelta) 
         if not is_closed(day, now, grace):
             continue
         for leaf in sorted(day_dir.glob("symbol=*")) if by_symbol(dataset) else [day_dir]:
-            if any(HOUR_FILE_RE.fullmatch(n) or n == LEGACY_DAY_FILE for n in os.listdir(leaf)):
+            if any(HOUR_FILE_RE.fullmatch(n) for n in os.listdir(leaf)):
                 out.append((day, leaf))
     return out
 
@@ -112,14 +109,10 @@ def _compact_leaf(conn: duckdb.DuckDBPyConnection, staging_root: Path, prefix: s
                   order_by: str | None, stats: DatasetCompaction) -> None:
     names = set(os.listdir(leaf))  # listed again under the lock: the export may have changed it
     hours = sorted(n for n in names if HOUR_FILE_RE.fullmatch(n))
-    legacy = LEGACY_DAY_FILE in names
     if DAY_FILE in names:  # committed by a killed run (or the export): the rest are leftovers
         stats.leftovers_removed += len(remove_leftovers(leaf))
         return
-    if legacy and hours:
-        stats.days_waiting.append(str(leaf))
-        return
-    inputs = [leaf / n for n in hours] or ([leaf / LEGACY_DAY_FILE] if legacy else [])
+    inputs = [leaf / n for n in hours]
     if not inputs:
         return
     paths = ", ".join(f"'{p}'" for p in inputs)

@@ -10,12 +10,7 @@ by one per leaf and day instead of 24.
 
 A marker for a day that already has a day file (a late row for an old day) rewrites the whole
 day file from DuckDB: the invariant every writer keeps is "a day file, once in place, holds every
-row of its (day, symbol); hour files beside it are leftovers of a killed run, to delete". A day
-directory written by the older whole-day layout (part-0.parquet) is rewritten hour by hour the
-next time it is touched, or compacted like hour files. A date-only dataset still in the older
-per-symbol layout (date=D/symbol=S/) is rewritten whole by its first export after the upgrade
-(every old day marked, the old directories deleted once the new files are in place); readers
-see only the new layout, so until that export (seconds in live mode) the dataset reads as empty.
+row of its (day, symbol); hour files beside it are leftovers of a killed run, to delete".
 
 The layout, the locks and the readers are in crypto_assets.warehouse.lake_layout."""
 
@@ -34,9 +29,7 @@ from crypto_assets.warehouse.atomic_files import publish_file
 from crypto_assets.warehouse.lake_layout import (
     DAY_FILE,
     HOUR_FILE_RE,
-    LEGACY_DAY_FILE,
     LOCK_TIMEOUT_S,
-    by_date_marker,
     by_symbol,
     dataset_lock,
     hour_file,
@@ -66,20 +59,6 @@ def mark_dirty(conn: duckdb.DuckDBPyConnection, dataset: str, source_sql: str) -
     )
 
 
-def mark_whole_days(conn: duckdb.DuckDBPyConnection, source_sql: str, params: dict | None = None) -> None:
-    """Mark all 24 hours of the (dataset, day, symbol) rows `source_sql` selects: for day-level
-    markers and day files of the older layout."""
-    conn.execute(
-        f"""
-        INSERT INTO lake_pending
-        SELECT dataset, CAST(day AS TIMESTAMPTZ) + to_hours(h), symbol FROM ({source_sql}), range(24) r(h)
-        ON CONFLICT DO NOTHING
-        """,
-        params,
-    )
-
-
-
 # ------------------------------------------------------------------ export
 def _pending(conn: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple]:
     return conn.sql(
@@ -88,8 +67,8 @@ def _pending(conn: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple]:
 
 
 def remove_leftovers(leaf: Path) -> list[Path]:
-    """Delete the hour and legacy files beside a day file (all their rows are in it)."""
-    gone = [p for p in sorted(leaf.iterdir()) if HOUR_FILE_RE.fullmatch(p.name) or p.name == LEGACY_DAY_FILE]
+    """Delete the hour files beside a day file (all their rows are in it)."""
+    gone = [p for p in sorted(leaf.iterdir()) if HOUR_FILE_RE.fullmatch(p.name)]
     for i, p in enumerate(gone):
         p.unlink(missing_ok=True)
         if i == 0:
@@ -114,39 +93,13 @@ def export_dirty(
         return _export_locked(conn, Path(lake_root), dataset, table, time_column, order_by)
 
 
-def _migrate_symbol_dirs(conn, lake_root: Path, dataset: str) -> list[Path]:
-    """A date-only dataset written by the older per-symbol layout: mark every (day, symbol) it
-    holds, so this export rewrites those days from DuckDB, and return the old directories, which
-    the caller deletes once the new files are in place. Runs until the marker file is written."""
-    if by_symbol(dataset) or by_date_marker(lake_root, dataset).exists():
-        return []
-    old = sorted((lake_root / dataset).glob("date=*/symbol=*"))
-    if old:
-        mark_whole_days(
-            conn, "SELECT $dataset AS dataset, CAST(unnest($days) AS DATE) AS day, unnest($symbols) AS symbol",
-            {"dataset": dataset, "days": [d.parent.name.removeprefix("date=") for d in old],
-             "symbols": [d.name.removeprefix("symbol=") for d in old]},
-        )
-    return old
-
-
 def _export_locked(conn, lake_root: Path, dataset: str, table: str, time_column: str, order_by: str) -> ExportResult:
     target = lake_root / dataset
-    old_dirs = _migrate_symbol_dirs(conn, lake_root, dataset)
     dirty = _pending(conn, dataset)  # re-read: decided under the lock, with the lake as it is now
     sym = by_symbol(dataset)
     # the leaves to rewrite: (day, symbol) per symbol, (day, None) for a date-only dataset
     days = {(h.date(), s if sym else None) for h, s in dirty}
     compacted = sorted(d for d in days if (leaf_dir(target, dataset, *d) / DAY_FILE).exists())
-    legacy = sorted(d for d in days - set(compacted) if sym and (leaf_dir(target, dataset, *d) / LEGACY_DAY_FILE).exists())
-    if legacy:
-        # a whole-day file from the older layout: rewrite all 24 hours of its day, then drop it
-        mark_whole_days(
-            conn,
-            "SELECT $dataset AS dataset, unnest($days) AS day, unnest($symbols) AS symbol",
-            {"dataset": dataset, "days": [d for d, _ in legacy], "symbols": [s for _, s in legacy]},
-        )
-        dirty = _pending(conn, dataset)
     in_day_files = set(compacted)
     hourly = sorted({(h, s if sym else None) for h, s in dirty if (h.date(), s if sym else None) not in in_day_files})
     # Staging lives outside the dataset tree so readers globbing the dataset never see it.
@@ -160,13 +113,6 @@ def _export_locked(conn, lake_root: Path, dataset: str, table: str, time_column:
     try:
         files = _export_hours(conn, target, dataset, staging, table, time_column, order_by, hourly)
         files += _export_days(conn, target, dataset, staging, table, time_column, order_by, compacted)
-        for day, symbol in legacy:  # its rows now live in the hour files
-            (leaf_dir(target, dataset, day, symbol) / LEGACY_DAY_FILE).unlink(missing_ok=True)
-        for d in old_dirs:  # the older per-symbol layout: its days are rewritten above
-            shutil.rmtree(d, ignore_errors=True)
-        if not sym:
-            by_date_marker(lake_root, dataset).parent.mkdir(exist_ok=True)
-            by_date_marker(lake_root, dataset).touch()
         # Clear the markers once every file is in place: one statement (one commit) instead of one
         # per partition. A crash before this leaves them all, and the next run redoes the export.
         conn.execute(

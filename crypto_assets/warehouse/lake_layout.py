@@ -30,7 +30,6 @@ from typing import cast
 
 from crypto_assets.warehouse.tables import HOURLY_MIRRORED
 
-LEGACY_DAY_FILE = "part-0.parquet"
 DAY_FILE = "day.parquet"
 HOUR_FILE_RE = re.compile(r"part-\d\d\.parquet")
 LOCK_TIMEOUT_S = 300.0
@@ -40,11 +39,6 @@ LOCK_TIMEOUT_S = 300.0
 LAKE_DATASETS: dict[str, str] = {cast(str, t.dataset): cast(str, t.export_order) for t in HOURLY_MIRRORED}
 # The small datasets, partitioned by date only; every other one has a symbol= directory level.
 BY_DATE: frozenset[str] = frozenset(cast(str, t.dataset) for t in HOURLY_MIRRORED if t.by_date)
-
-
-def by_date_marker(lake_root: Path, dataset: str) -> Path:
-    """Exists once a date-only dataset holds no directory of the older per-symbol layout."""
-    return Path(lake_root) / ".layout" / (dataset.replace("/", "__") + ".by-date")
 
 
 def by_symbol(dataset: str) -> bool:
@@ -121,10 +115,10 @@ def read_lock(lake_root: Path, datasets: Iterable[str] | None = None,
 
 
 def dataset_glob(lake_root: Path, dataset: str) -> str:
-    """A glob matching every data file of a dataset: day files, hour files and legacy part-0
-    files; staging (<lake>/.staging) and locks stay outside it. Exact under `read_lock`, except
-    after a compaction or export killed between writing a day file and deleting the hour files
-    beside it, until the next run of either: `list_dataset_files` is exact then too."""
+    """A glob matching every data file of a dataset: day files and hour files; staging
+    (<lake>/.staging) and locks stay outside it. Exact under `read_lock`, except after a
+    compaction or export killed between writing a day file and deleting the hour files beside
+    it, until the next run of either: `list_dataset_files` is exact then too."""
     return str(Path(lake_root) / dataset / leaf_pattern(dataset) / "*.parquet")
 
 

@@ -5,7 +5,7 @@ whose single read-write process is almost always the live pipeline's incremental
 
 A dataset is its files as `crypto_assets.warehouse.lake_export.list_dataset_files` lists them under its leaf
 directories (`date=*/symbol=*/`, or `date=*/` for the small gold datasets): the export's hour
-files, a compacted day file, an older whole-day part-0 file. `date` (and `symbol` where it is a
+files and a compacted day file. `date` (and `symbol` where it is a
 directory level) comes back from the directory names. Each view has
 exactly its table's columns, names and types in table order (from the warehouse DDL), so SQL
 written against the warehouse runs unchanged; a dataset without files yet is an empty view.

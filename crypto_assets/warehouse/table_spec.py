@@ -36,7 +36,7 @@ class Table:
     time_column: str | None = None  # the event time its rows are placed (and mirrored) by
     seq_column: str | None = None  # the run sequence stamped on every row it writes (None: not stamped)
     export_order: str | None = None  # ORDER BY of its Parquet files
-    on_connect: bool = True  # ensure_schema creates it; False: the code that uses it does (with any migration)
+    on_connect: bool = True  # ensure_schema creates it; False: the code that uses it does
 
     def __post_init__(self) -> None:
         undescribed = [name for name, _t, _nn, text in self._columns if not text]

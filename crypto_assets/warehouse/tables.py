@@ -9,10 +9,10 @@ import duckdb
 
 from crypto_assets.warehouse.derived_tables import DERIVED_TABLES
 from crypto_assets.warehouse.ingest_tables import INGEST_TABLES
-from crypto_assets.warehouse.sql import transaction
 from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.trade_tables import TRADE_TABLES
 
-TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + DERIVED_TABLES}
+TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + TRADE_TABLES + DERIVED_TABLES}
 
 # Mirrored hour by hour through lake_pending (export_dirty; compaction merges closed days).
 HOURLY_MIRRORED: tuple[Table, ...] = tuple(t for t in TABLES.values() if t.dataset and not t.single_file)
@@ -41,16 +41,3 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         pass
     for t in _ON_CONNECT:
         conn.execute(t.ddl)
-    _migrate_lake_dirty(conn)
-
-
-def _migrate_lake_dirty(conn: duckdb.DuckDBPyConnection) -> None:
-    """Warehouses from before hourly Parquet files mark whole days in lake_dirty: carry each
-    marked day over as its 24 hours (the export then also replaces the day's old part-0 file)."""
-    from crypto_assets.warehouse.lake_export import mark_whole_days  # lake_export.py reads these tables: import at use
-
-    if not conn.sql("SELECT 1 FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'lake_dirty'").fetchall():
-        return
-    with transaction(conn):
-        mark_whole_days(conn, "SELECT dataset, day, symbol FROM lake_dirty")
-        conn.execute("DROP TABLE lake_dirty")

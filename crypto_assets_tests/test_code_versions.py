@@ -142,4 +142,5 @@ def test_each_model_has_its_own_version_that_follows_its_spec():
         changed = dataclasses.replace(spec, gate_description=spec.gate_description + ".")
         assert source_version(models.model_asset, changed) != versions[spec.name]
     for a in (training_data.training_set, predictions.predictions):
-        assert re.fullmatch(r"[0-9a-f]{12}", a.code_versions_by_key[a.key])
+        version = a.code_versions_by_key[a.key]
+        assert version is not None and re.fullmatch(r"[0-9a-f]{12}", version)

@@ -19,7 +19,6 @@ once. Parquet mirrors are rewritten at most every `export_interval_seconds` and 
 """
 
 import logging
-import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from crypto_assets.transforms.anomalies import anomalies_increment, correlations
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets.transforms.features import features_increment
+from crypto_assets.warehouse.atomic_files import atomic_write
 from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import TABLES
@@ -212,13 +212,13 @@ def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None
 
 
 def _write_single_file(conn, lake_root: Path, table: Table) -> None:
-    """A table rebuilt whole each time (correlations): one file, replaced atomically."""
+    """A table rebuilt whole each time (correlations): one file, replaced atomically. No fsync:
+    its rows stay in DuckDB and the next refresh writes the file again (see atomic_files)."""
     assert table.dataset is not None, table.name  # a single-file table has a mirror
     directory = lake_root / table.dataset
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{table.name}.parquet.tmp"
-    conn.execute(f"COPY (SELECT * FROM {table.name} ORDER BY {table.export_order}) TO '{tmp}' (FORMAT parquet)")
-    os.replace(tmp, directory / f"{table.name}.parquet")
+    with atomic_write(directory / f"{table.name}.parquet", fsync=False) as tmp:
+        conn.execute(f"COPY (SELECT * FROM {table.name} ORDER BY {table.export_order}) TO '{tmp}' (FORMAT parquet)")
 
 
 def _new_rows(asset: str, run: _Run) -> str:

@@ -86,7 +86,8 @@ def test_produce_and_status_cli(home):
         assert out.returncode == 0, out.stderr[-2000:]
         stats = json.loads(out.stdout[out.stdout.index("{"):])
         assert stats["sent"] == 120
-        docs = [orjson.loads(m.value or b"") for m in read_topic(b.bootstrap_servers, KafkaResource().raw_topic, whole=True)]
+        kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers)
+        docs = [orjson.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)]
         assert len(docs) == 120 and len(_ids(docs)) == 120  # 120 distinct ticks, each once
         assert {d["source"] for d in docs} == {"simulator"}
         st = subprocess.run(exe + ["status"], env=env, capture_output=True, text=True, timeout=60)

@@ -139,7 +139,7 @@ def test_the_correlations_mirror_is_published_whole(tmp_path):
         for i, row in enumerate(rows):
             conn.execute("INSERT INTO correlations VALUES (?, ?, ?, ?, ?, ?)", list(row))
             _write_single_file(conn, lh.lake_path, table)
-            got = duckdb.sql(f"SELECT coin_a, coin_b, window_name, corr, n FROM '{final}' ORDER BY ALL").fetchall()
+            got = conn.execute(f"SELECT coin_a, coin_b, window_name, corr, n FROM '{final}' ORDER BY ALL").fetchall()
             assert got == sorted((a, b, w, c, n) for a, b, w, _, c, n in rows[:i + 1])
             assert sorted(p.name for p in final.parent.iterdir()) == ["correlations.parquet"]
         before = final.read_bytes()

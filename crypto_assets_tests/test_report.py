@@ -294,7 +294,7 @@ def test_a_model_without_champion_alias_has_no_champion(tmp_path):
     name = mlf.registered_name("trend_model")
     client.create_registered_model(name)
     for rid in run_ids:
-        mv = client.create_model_version(name, source=client.get_run(rid).info.artifact_uri + "/model", run_id=rid)
+        mv = client.create_model_version(name, source=f"{client.get_run(rid).info.artifact_uri}/model", run_id=rid)
         client.set_model_version_tag(name, mv.version, "gate", "rejected")
 
     series = {s.name: s for s in load_model_history(mlf)}

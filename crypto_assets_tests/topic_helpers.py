@@ -74,6 +74,7 @@ def read_topic(bootstrap: str, topic: str, *, whole: bool = False, give_up_s: fl
             for m in c.consume(1000, timeout=0.2):
                 assert m.error() is None, m.error()
                 p, o = m.partition(), m.offset()
+                assert p is not None and o is not None
                 if p in todo and o < todo[p]:
                     assert (p, o) not in got, f"{topic}: offset {(p, o)} read twice"
                     got[(p, o)] = Record(p, o, m.key(), m.value(), tuple(m.headers() or ()))

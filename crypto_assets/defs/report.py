@@ -16,7 +16,7 @@ class MarketReportConfig(dg.Config):
     keep_reports: int = Field(default=0, ge=0, description="keep only the newest N timestamped reports; 0 keeps all")
 
 
-def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
+def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
                   mlflow: MlflowResource) -> dg.MaterializeResult:
     """PNG figures and report.md under `reports/<UTC timestamp>/`, mirrored to `reports/latest/`:
     per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); the 24 h / 7 d
@@ -71,5 +71,6 @@ market_report = dg.asset(
     group_name="report",
     kinds={"duckdb", "mlflow", "matplotlib"},
     owners=["team:data-eng"],
-    code_version=source_version(market_report, MarketReportConfig, unimported=REPORT_CODE),
-)(market_report)
+    name="market_report",
+    code_version=source_version(_market_report, MarketReportConfig, unimported=REPORT_CODE),
+)(_market_report)

@@ -37,12 +37,17 @@ def partitions(consumer, topic: str, deadline: float) -> list[int]:
         time.sleep(0.1)
 
 
-def watermarks(bootstrap: str, topic: str, give_up_s: float = 60.0) -> dict[int, tuple[int, int]]:
+def watermarks(bootstrap: str, topic: str, wait_s: float = 0.0) -> dict[int, tuple[int, int]]:
+    """(low, high) per partition; a topic that does not exist has none, unless `wait_s` > 0: then
+    it must exist, and its metadata is asked for again until then (see `partitions`)."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{uuid.uuid4().hex[:8]}"})
     try:
-        parts = partitions(c, topic, time.monotonic() + give_up_s)
+        if wait_s > 0:
+            parts = partitions(c, topic, time.monotonic() + wait_s)
+        else:
+            parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False) for p in parts}
     finally:
         c.close()
@@ -53,11 +58,12 @@ def read_topic(bootstrap: str, topic: str, *, whole: bool = False, give_up_s: fl
     low to its high watermark as snapshotted when called (call it after the producers flushed;
     later messages are left out). Fails on an offset read twice and, at the give-up bound (a
     bound for a broken broker, not a timing claim), naming the partitions not read to their end.
-    `whole`: the topic must also hold every message ever sent to it: no partition's low
+    A topic that does not exist reads as empty. `whole`: the topic must exist (its metadata is
+    asked for until it shows) and hold every message ever sent to it: no partition's low
     watermark above 0 (dropped by retention), no offset missing below its high watermark."""
     from confluent_kafka import Consumer, TopicPartition
 
-    marks = watermarks(bootstrap, topic, give_up_s)
+    marks = watermarks(bootstrap, topic, wait_s=give_up_s if whole else 0.0)
     if whole:
         lost = {p: lo for p, (lo, _) in marks.items() if lo != 0}
         assert not lost, f"{topic}: partitions start at offsets {lost}: messages were dropped by retention"

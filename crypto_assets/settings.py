@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from crypto_assets.resources.lakehouse import LakehouseResource
 
 
+# The Dagster concurrency pool of the steps that write warehouse.duckdb: DuckDB allows one
+# read-write process per file, and dagster.yaml limits every pool to one slot.
+DUCKDB_POOL = "duckdb_writer"
+
+
 def crypto_home(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("CRYPTO_HOME") or "var").resolve()

@@ -10,7 +10,8 @@ import pytest
 from crypto_assets.ingest.parse import parse_values, triage
 from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
-from crypto_assets_tests.helpers import produce, read_topic, tick, ticks
+from crypto_assets_tests.helpers import produce, tick, ticks
+from crypto_assets_tests.topic_helpers import read_topic
 
 
 def _bad_messages() -> dict[str, tuple[bytes, str]]:
@@ -85,9 +86,9 @@ def test_each_bad_kind_is_quarantined_and_valid_kept(kafka, lakehouse):
 
     # the same messages went to the DLQ with the reason in a header
     assert r.dlq_published == len(bad) + 1
-    dlq = read_topic(kafka, kafka.dlq_topic)  # exactly the topic's offsets, however slow the broker
+    dlq = read_topic(kafka.bootstrap(), kafka.dlq_topic, whole=True)  # exactly the topic's offsets, however slow the broker
     assert len(dlq) == len(bad) + 1
-    assert sorted(dict(m.headers())["reason"].decode() for m in dlq) == want
+    assert sorted(dict(m.headers)["reason"].decode() for m in dlq) == want
 
     # a re-run does not re-publish or re-quarantine
     r2 = pull_raw_ticks(kafka, lakehouse)

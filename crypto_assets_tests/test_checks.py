@@ -9,7 +9,7 @@ from typing import cast
 import dagster as dg
 import pytest
 
-from crypto_assets.defs import checks, incremental
+from crypto_assets.defs import bronze, gold, incremental, silver
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
@@ -32,16 +32,16 @@ def good(tmp_path):
 
 
 RULES = {
-    "unique_ticks": (checks.unique_ticks, "INSERT INTO clean_ticks SELECT * FROM clean_ticks LIMIT 1"),
-    "positive_prices": (checks.positive_prices, "UPDATE clean_ticks SET price_usd = 0 WHERE rowid = 5"),
-    "features_finite": (checks.features_finite, "UPDATE market_features SET zscore_15m = 'NaN'::DOUBLE WHERE rowid = 7"),
-    "rsi_in_range": (checks.rsi_in_range, "UPDATE ohlcv_1m SET rsi_14 = 101 WHERE rowid = 40"),
-    "reconciliation": (checks.reconciliation, "DELETE FROM clean_ticks WHERE rowid = 9"),
-    "offset_contiguity": (checks.offset_contiguity,
+    "unique_ticks": (silver.unique_ticks, "INSERT INTO clean_ticks SELECT * FROM clean_ticks LIMIT 1"),
+    "positive_prices": (silver.positive_prices, "UPDATE clean_ticks SET price_usd = 0 WHERE rowid = 5"),
+    "features_finite": (gold.features_finite, "UPDATE market_features SET zscore_15m = 'NaN'::DOUBLE WHERE rowid = 7"),
+    "rsi_in_range": (gold.rsi_in_range, "UPDATE ohlcv_1m SET rsi_14 = 101 WHERE rowid = 40"),
+    "reconciliation": (silver.reconciliation, "DELETE FROM clean_ticks WHERE rowid = 9"),
+    "offset_contiguity": (bronze.offset_contiguity,
                           "INSERT INTO ingest_offsets VALUES (3, 'crypto_raw', 0, 750, 800, 50, 'c', NULL, now())"),
-    "quarantine_rate": (lambda c: checks.quarantine_rate(c, 0.05),
+    "quarantine_rate": (lambda c: bronze.quarantine_rate(c, 0.05),
                         "INSERT INTO ingest_batches VALUES (99, 'r', 'crypto_raw', 'c', 100, 50, 50, 1, NULL, NULL, now(), now())"),
-    "freshness": (lambda c: checks.freshness(c, 60.0),
+    "freshness": (lambda c: silver.freshness(c, 60.0),
                   # the newest tick per coin is kept in clean_coin_state: as if none had come for 90 min
                   "UPDATE clean_coin_state SET max_event_time = now() - INTERVAL 90 MINUTE"),
 }
@@ -63,7 +63,7 @@ def test_offset_reset_with_reason_is_not_a_gap(good):
         conn.execute(
             "INSERT INTO ingest_offsets VALUES (3, 'crypto_raw', 0, 0, 10, 10, 'c2', 'cluster id changed', now())"
         )
-        assert checks.offset_contiguity(conn).passed
+        assert bronze.offset_contiguity(conn).passed
 
 
 def _defs(lh, kafka):

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from crypto_assets.warehouse.lake_layout import dataset_glob
-from crypto_assets_tests.helpers import produce, read_topic, ticks
+from crypto_assets_tests.helpers import produce, ticks
+from crypto_assets_tests.topic_helpers import read_topic
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_dagster_asset_materialize_cli(home):
         assert b.bootstrap_servers is not None  # started on entering
         kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers, home=str(home))
         assert produce(kafka, batch) == 250
-        offsets = {(m.partition(), m.offset()) for m in read_topic(kafka)}
+        offsets = {(m.partition, m.offset) for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)}
         dagster = Path(sys.executable).parent / "dagster"
         proc = subprocess.run(
             [str(dagster), "asset", "materialize", "-m", "crypto_assets.definitions", "--select", "raw_ticks"],
@@ -87,7 +88,8 @@ def test_produce_and_status_cli(home):
         assert out.returncode == 0, out.stderr[-2000:]
         stats = json.loads(out.stdout[out.stdout.index("{"):])
         assert stats["sent"] == 120
-        docs = [orjson.loads(m.value()) for m in read_topic(KafkaResource(bootstrap_servers=b.bootstrap_servers))]
+        kafka = KafkaResource(bootstrap_servers=b.bootstrap_servers)
+        docs = [orjson.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)]
         assert len(docs) == 120 and len(_ids(docs)) == 120  # 120 distinct ticks, each once
         assert {d["source"] for d in docs} == {"simulator"}
         st = subprocess.run(exe + ["status"], env=env, capture_output=True, text=True, timeout=60)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -63,9 +65,10 @@ PROBE = {
 _counter = iter(range(10**6))
 
 
-def _version(tmp_path: Path, edits: dict[tuple[str, str], str] | None = None) -> str:
+def _version(tmp_path: Path, edits: dict[tuple[str, str], str] | None = None, unimported: tuple[str, ...] = ()) -> str:
     """The version of `entry` in a fresh copy of PROBE (package `cvprobe`, in a directory of its
-    own, so no module or source line is cached between copies), with `edits` {(file, old): new}."""
+    own, so no module or source line is cached between copies), with `edits` {(file, old): new}
+    and the modules `unimported` ("lazy" for cvprobe.lazy) read as files."""
     pkg = "cvprobe"
     home = tmp_path / f"copy{next(_counter)}"
     root = home / pkg
@@ -80,7 +83,10 @@ def _version(tmp_path: Path, edits: dict[tuple[str, str], str] | None = None) ->
     sys.path.insert(0, str(home))
     try:
         module = importlib.import_module(f"{pkg}.core")
-        return source_version(module.entry, package=pkg)
+        version = source_version(module.entry, package=pkg, unimported=tuple(f"{pkg}.{m}" for m in unimported))
+        for m in unimported:
+            assert f"{pkg}.{m}" not in sys.modules, m  # read, not imported
+        return version
     finally:
         sys.path.remove(str(home))
         for m in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
@@ -144,3 +150,75 @@ def test_each_model_has_its_own_version_that_follows_its_spec():
     for a in (training_data.training_set, predictions.predictions):
         version = a.code_versions_by_key[a.key]
         assert version is not None and re.fullmatch(r"[0-9a-f]{12}", version)
+
+
+def test_unimported_modules_count_as_their_whole_file(tmp_path):
+    """A module the roots import only when they run (named `unimported`) is never imported, and
+    its file counts whole: its code, comments too; the other modules keep counting as usual."""
+    base = _version(tmp_path, unimported=("lazy",))
+    assert base != _version(tmp_path)  # the file, not the function reached: another text
+    assert _version(tmp_path, {("lazy.py", "return 4"): "return 5"}, unimported=("lazy",)) != base
+    assert _version(tmp_path, {("lazy.py", "def late"): "# a note\ndef late"}, unimported=("lazy",)) != base
+    assert _version(tmp_path, {("core.py", "return x + 1"): "return x + 2"}, unimported=("lazy",)) != base
+    assert _version(tmp_path, {("core.py", "return x * 2"): "return x * 3"}, unimported=("lazy",)) == base
+
+
+# The code each layer asset runs, as the asset modules pass it to source_version.
+LAYER_VERSIONS = """
+import json, sys
+from crypto_assets.defs import bronze, gold, report, silver
+specs = [bronze.RAW_TICKS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
+out = {s.key.to_user_string(): s.code_version for s in specs}
+out["market_report"] = report.market_report.code_versions_by_key[report.market_report.key]
+out["matplotlib_imported"] = "matplotlib" in sys.modules
+print(json.dumps(out))
+"""
+# One logic edit in the code of each of four assets: (file under crypto_assets/, old, new).
+LAYER_EDITS = {
+    "raw_ticks": ("ingest/pull.py", 'add_time(timings, "metadata", t)', 'add_time(timings, "metadata_", t)'),
+    "clean_ticks": ("transforms/clean.py", "THEN 'invalid_volume'", "THEN 'bad_volume'"),
+    "market_features": ("transforms/features.py", 'prev_volume=pl.col("volume_24h_usd").shift(1)',
+                        'prev_volume=pl.col("volume_24h_usd").shift(2)'),
+    "market_report": ("report/plots.py", "width = 0.7 / 1440.0", "width = 0.6 / 1440.0"),
+}
+
+
+def _layer_versions(roots: dict[str, Path]) -> dict[str, dict]:
+    """LAYER_VERSIONS run on each copy of the package, in processes started together."""
+    procs = {label: subprocess.Popen([sys.executable, "-c", LAYER_VERSIONS], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+                                     cwd=root) for label, root in roots.items()}
+    out = {}
+    for label, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        out[label] = json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_layer_assets_have_source_versions_that_follow_their_logic(tmp_path):
+    """bronze, silver, gold and the report carry a hash of the code they run, computed the same in
+    another process; a copy of the package with one logic edit in the code of raw_ticks,
+    clean_ticks, market_features and market_report changes exactly those four versions. Defining
+    the report imports no matplotlib (its code is read as files)."""
+    from crypto_assets.defs import bronze, gold, report, silver
+
+    here = {s.key.to_user_string(): s.code_version for s in [bronze.RAW_TICKS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]}
+    here["market_report"] = report.market_report.code_versions_by_key[report.market_report.key]
+    assert all(v is not None and re.fullmatch(r"[0-9a-f]{12}", v) for v in here.values()), here
+    package = Path(bronze.__file__).parents[1]
+    roots = {}
+    for label, edits in (("same", {}), ("edited", LAYER_EDITS)):
+        root = tmp_path / label
+        shutil.copytree(package, root / "crypto_assets", ignore=shutil.ignore_patterns("__pycache__"))
+        for file, old, new in edits.values():
+            path = root / "crypto_assets" / file
+            text = path.read_text()
+            assert text.count(old) == 1, (file, old)
+            path.write_text(text.replace(old, new))
+        roots[label] = root
+    copies = _layer_versions(roots)
+    same, edited = copies["same"], copies["edited"]
+    assert same.pop("matplotlib_imported") is False and edited.pop("matplotlib_imported") is False
+    assert same == here
+    assert {k for k in here if edited[k] != here[k]} == set(LAYER_EDITS)

@@ -22,7 +22,6 @@ from crypto_assets.producers.coingecko_client import (
     CoinGeckoRequestError,
     parse_retry_after,
 )
-from crypto_assets_tests import helpers
 from crypto_assets_tests.coingecko_helpers import (
     COIN_IDS,
     INGESTED,
@@ -33,6 +32,7 @@ from crypto_assets_tests.coingecko_helpers import (
     realistic_payload,
     scripted,
 )
+from crypto_assets_tests.topic_helpers import read_topic, watermarks
 
 # --------------------------------------------------------------------------------------------
 # Pure mapping
@@ -136,19 +136,6 @@ def test_parse_retry_after_seconds_and_http_date():
 # --------------------------------------------------------------------------------------------
 
 
-def read_topic(kafka, topic: str) -> list:
-    """All messages of `topic` (4 partitions), from offset 0 on every partition up to the high
-    watermarks (helpers.read_topic)."""
-    from confluent_kafka import Consumer
-
-    probe = Consumer(kafka.consumer_config(**{"group.id": f"{kafka.consumer_group}.probe"}))
-    try:
-        assert len(probe.list_topics(topic=topic, timeout=10).topics[topic].partitions) == 4
-    finally:
-        probe.close()
-    return helpers.read_topic(kafka, topic)
-
-
 def test_run_coingecko_end_to_end_suppresses_unchanged(httpserver, kafka):
     httpserver.expect_request(MARKETS).respond_with_json(realistic_payload())
     logs: list[str] = []
@@ -171,13 +158,14 @@ def test_run_coingecko_end_to_end_suppresses_unchanged(httpserver, kafka):
     for req, _ in httpserver.log:
         assert req.args["vs_currency"] == "usd"
         assert req.args["ids"] == "bitcoin,ethereum,avalanche-2"
-    msgs = read_topic(kafka, kafka.raw_topic)
+    assert len(watermarks(kafka.bootstrap(), kafka.raw_topic)) == 4
+    msgs = read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)
     assert len(msgs) == 3  # the second poll, same last_updated, added nothing
     by_coin = {}
     for m in msgs:
-        tick = json.loads(m.value())
+        tick = json.loads(m.value or b"")
         assert_contract(tick)
-        assert m.key().decode() == tick["coin_id"]
+        assert m.key == tick["coin_id"].encode()
         by_coin[tick["coin_id"]] = tick
     assert set(by_coin) == {"bitcoin", "ethereum", "avalanche"}
     assert by_coin["avalanche"]["market_cap_usd"] is None
@@ -219,7 +207,8 @@ def test_run_coingecko_survives_failed_poll_and_sends_only_changes(httpserver, k
     }
     assert any("poll 1 failed" in line and "503" in line for line in logs)
     assert any("WARNING" in line and "dogecoin" in line for line in logs)
-    ticks = [json.loads(m.value()) for m in read_topic(kafka, kafka.raw_topic)]
+    assert len(watermarks(kafka.bootstrap(), kafka.raw_topic)) == 4
+    ticks = [json.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)]
     btc = sorted(t["last_updated_at"] for t in ticks if t["coin_id"] == "bitcoin")
     assert btc == ["2025-12-20T15:30:00.123Z", "2025-12-20T15:31:00.456Z"]
     assert len(ticks) == 4
@@ -268,5 +257,6 @@ def test_run_coingecko_stops_on_event(httpserver, kafka):
     assert not t.is_alive()
     assert len(httpserver.log) == 1
     assert result["polls"] == 1 and result["ticks_sent"] == 3
-    ticks = [json.loads(m.value()) for m in read_topic(kafka, kafka.raw_topic)]
+    assert len(watermarks(kafka.bootstrap(), kafka.raw_topic)) == 4
+    ticks = [json.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)]
     assert sorted(t["coin_id"] for t in ticks) == ["avalanche", "bitcoin", "ethereum"]

@@ -126,7 +126,7 @@ def test_env_vars_are_read_by_someone():
 def test_postgres_dagster_yaml():
     """The compose instance config: Postgres storage from env, queued runs, the duckdb_writer
     pool limited to 1 like the root dagster.yaml, and it passes Dagster's own schema."""
-    from crypto_assets.defs.bronze import DUCKDB_POOL  # the pool every warehouse writer uses
+    from crypto_assets.settings import DUCKDB_POOL  # the pool every warehouse writer uses
 
     path = RES / "dagster" / "dagster.yaml"
     cfg = load_yaml(path)

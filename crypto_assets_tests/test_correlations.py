@@ -121,3 +121,33 @@ def test_known_correlations(runs):
     n_sol_7d = got[("bitcoin", "solana", "7d")][1]
     assert n_sol_7d < 7 * 1440  # solana's skipped minutes do not pair
     assert got[("bitcoin", "solana", "7d")][0] != got[("bitcoin", "solana", "24h")][0]
+
+
+def test_the_correlations_mirror_is_published_whole(tmp_path):
+    """The one-file mirror (lake/gold/correlations/correlations.parquet) holds exactly the table's
+    rows after each refresh, is replaced by renaming a complete file over it (no temporary file
+    left beside it), and a write that fails leaves the previous file as it was."""
+    import duckdb
+
+    from crypto_assets.defs.incremental import _write_single_file
+    from crypto_assets.warehouse.tables import TABLES
+
+    lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
+    table = TABLES["correlations"]
+    final = lh.lake_path / "gold" / "correlations" / "correlations.parquet"
+    rows = [("bitcoin", "ethereum", "24h", datetime(2025, 1, 2, tzinfo=UTC), 0.9, 1440),
+            ("bitcoin", "solana", "7d", datetime(2025, 1, 2, tzinfo=UTC), None, 10)]
+    with lh.connect() as conn:
+        for i, row in enumerate(rows):
+            conn.execute("INSERT INTO correlations VALUES (?, ?, ?, ?, ?, ?)", list(row))
+            _write_single_file(conn, lh.lake_path, table)
+            got = conn.execute(f"SELECT coin_a, coin_b, window_name, corr, n FROM '{final}' ORDER BY ALL").fetchall()
+            assert got == sorted((a, b, w, c, n) for a, b, w, _, c, n in rows[:i + 1])
+            assert sorted(p.name for p in final.parent.iterdir()) == ["correlations.parquet"]
+        before = final.read_bytes()
+        conn.execute("ALTER TABLE correlations RENAME TO correlations_gone")
+        with pytest.raises(duckdb.CatalogException):
+            _write_single_file(conn, lh.lake_path, table)
+        conn.execute("ALTER TABLE correlations_gone RENAME TO correlations")
+    assert final.read_bytes() == before
+    assert sorted(p.name for p in final.parent.iterdir()) == ["correlations.parquet"]

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from crypto_assets.defs import checks, incremental
+from crypto_assets.defs import incremental, silver
 from crypto_assets.faults import ENV_VAR
 from crypto_assets.ops import cli
 from crypto_assets.resources import LakehouseResource
@@ -223,7 +223,7 @@ def test_quarantining_accepted_ticks_by_hand_equals_never_having_them(tmp_path, 
         run_incremental(conn, coins, cfg)
         got = {t: table(conn, t) for t in TABLE_KEYS}
         q = conn.sql("SELECT reason, detail, coin_id, last_updated_at FROM quarantine WHERE reason = 'manual'").fetchall()
-        assert checks.reconciliation(conn).passed
+        assert silver.reconciliation(conn).passed
     with homes["never"].connect() as conn:
         want = {t: table(conn, t) for t in TABLE_KEYS}
     for t in TABLE_KEYS:

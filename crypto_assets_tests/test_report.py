@@ -278,6 +278,37 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     assert got["price_model_1h"] == ["rmse", "none", "–", "unregistered", "0.009 vs 0.0108 ✓", "2"]
 
 
+@pytest.mark.slow  # a real sqlite MLflow store
+def test_a_model_without_champion_alias_has_no_champion(tmp_path):
+    """A registered model whose versions never passed their gate has no `champion` alias (MLflow
+    raises INVALID_PARAMETER_VALUE for it, not RESOURCE_DOES_NOT_EXIST): the report says no
+    champion and still shows the version of each run; a model never registered has none either."""
+    mlf = MlflowResource(home=str(tmp_path))
+    mlflow = mlf.activate()
+    client = mlf.client()
+    run_ids = []
+    for auc in (0.55, 0.52):
+        with mlflow.start_run(experiment_id=mlf.experiment_id("trend_model")) as run:
+            mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": 0.5})
+            run_ids.append(run.info.run_id)
+    with mlflow.start_run(experiment_id=mlf.experiment_id("anomaly_model")):
+        mlflow.log_metrics({"pr_auc": 0.3, "baseline_pr_auc": 0.1})
+    name = mlf.registered_name("trend_model")
+    client.create_registered_model(name)
+    for rid in run_ids:
+        mv = client.create_model_version(name, source=f"{client.get_run(rid).info.artifact_uri}/model", run_id=rid)
+        client.set_model_version_tag(name, mv.version, "gate", "rejected")
+
+    series = {s.name: s for s in load_model_history(mlf)}
+    assert set(series) == {"trend_model", "anomaly_model"}
+    trend = series["trend_model"]
+    assert trend.champion_version is None and trend.champion is None
+    assert [(p.value, p.version, p.gate) for p in trend.points] == [(0.55, "1", "rejected"), (0.52, "2", "rejected")]
+    anomaly = series["anomaly_model"]
+    assert anomaly.champion_version is None and [p.version for p in anomaly.points] == [None]
+    assert "| trend_model | auc_roc | none |" in model_table(list(series.values()))
+
+
 def _model_rows_from_mlflow(mlf) -> dict[str, list[str]]:
     """The model table's cells, queried here from the MLflow client: every finished run of each
     experiment (price_model split by its horizon tag) in start order, the champion alias, the

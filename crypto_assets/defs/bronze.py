@@ -1,8 +1,8 @@
 """Bronze layer: raw_ticks, the exactly-once pull from Kafka into DuckDB (+ Parquet).
 
 The asset is materialized by the incremental step (crypto_assets/defs/incremental.py), which
-runs the pull at the start of every pass; this module holds its spec, its checks and what one
-pull reports.
+runs the pull at the start of every pass; this module holds its spec, its checks (their rules
+and specs) and what one pull reports.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from typing import Any
 
 import dagster as dg
 
-from crypto_assets.defs import checks
-from crypto_assets.defs.metadata import table_definition_metadata
+from crypto_assets.defs.check_verdicts import OFFENDERS, WARN, Verdict, count_of
+from crypto_assets.defs.code_versions import source_version
+from crypto_assets.defs.metadata import markdown_table, table_definition_metadata
+from crypto_assets.ingest.config import PullConfig
+from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.ingest.results import PullResult
-
-DUCKDB_POOL = "duckdb_writer"
 
 RAW_TICKS = dg.AssetSpec(
     "raw_ticks",
@@ -23,14 +24,19 @@ RAW_TICKS = dg.AssetSpec(
     kinds={"kafka", "duckdb", "parquet"},
     owners=["team:data-eng"],
     tags={"layer": "bronze"},
-    code_version="2",
+    code_version=source_version(pull_raw_ticks, PullConfig),
     skippable=True,
     metadata=table_definition_metadata("raw_ticks"),
     description="Contract-valid ticks pulled from `crypto_raw` in bounded micro-batches, exactly once. Rows and "
     "offsets commit in one DuckDB transaction; unusable messages go to `quarantine` and `crypto_raw_dlq` with "
     "their reason and never stop the batch.",
 )
-CHECKS = [checks.QUARANTINE_RATE, checks.OFFSET_CONTIGUITY]
+QUARANTINE_RATE = dg.AssetCheckSpec("raw_ticks_quarantine_rate", asset="raw_ticks",
+                                    description="share of quarantined messages in recent batches")
+OFFSET_CONTIGUITY = dg.AssetCheckSpec("raw_ticks_offset_contiguity", asset="raw_ticks",
+                                      description="committed batches leave no offset gaps")
+CHECKS = [QUARANTINE_RATE, OFFSET_CONTIGUITY]
+SEVERITY = {QUARANTINE_RATE.key: WARN}  # the others fail as errors
 
 
 def pull_numbers(result: PullResult) -> dict[str, Any]:
@@ -62,3 +68,47 @@ def pull_last(result: PullResult) -> dict[str, Any]:
 def batch_range(result: PullResult) -> tuple[int, int] | None:
     ids = [b.batch_id for b in result.batches]
     return (min(ids), max(ids)) if ids else None
+
+
+def quarantine_rate(conn, threshold: float, last_batches: int = 20) -> Verdict:
+    row = conn.sql(
+        """
+        SELECT sum(messages), sum(quarantined) FROM ingest_batches
+        WHERE batch_id > (SELECT coalesce(max(batch_id), 0) FROM ingest_batches) - ?
+        """,
+        params=[last_batches],
+    ).fetchall()[0]
+    total, q = int(row[0] or 0), int(row[1] or 0)
+    rate = q / total if total else 0.0
+    return Verdict(rate <= threshold, {"quarantine_rate": round(rate, 5), "threshold": threshold,
+                                        "messages": total, "quarantined": q})
+
+
+def offset_contiguity(conn, batches: tuple[int, int] | None = None) -> Verdict:
+    """Each committed batch starts where the previous batch of its partition ended (or says why
+    not). Scoped: the batches of this pass against each partition's last batch before them."""
+    lo = 0 if batches is None else int(batches[0])
+    hi_filter = "" if batches is None else f"AND batch_id <= {int(batches[1])}"
+    before = "" if batches is None else f"""
+        UNION ALL
+        SELECT o.* FROM ingest_offsets o JOIN (
+            SELECT kafka_topic, kafka_partition, max(batch_id) AS batch_id FROM ingest_offsets
+            WHERE batch_id < {lo} AND batch_id >= {lo} - 1000 GROUP BY 1, 2) p USING (kafka_topic, kafka_partition, batch_id)"""
+    rows_sql = f"SELECT * FROM ingest_offsets WHERE batch_id >= {lo} {hi_filter}{before}"
+    gaps = conn.sql(
+        f"""
+        SELECT kafka_topic, kafka_partition, batch_id, from_offset, prev_next FROM (
+            SELECT *, lag(next_offset) OVER (PARTITION BY kafka_topic, kafka_partition ORDER BY batch_id) AS prev_next
+            FROM ({rows_sql}))
+        WHERE prev_next IS NOT NULL AND from_offset <> prev_next AND reset_reason IS NULL AND batch_id >= {lo}
+        ORDER BY batch_id
+        """
+    ).fetchall()
+    scope = f"batch_id >= {lo} {hi_filter}"
+    bad_counts = count_of(conn, f"SELECT count(*) FROM ingest_offsets WHERE {scope} AND next_offset - from_offset <> message_count")
+    resets = count_of(conn, f"SELECT count(*) FROM ingest_offsets WHERE {scope} AND reset_reason IS NOT NULL")
+    md: dict = {"gaps": len(gaps), "inconsistent_batches": bad_counts, "explained_resets": resets}
+    if gaps:
+        md["offending_batches"] = dg.MetadataValue.md(markdown_table(
+            gaps[:OFFENDERS], ["topic", "partition", "batch_id", "from_offset", "previous next_offset"]))
+    return Verdict(not gaps and bad_counts == 0, md)

@@ -16,26 +16,36 @@ between functions) does not. Resources (ConfigurableResource subclasses) are whe
 runs, not what it computes: they are not followed, or every asset would change with any table's
 DDL. Source text, not bytecode or line numbers, is hashed, sets are hashed sorted, and the
 pieces are sorted before hashing, so every process and Python build computes the same version.
+
+Finding what a function reaches means importing it. An asset that imports its code only when it
+runs (the report: matplotlib costs ~1.5 s, which every run worker would pay at code load) names
+that code's modules `unimported`: they are not imported here, each of their source files counts
+whole (comments included), and what they import from the rest of the package is followed as
+usual.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import linecache
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 PACKAGE = "crypto_assets"
 
 
-def source_version(*roots: object, package: str = PACKAGE) -> str:
-    """12 hex digits of a SHA-256 over the source `roots` reach inside `package` (see the module)."""
+def source_version(*roots: object, package: str = PACKAGE, unimported: tuple[str, ...] = ()) -> str:
+    """12 hex digits of a SHA-256 over the source `roots` reach inside `package`, with the
+    modules (or packages) named in `unimported` read as files, never imported (see the module)."""
     digest = hashlib.sha256()
-    for piece in sorted(_pieces(roots, package)):
+    for piece in sorted(_pieces(roots, package, unimported)):
         digest.update(piece.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:12]
@@ -48,40 +58,74 @@ class _Node:
     refs: tuple[object, ...]
 
 
-_NODES: dict[tuple[int, str], _Node] = {}  # shared by every asset's walk: most of what they reach is common
+# shared by every asset's walk: most of what they reach is common
+_NODES: dict[tuple[int, str, tuple[str, ...]], _Node] = {}
 
 
-def _pieces(roots: tuple[object, ...], package: str) -> set[str]:
+def _pieces(roots: tuple[object, ...], package: str, unimported: tuple[str, ...]) -> set[str]:
     pieces: set[str] = set()
-    seen: set[int] = set()
     todo = list(roots)
+    for name in unimported:
+        texts, refs = _unimported_source(name, package, unimported)
+        pieces.update(texts)
+        todo.extend(refs)
+    seen: set[int] = set()
     while todo:
         obj = todo.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        node = _NODES.get((id(obj), package))
+        key = (id(obj), package, unimported)
+        node = _NODES.get(key)
         if node is None or node.obj is not obj:
-            node = _NODES[(id(obj), package)] = _node(obj, package)
+            node = _NODES[key] = _node(obj, package, unimported)
         pieces.update(node.pieces)
         todo.extend(node.refs)
     return pieces
 
 
-def _node(obj: object, package: str) -> _Node:
+def _unimported_source(name: str, package: str, unimported: tuple[str, ...]) -> tuple[set[str], list[object]]:
+    """The text of every source file of module or package `name` (found, not imported) and what
+    those files import by name from the rest of `package` (imported: the walk follows it)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(name)
+    if spec.submodule_search_locations:  # a package: all its modules, by their path inside it
+        root = Path(list(spec.submodule_search_locations)[0])
+        files = {f"{name}/{p.relative_to(root).as_posix()}": p for p in sorted(root.rglob("*.py"))}
+    else:
+        files = {name: Path(spec.origin)}
+    texts: set[str] = set()
+    refs: list[object] = []
+    for label, path in files.items():
+        text = path.read_text()
+        texts.add(f"{label}\n{text}")
+        for stmt in ast.walk(ast.parse(text)):
+            if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module is not None \
+                    and _in_package(stmt.module, package) and not _in_any(stmt.module, unimported):
+                module = importlib.import_module(stmt.module)
+                refs.extend(getattr(module, a.name) for a in stmt.names if hasattr(module, a.name))
+    return texts, refs
+
+
+def _in_any(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(_in_package(module, p) for p in prefixes)
+
+
+def _node(obj: object, package: str, unimported: tuple[str, ...]) -> _Node:
     """What one object contributes (its source or value) and what it reaches."""
     if callable(obj) and hasattr(obj, "__wrapped__"):  # lru_cache, functools.wraps
         return _Node(obj, frozenset(), (inspect.unwrap(obj),))
     refs: list[object] = []
     texts: set[str] = set()
     if inspect.isfunction(obj) and _ours(obj, package) and not _generated(obj):
-        refs, texts = _function_refs(obj, package)
+        refs, texts = _function_refs(obj, package, unimported)
         texts.add(f"{obj.__module__}:{obj.__qualname__}\n{_function_source(obj)}")
     elif inspect.isclass(obj) and _ours(obj, package) and not _resource(obj):
         refs.extend(obj.__mro__[1:])
         texts.add(f"{obj.__module__}:{obj.__qualname__}\n{_class_source(obj)}")
         for method in _methods(obj):  # their text is in the class's: only what they reach
-            method_refs, method_texts = _function_refs(method, package)
+            method_refs, method_texts = _function_refs(method, package, unimported)
             refs.extend(method_refs)
             texts.update(method_texts)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type) and _ours(type(obj), package):
@@ -156,7 +200,7 @@ def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _codes(const)
 
 
-def _function_refs(fn: types.FunctionType, package: str) -> tuple[list[object], set[str]]:
+def _function_refs(fn: types.FunctionType, package: str, unimported: tuple[str, ...]) -> tuple[list[object], set[str]]:
     """What the function's body (and the functions nested in it) can reach: the globals it
     names (plain constants as text), the package modules it names or imports (an import's
     module name is one of the code's names) and their attributes it names, its closure
@@ -164,7 +208,8 @@ def _function_refs(fn: types.FunctionType, package: str) -> tuple[list[object], 
     names: set[str] = set()
     for code in _codes(fn.__code__):
         names.update(n for n in code.co_names if not n.startswith("__"))
-    modules = [importlib.import_module(n) for n in sorted(names) if _in_package(n, package) and n != fn.__module__]
+    modules = [importlib.import_module(n) for n in sorted(names)
+               if _in_package(n, package) and n != fn.__module__ and not _in_any(n, unimported)]
     refs: list[object] = []
     constants: set[str] = set()
     for name in sorted(names):

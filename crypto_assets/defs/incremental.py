@@ -19,7 +19,6 @@ once. Parquet mirrors are rewritten at most every `export_interval_seconds` and 
 """
 
 import logging
-import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -29,16 +28,19 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.defs import bronze, checks, gold, silver
+from crypto_assets.defs import bronze, gold, silver
+from crypto_assets.defs.check_verdicts import ERROR, Verdict
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
 from crypto_assets.ingest.config import PullConfig
 from crypto_assets.ingest.pull import pull_raw_ticks
 from crypto_assets.resources import KafkaResource, LakehouseResource
+from crypto_assets.settings import DUCKDB_POOL
 from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh, publish_alerts
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets.transforms.features import features_increment
+from crypto_assets.warehouse.atomic_files import atomic_write
 from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import TABLES
@@ -46,6 +48,7 @@ from crypto_assets.warehouse.watermarks import get_state
 
 SPECS = [bronze.RAW_TICKS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
 CHECK_SPECS = [*bronze.CHECKS, *silver.CHECKS, *gold.CHECKS]
+SEVERITY = {**bronze.SEVERITY, **silver.SEVERITY}  # a check not named here fails as an error
 KEYS = [s.key.to_user_string() for s in SPECS]
 # Per-batch lines go to the step's compute log; notices (resets) are re-logged as run events.
 PULL_LOG = logging.getLogger("crypto_assets.ingest")
@@ -78,7 +81,7 @@ class _Run:
         self.seqs: dict[str, list[int]] = defaultdict(list)
         self.changed: set[str] = set()
         self.seconds: dict[str, float] = defaultdict(float)
-        self.verdicts: dict[dg.AssetCheckKey, checks.Verdict] = {}
+        self.verdicts: dict[dg.AssetCheckKey, Verdict] = {}
         self.check_seconds: dict[dg.AssetCheckKey, float] = defaultdict(float)
         self.passes = 0
         self.started = datetime.now(UTC)
@@ -137,11 +140,11 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             run.seqs["raw_ticks"] += list(batches)
     with lakehouse.connect() as conn:
         if "raw_ticks" in selected and pull is not None and pull.batches:
-            if checks.QUARANTINE_RATE.key in checks_on:
-                run.judge(checks.QUARANTINE_RATE, checks.quarantine_rate, conn, cfg.quarantine_threshold,
+            if bronze.QUARANTINE_RATE.key in checks_on:
+                run.judge(bronze.QUARANTINE_RATE, bronze.quarantine_rate, conn, cfg.quarantine_threshold,
                           cfg.quarantine_last_batches)
-            if checks.OFFSET_CONTIGUITY.key in checks_on:
-                run.judge(checks.OFFSET_CONTIGUITY, checks.offset_contiguity, conn, bronze.batch_range(pull))
+            if bronze.OFFSET_CONTIGUITY.key in checks_on:
+                run.judge(bronze.OFFSET_CONTIGUITY, bronze.offset_contiguity, conn, bronze.batch_range(pull))
         if "clean_ticks" in selected:
             res, secs = _timed(clean_increment, conn, list(lakehouse.coins), cfg.clean.to_clean_config())
             changed = res.raw_batches is not None
@@ -149,15 +152,15 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
                                           "quarantined": res.quarantined,
                                           **{f"quarantine_reasons/{k}": v for k, v in res.reasons.items()}},
                     seq=res.seq, changed=changed)
-            if changed and checks.RECONCILIATION.key in checks_on:
-                run.judge(checks.RECONCILIATION, checks.reconciliation, conn, res.raw_batches)
+            if changed and silver.RECONCILIATION.key in checks_on:
+                run.judge(silver.RECONCILIATION, silver.reconciliation, conn, res.raw_batches)
             pending = _unconsumed(conn, res.seq, ["market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats"])
             if pending is not None:
                 ok = True
-                if checks.CLEAN_UNIQUE.key in checks_on:
-                    ok &= run.judge(checks.CLEAN_UNIQUE, checks.unique_ticks, conn, pending)
-                if checks.CLEAN_POSITIVE.key in checks_on:
-                    ok &= run.judge(checks.CLEAN_POSITIVE, checks.positive_prices, conn, pending)
+                if silver.CLEAN_UNIQUE.key in checks_on:
+                    ok &= run.judge(silver.CLEAN_UNIQUE, silver.unique_ticks, conn, pending)
+                if silver.CLEAN_POSITIVE.key in checks_on:
+                    ok &= run.judge(silver.CLEAN_POSITIVE, silver.positive_prices, conn, pending)
                 if not ok:
                     ctx.log.error("a blocking clean_ticks check failed: nothing downstream runs in this pass")
                     return True, pull
@@ -168,8 +171,8 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             run.add("market_features", secs, {"rows_recomputed": res.rows_written}, seq=res.seq, changed=changed,
                     coins_touched=res.coins)
             pending = _unconsumed(conn, res.seq, ["anomalies"])
-            if pending is not None and checks.FEATURES_FINITE.key in checks_on:
-                blocked |= not run.judge(checks.FEATURES_FINITE, checks.features_finite, conn, pending)
+            if pending is not None and gold.FEATURES_FINITE.key in checks_on:
+                blocked |= not run.judge(gold.FEATURES_FINITE, gold.features_finite, conn, pending)
         if "anomalies" in selected and not blocked:
             res, secs = _timed(anomalies_increment, conn)
             published, psecs = _timed(publish_alerts, conn, kafka)
@@ -180,8 +183,8 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             changed = res.rows_written > 0
             run.add("ohlcv_1m", secs, {"candles_recomputed": res.rows_written}, seq=res.seq, changed=changed)
             pending = _unconsumed(conn, res.seq, ["correlations"])
-            if pending is not None and checks.RSI_RANGE.key in checks_on:
-                blocked |= not run.judge(checks.RSI_RANGE, checks.rsi_in_range, conn, pending)
+            if pending is not None and gold.RSI_RANGE.key in checks_on:
+                blocked |= not run.judge(gold.RSI_RANGE, gold.rsi_in_range, conn, pending)
         for asset in ("ohlcv_1h", "hourly_stats"):
             if asset in selected:
                 res, secs = _timed(hourly_increment, conn, asset)
@@ -189,8 +192,8 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
         if "correlations" in selected and not blocked:
             res, secs = _timed(correlations_refresh, conn)
             run.add("correlations", secs, changed=not res["skipped"], window_end=str(res.get("window_end", "")))
-        if "clean_ticks" in selected and checks.FRESHNESS.key in checks_on:
-            run.judge(checks.FRESHNESS, checks.freshness, conn, cfg.freshness_max_age_minutes)
+        if "clean_ticks" in selected and silver.FRESHNESS.key in checks_on:
+            run.judge(silver.FRESHNESS, silver.freshness, conn, cfg.freshness_max_age_minutes)
     return blocked, pull
 
 
@@ -209,13 +212,13 @@ def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None
 
 
 def _write_single_file(conn, lake_root: Path, table: Table) -> None:
-    """A table rebuilt whole each time (correlations): one file, replaced atomically."""
+    """A table rebuilt whole each time (correlations): one file, replaced atomically. No fsync:
+    its rows stay in DuckDB and the next refresh writes the file again (see atomic_files)."""
     assert table.dataset is not None, table.name  # a single-file table has a mirror
     directory = lake_root / table.dataset
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f"{table.name}.parquet.tmp"
-    conn.execute(f"COPY (SELECT * FROM {table.name} ORDER BY {table.export_order}) TO '{tmp}' (FORMAT parquet)")
-    os.replace(tmp, directory / f"{table.name}.parquet")
+    with atomic_write(directory / f"{table.name}.parquet", fsync=False) as tmp:
+        conn.execute(f"COPY (SELECT * FROM {table.name} ORDER BY {table.export_order}) TO '{tmp}' (FORMAT parquet)")
 
 
 def _new_rows(asset: str, run: _Run) -> str:
@@ -257,7 +260,7 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
         md["duration_s"] = round(run.check_seconds[key], 4)
         md["passes"] = run.passes
         yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=v.passed, metadata=md,
-                                  severity=checks.SEVERITY.get(key, checks.ERROR), description=v.description or None)
+                                  severity=SEVERITY.get(key, ERROR), description=v.description or None)
 
 
 @dg.multi_asset(
@@ -265,7 +268,7 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
     specs=SPECS,
     check_specs=CHECK_SPECS,
     can_subset=True,
-    pool=bronze.DUCKDB_POOL,
+    pool=DUCKDB_POOL,
     description="The incremental path in one step: pull the Kafka backlog and carry it through silver and gold, "
     "pass after pass for `drain_seconds` (as the backlog sensor launches it), checks on each pass's rows.",
 )

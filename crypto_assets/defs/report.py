@@ -3,8 +3,11 @@
 import dagster as dg
 from pydantic import Field
 
+from crypto_assets.defs.code_versions import source_version
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
+
+REPORT_CODE = ("crypto_assets.report",)  # imported when the asset runs, never at code load
 
 
 class MarketReportConfig(dg.Config):
@@ -13,15 +16,7 @@ class MarketReportConfig(dg.Config):
     keep_reports: int = Field(default=0, ge=0, description="keep only the newest N timestamped reports; 0 keeps all")
 
 
-@dg.asset(
-    deps=["ohlcv_1m", "correlations", "anomalies", "market_features",
-          "trend_model", "anomaly_model", "price_model", "coin_clusters"],
-    group_name="report",
-    kinds={"duckdb", "mlflow", "matplotlib"},
-    owners=["team:data-eng"],
-    code_version="1",
-)
-def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
+def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
                   mlflow: MlflowResource) -> dg.MaterializeResult:
     """PNG figures and report.md under `reports/<UTC timestamp>/`, mirrored to `reports/latest/`:
     per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); the 24 h / 7 d
@@ -66,3 +61,16 @@ def market_report(context: dg.AssetExecutionContext, config: MarketReportConfig,
         context.log.warning(res.model_note)
     context.log.info(f"report written to {res.report_dir} ({len(res.figures.all())} figures)")
     return dg.MaterializeResult(metadata=md)
+
+
+# Decorated here, not with @, so that its code version can hash the function's own source and
+# the report builder it runs (crypto_assets.report, read as files: see defs/code_versions.py).
+market_report = dg.asset(
+    deps=["ohlcv_1m", "correlations", "anomalies", "market_features",
+          "trend_model", "anomaly_model", "price_model", "coin_clusters"],
+    group_name="report",
+    kinds={"duckdb", "mlflow", "matplotlib"},
+    owners=["team:data-eng"],
+    name="market_report",
+    code_version=source_version(_market_report, MarketReportConfig, unimported=REPORT_CODE),
+)(_market_report)

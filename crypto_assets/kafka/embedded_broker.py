@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, Producer
 from crypto_assets.kafka.errors import BrokerUnavailable
 from crypto_assets.kafka.topics import TOPICS
 from crypto_assets.ops.processes import pid_alive
+from crypto_assets.warehouse.atomic_files import atomic_write
 
 BROKER_FILE = "broker.json"
 
@@ -98,21 +99,22 @@ class EmbeddedBroker:
 def write_broker_file(home: Path, broker: EmbeddedBroker) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     path = home / BROKER_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "bootstrap_servers": broker.bootstrap_servers,
-                "cluster_id": broker.cluster_id,
-                "pid": os.getpid(),
-                "host": os.uname().nodename,
-                "started_at": datetime.now(UTC).isoformat(),
-                "kind": "librdkafka-mock",
-            },
-            indent=2,
+    # published whole (readers find the previous broker's file or this one); no fsync: a broker
+    # that outlives a machine crash does not exist, the next start writes the file again
+    with atomic_write(path, fsync=False) as tmp:
+        tmp.write_text(
+            json.dumps(
+                {
+                    "bootstrap_servers": broker.bootstrap_servers,
+                    "cluster_id": broker.cluster_id,
+                    "pid": os.getpid(),
+                    "host": os.uname().nodename,
+                    "started_at": datetime.now(UTC).isoformat(),
+                    "kind": "librdkafka-mock",
+                },
+                indent=2,
+            )
         )
-    )
-    os.replace(tmp, path)
     return path
 
 

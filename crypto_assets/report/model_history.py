@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crypto_assets.ml.registry import CHAMPION, PRIMARY_METRIC
+from crypto_assets.ml.registry import PRIMARY_METRIC, champion_version
 
 if TYPE_CHECKING:
     from crypto_assets.resources.mlflow import MlflowResource
@@ -76,25 +76,23 @@ def load_model_history(mlf: MlflowResource, models: tuple[str, ...] = REPORT_MOD
             s = series.setdefault(name, ModelSeries(name, model, metric, []))
             s.points.append(ModelPoint(r.info.run_id, t, float(value), r.data.metrics.get(f"baseline_{metric}")))
         for name, s in sorted(series.items()):
-            _attach_versions(client, mlf.registered_name(name), s)
+            _attach_versions(mlf, client, mlf.registered_name(name), s)
             s.points.sort(key=lambda p: p.time)
             out.append(s)
     return out
 
 
-def _attach_versions(client, registered_name: str, s: ModelSeries) -> None:
-    try:
-        versions = client.search_model_versions(f"name='{registered_name}'")
-    except Exception:  # noqa: BLE001 - never registered
+def _attach_versions(mlf: MlflowResource, client, registered_name: str, s: ModelSeries) -> None:
+    """The registered version and gate tag of each point, and the champion: none when the model
+    was never registered (no versions) or has no champion alias yet (champion_version). Any other
+    failure of the store raises."""
+    by_run = {v.run_id: v for v in client.search_model_versions(f"name='{registered_name}'")}
+    if not by_run:  # never registered
         return
-    by_run = {v.run_id: v for v in versions}
     for p in s.points:
         v = by_run.get(p.run_id)
         if v is not None:
             p.version = str(v.version)
             p.gate = (v.tags or {}).get("gate")
-    try:
-        s.champion_version = str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - no alias yet
-        s.champion_version = None
+    s.champion_version = champion_version(mlf, registered_name)
 

@@ -8,11 +8,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from crypto_assets.durations import parse_duration
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, Coin, coins_for
 
 SOURCE = "simulator"
+
+_T = TypeVar("_T", bound="timedelta | None")
+
+
+class _Duration(Generic[_T]):
+    """A dataclass field given as a timedelta, a duration string ("7d", "60s") or seconds, and
+    read as a timedelta: parse_duration runs once, when the field is set, so nothing downstream
+    sees a string (type checkers take the __init__ parameter's type from __set__, the
+    attribute's from __get__)."""
+
+    def __init__(self, default: _T) -> None:
+        self._default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._attr = f"_{name}"
+
+    def __get__(self, obj: object, owner: Any = None) -> _T:
+        return self._default if obj is None else getattr(obj, self._attr)
+
+    def __set__(self, obj: object, value: _T | str | float) -> None:
+        setattr(obj, self._attr, None if value is None else parse_duration(value))
 
 
 @dataclass
@@ -24,8 +46,8 @@ class SimulatorConfig:
     rate: live mode, messages per second over all coins (<= 0: unthrottled).
     count: total messages (valid + bad) to send; None = whole history / until stop_event.
     bad_ratio: expected share of malformed messages in the stream, 0 <= bad_ratio < 1.
-    history: history mode when set: the window to fill (timedelta or "7d").
-    interval: history mode tick spacing per coin (timedelta or "60s").
+    history: history mode when set: the window to fill (timedelta, "7d" or seconds; read as a timedelta).
+    interval: history mode tick spacing per coin (timedelta, "60s" or seconds; read as a timedelta).
     start_time: history mode: event time of the first tick (default: window ends now).
     follow: history mode: continue live (same paths) after the history is sent.
     """
@@ -35,17 +57,13 @@ class SimulatorConfig:
     rate: float = 50.0
     count: int | None = None
     bad_ratio: float = 0.0
-    history: timedelta | None = None
-    interval: timedelta = timedelta(seconds=60)
+    history: _Duration[timedelta | None] = _Duration(None)
+    interval: _Duration[timedelta] = _Duration(timedelta(seconds=60))
     start_time: datetime | None = None
     follow: bool = False
     source: str = SOURCE
 
     def __post_init__(self) -> None:
-        if self.history is not None and not isinstance(self.history, timedelta):
-            self.history = parse_duration(self.history)
-        if not isinstance(self.interval, timedelta):
-            self.interval = parse_duration(self.interval)
         if not 0.0 <= self.bad_ratio < 1.0:
             raise ValueError(f"bad_ratio must be in [0, 1), got {self.bad_ratio}")
         if self.interval.total_seconds() <= 0:

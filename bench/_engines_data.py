@@ -26,7 +26,7 @@ from bench._common import REPO
 CACHE = REPO / "var" / "bench" / "engines"
 SCALE = 100_000_000  # 8 decimals
 START = datetime(2026, 11, 2, tzinfo=UTC)
-GEN_VERSION = 1  # bump when the generator's output changes: old files are not reused
+GEN_VERSION = 2  # bump when the generator's output changes: old files are not reused
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,16 @@ def _product_trades(p: Product, k: int, days: float, rng: np.random.Generator, t
     gaps = rng.exponential(span_us / max(1, k), k)
     gaps[multi] = 0.0
     t_us = t0_us + np.minimum(np.cumsum(gaps).astype(np.int64), span_us - 1)
-    sigma = 0.05 / np.sqrt(k)  # ~5 % moves over the span
+    idx = np.arange(k)
+    lead = np.maximum.accumulate(np.where(multi, 0, idx))  # the first fill of each taker order
+    buy = (rng.random(k) < 0.5)[lead]  # all fills of one taker order share its side
+    sigma = 0.05 / np.sqrt(k)  # ~5 % moves over the span, no drift
     steps = rng.normal(0.0, sigma, k) * (rng.random(k) > 0.35)
-    steps[multi] = np.abs(steps[multi])  # a taker walking up the book
+    steps[multi] = np.abs(steps[multi]) * np.where(buy[multi], 1.0, -1.0)  # a taker walking the book
     price = np.round(p.price * np.exp(np.cumsum(steps)) * SCALE / p.tick).astype(np.int64) * p.tick
     price = np.maximum(price, p.tick)
     size = np.exp(rng.normal(np.log(p.median_size), 1.2, k)) * SCALE / p.size_step
     size = np.clip(np.round(size).astype(np.int64), 1, 10**17 // p.size_step) * p.size_step
-    buy = rng.random(k) < 0.5
-    idx = np.arange(k)
-    lead = np.maximum.accumulate(np.where(multi, 0, idx))  # the first fill of each taker order
-    buy = buy[lead]
     base_id = int(rng.integers(10**8, 9 * 10**8))
     return {"t_us": t_us, "price": price, "size": size, "buy": buy, "trade_id": base_id + idx}
 

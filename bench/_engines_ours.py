@@ -3,7 +3,8 @@ them), `crypto_assets.transforms.trade_bars.trade_bars_full` building trade_bars
 the 1-minute RSI and Bollinger, and the bars copied out as Parquet for the comparison.
 
 Three phases, timed apart: `load` (the Parquet trades into raw_trades, with the bronze
-columns a pull would fill), `compute` (trade_bars_full), `write` (COPY of the compared columns).
+columns a pull would fill: where the project keeps its trades, as Parquet is where Spark and
+pandas read theirs), `compute` (trade_bars_full), `write` (COPY of the compared columns).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def load(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         INSERT INTO raw_trades
         SELECT exchange, product, base_currency, quote_currency, coin_id, trade_id, price, size, side, trade_time,
                trade_time + INTERVAL 40 MILLISECOND AS received_at, 'ws', 1, 'crypto_trades', 0,
-               row_number() OVER () - 1, trade_time + INTERVAL 60 MILLISECOND, 1, now()
-        FROM read_parquet('{path}')""")
+               file_row_number, trade_time + INTERVAL 60 MILLISECOND, 1, now()
+        FROM read_parquet('{path}', file_row_number = true)""")
     return int(con.sql("SELECT count(*) FROM raw_trades").fetchall()[0][0])
 
 
@@ -48,6 +49,7 @@ def run(db: Path, path: Path, out_dir: Path) -> dict[str, float]:
     """Phase -> seconds, on a fresh warehouse file `db`."""
     timings: dict[str, float] = {}
     con = duckdb.connect(str(db))
+    con.execute("SET enable_progress_bar = false")
     try:
         t0 = time.perf_counter()
         load(con, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,6 +14,8 @@ import numpy as np
 import orjson
 import pytest
 
+from crypto_assets import rejections as R
+from crypto_assets.ingest.pull import pull_raw_trades
 from crypto_assets.kafka.tick_contract import COINS_BY_ID, MAX_MESSAGE_BYTES
 from crypto_assets.kafka.trade_contract import (
     COIN_BY_BASE,
@@ -31,7 +33,6 @@ from crypto_assets.producers.simulator.prices import MarketSimulator
 from crypto_assets.producers.simulator.run import run_simulator
 from crypto_assets.producers.simulator.trade_bad_messages import TRADE_BAD_KINDS, make_bad_trade
 from crypto_assets.producers.simulator.trades import SIZE_LOG_STD, TradeTape, generate_trades, product_for
-from crypto_assets.resources import KafkaResource
 from crypto_assets_tests.topic_helpers import read_topic
 
 START = datetime(2025, 12, 1, tzinfo=UTC)
@@ -235,16 +236,9 @@ def test_make_bad_trade_rejects_unknown_kind():
         make_bad_trade("nope", np.random.default_rng(0), _valid_trade())
 
 
-def _trade_kafka(kafka: KafkaResource) -> KafkaResource:
-    """The test's resource with a trades topic of its own."""
-    suffix = kafka.raw_topic.rsplit("_", 1)[-1]
-    return KafkaResource(**{**kafka.model_dump(), "trades_topic": f"crypto_trades_sim_{suffix}"})
-
-
 def test_run_simulator_both_modes_into_the_broker(kafka):
     """History in `both` mode: ticks on the raw topic exactly as a ticks-only run sends them,
     trades (and 5 % malformed ones) on the trades topic, the valid ones exactly generate_trades'."""
-    kafka = _trade_kafka(kafka)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     cfg = SimulatorConfig(coins=COINS, seed=4, history="1h", interval="60s", start_time=start, mode="both",
                           trade_rate=0.5, trade_bad_ratio=0.05)
@@ -298,7 +292,6 @@ def _decode(value: bytes | None) -> dict | None:
 
 def test_run_simulator_live_trades(kafka):
     """Live `trades` mode: trades stamped at the wall clock, paced per one-second step."""
-    kafka = _trade_kafka(kafka)
     cfg = SimulatorConfig(coins=["bitcoin", "ethereum"], seed=8, mode="trades", trade_rate=20.0, count=80)
     before = time.time()
     result = run_simulator(kafka, cfg, log=lambda _: None)
@@ -313,3 +306,42 @@ def test_run_simulator_live_trades(kafka):
         assert ids == list(range(ids[0], ids[0] + len(ids))), product
     times = [epoch(d["trade_time"]) for d in docs]
     assert before - 1.0 <= min(times) and max(times) <= time.time()
+
+
+# The bronze reason each malformed kind gets (crypto_assets.rejections; missing_field names its field).
+EXPECTED_REASON = {
+    "invalid_json": R.INVALID_JSON, "non_utf8": R.NOT_UTF8, "not_object": R.NOT_OBJECT,
+    "schema_version": R.UNSUPPORTED_SCHEMA_VERSION, "negative_trade_id": R.INVALID_TRADE_ID,
+    "float_price": R.WRONG_TYPE, "inexact_price": R.INVALID_PRICE, "zero_price": R.INVALID_PRICE,
+    "negative_size": R.INVALID_SIZE, "invalid_side": R.INVALID_SIDE, "coin_mismatch": R.COIN_MISMATCH,
+    "ancient_time": R.TIMESTAMP_TOO_OLD, "future_time": R.TIMESTAMP_IN_FUTURE, "oversized": R.OVERSIZED,
+}
+
+
+def test_simulated_trades_through_bronze(kafka, lakehouse):
+    """What the demo does: a `both` history with malformed trades, pulled into raw_trades: every
+    valid trade stored once with its exact values, no gap, each malformed one quarantined with its
+    reason, the duplicates dropped and counted."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    cfg = SimulatorConfig(coins=COINS, seed=12, history="30m", interval="60s", start_time=start, mode="trades",
+                          trade_rate=0.5, trade_bad_ratio=0.08)
+    sent = run_simulator(kafka, cfg, log=lambda _: None)
+    bad = {k: n for k, n in sent["trade_bad_sent"].items() if n}
+    assert set(bad) == set(TRADE_BAD_KINDS)  # every kind shows up
+    r = pull_raw_trades(kafka, lakehouse)
+    assert r.messages == sent["sent"] and r.rows_written == sent["trades_sent"]
+    assert r.extra["duplicates"] == bad["duplicate"] and r.extra["gaps_found"] == 0
+    assert r.quarantined == sent["trade_bad_total"] - bad["duplicate"]
+    with lakehouse.connect() as conn:
+        reasons = Counter(dict(conn.sql("SELECT reason, count(*) FROM quarantine WHERE stage = 'raw_trades' "
+                                        "GROUP BY 1").fetchall()))
+        stored = conn.sql("SELECT product, trade_id, price, size, side FROM raw_trades").fetchall()
+    expected = Counter()
+    for kind, n in bad.items():
+        if kind != "duplicate":
+            expected[EXPECTED_REASON.get(kind, "missing")] += n
+    missing = sum(n for reason, n in reasons.items() if reason.startswith(R.MISSING_PREFIX))
+    assert missing == expected.pop("missing") and {k: v for k, v in reasons.items() if k in expected} == expected
+    trades = generate_trades(cfg, 30, start, "60s")
+    assert sorted(stored) == sorted(
+        (t["product"], t["trade_id"], Decimal(t["price"]), Decimal(t["size"]), t["side"]) for t in trades)

@@ -1,0 +1,1 @@
+"""Exchange trade sources (Coinbase, Binance): WebSocket streams, REST gap healing and history."""

@@ -81,7 +81,7 @@ def _batch(per: int, size: int, rng: random.Random, t0: datetime) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="raw_trades batch cost: small vs large history")
     ap.add_argument("--small", type=int, default=30_000)
     ap.add_argument("--history", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=20_000)

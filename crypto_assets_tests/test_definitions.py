@@ -5,7 +5,7 @@ import dagster as dg
 
 from crypto_assets.definitions import defs
 
-INCREMENTAL_ASSETS = {"raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
+INCREMENTAL_ASSETS = {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
                       "correlations", "anomalies"}
 MODEL_ASSETS = {"trend_model", "anomaly_model", "price_model", "coin_clusters"}
 ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"}
@@ -20,10 +20,11 @@ NON_BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_freshness"),
     ("raw_ticks", "raw_ticks_quarantine_rate"),
     ("raw_ticks", "raw_ticks_offset_contiguity"),
+    ("raw_trades", "raw_trades_gaps"),
     ("clean_ticks", "clean_ticks_reconciliation"),
 }
 SCHEMA_CHECKS = {(t, f"{t}_schema_matches_code") for t in
-                 ["raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies"]}
+                 ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies"]}
 GATE_CHECKS = {(m, f"{m}_gate") for m in MODEL_ASSETS}
 
 
@@ -59,8 +60,8 @@ def test_jobs_and_their_selections():
         layer = defs.resolve_job_def(name).asset_layer
         return _keys(layer.selected_asset_keys), _checks(layer.asset_graph.asset_check_keys)
 
-    raw_checks = {c for c in NON_BLOCKING_PASS_CHECKS if c[0] == "raw_ticks"}
-    assert selection("ingest_job") == ({"raw_ticks"}, raw_checks)
+    raw_checks = {c for c in NON_BLOCKING_PASS_CHECKS if c[0] in ("raw_ticks", "raw_trades")}
+    assert selection("ingest_job") == ({"raw_ticks", "raw_trades"}, raw_checks)
     assert set(defs.resolve_job_def("ingest_job").graph.node_dict) == {"incremental"}
     # the cheap path: no training, no schema drift checks (those run with training)
     assert selection("incremental_job") == (INCREMENTAL_ASSETS, BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS)

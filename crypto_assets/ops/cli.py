@@ -143,6 +143,11 @@ def cmd_produce(args) -> int:
             bad_ratio=args.bad_ratio,
             history=parse_duration(args.history) if args.history else None,
             interval=parse_duration(args.interval) if args.interval else parse_duration("60s"),
+            mode=args.mode,
+            trade_rate=args.trade_rate,
+            trade_imbalance=args.trade_imbalance,
+            trade_bad_ratio=args.trade_bad_ratio,
+            trade_window=parse_duration(args.trade_window) if args.trade_window else None,
         )
         out = run_simulator(kafka, cfg, stop_event=stop)
     elif args.source in ("coinbase", "binance"):
@@ -257,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--bad-ratio", type=float, default=0.0, help="simulate: share of malformed messages")
     pr.add_argument("--history", default=None, help="simulate: emit a past window, e.g. 7d")
     pr.add_argument("--interval", default=None, help="simulate history: spacing between ticks, e.g. 60s")
+    pr.add_argument("--mode", choices=["ticks", "trades", "both"], default="ticks",
+                    help="simulate: ticks to crypto_raw, trades to crypto_trades, or both from one price path")
+    pr.add_argument("--trade-rate", type=float, default=1.0, help="simulate trades: trades per second per product")
+    pr.add_argument("--trade-imbalance", type=float, default=0.0,
+                    help="simulate trades: expected (buys - sells) / trades, in (-1, 1)")
+    pr.add_argument("--trade-bad-ratio", type=float, default=0.0, help="simulate trades: share of malformed trades")
+    pr.add_argument("--trade-window", default=None, help="simulate history: trades only in the last part, e.g. 6h")
     pr.add_argument("--interval-s", dest="interval_s", type=float, default=None,
                     help="coingecko: poll interval; coinbase/binance: seconds between stats lines")
     pr.add_argument("--base-url", default=None, help="coingecko: API base URL")

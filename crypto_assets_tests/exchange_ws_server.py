@@ -26,7 +26,10 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from crypto_assets_tests.exchange_rest_server import TapeTrade
+
 COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,10 @@ Step = Send | Beat | Raw | Ping | Drop | Close | Pause
 Script = Sequence[Step]
 
 
-def tape(product: str, first_id: int, n: int, *, start: datetime | None = None, price: float = 90000.0) -> list[Trade]:
-    """n consecutive deterministic trades of one product from trade id first_id."""
-    t0 = start or datetime(2026, 12, 2, 13, 0, tzinfo=UTC)
-    return [Trade(product, first_id + i, f"{price + (i % 7) * 0.5 - 1.5:.2f}", f"0.{(i % 9) + 1:03d}",
-                  "buy" if i % 3 else "sell", t0 + timedelta(milliseconds=250 * i + 3)) for i in range(n)]
+def product_tape(product: str, trades: Sequence[TapeTrade]) -> list[Trade]:
+    """The REST server's tape (`exchange_rest_server.make_tape`) as one product's stream trades,
+    so the stream and the REST heal serve the very same trades."""
+    return [Trade(product, t.trade_id, t.price, t.size, t.taker_side, t.time) for t in trades]
 
 
 def coinbase_frame(step: Send | Beat, sequence: int) -> str:
@@ -107,7 +109,7 @@ def coinbase_frame(step: Send | Beat, sequence: int) -> str:
 
 
 def binance_frame(t: Trade) -> str:
-    ms = int(t.time.timestamp() * 1000)
+    ms = (t.time - EPOCH) // timedelta(milliseconds=1)
     return orjson.dumps({"stream": f"{t.product.lower()}@trade", "data": {
         "e": "trade", "E": ms + 2, "s": t.product, "t": t.trade_id, "p": t.price, "q": t.size,
         "T": ms, "m": t.taker_side == "sell", "M": True}}).decode()

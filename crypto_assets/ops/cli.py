@@ -166,7 +166,10 @@ def cmd_produce(args) -> int:
 
 def _produce_trades(args, kafka, stop: threading.Event) -> int:
     """An exchange's trade stream into crypto_trades until --count trades, --duration or a signal."""
+    from dataclasses import asdict
+
     from crypto_assets.durations import parse_duration
+    from crypto_assets.producers.exchanges.healing import GapHealer
     from crypto_assets.producers.exchanges.trade_source import feed_for, run_trade_source
     from crypto_assets.producers.exchanges.trade_stream import SubscriptionRejected
 
@@ -175,14 +178,18 @@ def _produce_trades(args, kafka, stop: threading.Event) -> int:
     products = [p.strip() for p in (wanted or "").split(",") if p.strip()] or None
     feed = feed_for(args.source, cfg, products)
     duration = parse_duration(args.duration).total_seconds() if args.duration else None
+    healer = GapHealer.from_settings(cfg)
     try:
-        out = run_trade_source(kafka, feed, healer=None, stop_event=stop, max_trades=args.count,
+        out = run_trade_source(kafka, feed, healer=healer.heal, stop_event=stop, max_trades=args.count,
                                duration_s=duration,
                                stats_every_s=args.interval_s if args.interval_s is not None else 60.0,
                                log=lambda line: print(line, flush=True))
     except SubscriptionRejected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        healer.close()
+    out["rest"] = asdict(healer.stats)
     print(json.dumps(out, default=str, indent=2))
     return 0
 

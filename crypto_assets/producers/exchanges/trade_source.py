@@ -1,6 +1,7 @@
 """`produce --source coinbase|binance`: one exchange's trade stream into `crypto_trades`.
 
-Builds the feed from the exchange settings, the gap healer, and the project's idempotent
+Builds the feed from the exchange settings, the REST gap healer (`healing.GapHealer`, at
+COINBASE_REST_URL / BINANCE_REST_URL), and the project's idempotent
 producer (key `exchange:product`, so a product's trades stay in order in one partition), and
 runs `trade_stream.TradeStream` until a stop condition. The producer is flushed on every stats
 line and on stop, so a clean stop leaves nothing undelivered.
@@ -20,8 +21,8 @@ from crypto_assets.producers.exchanges.coinbase_ws import CoinbaseFeed
 from crypto_assets.producers.exchanges.trade_stream import (
     Backoff,
     ExchangeFeed,
-    GapHealer,
     LogFn,
+    TradeHealer,
     TradeStream,
 )
 from crypto_assets.resources.kafka import KafkaResource
@@ -44,7 +45,7 @@ def run_trade_source(
     kafka: KafkaResource,
     feed: ExchangeFeed,
     *,
-    healer: GapHealer | None,
+    healer: TradeHealer | None,
     topic: str | None = None,
     stop_event: threading.Event | None = None,
     max_trades: int | None = None,

@@ -16,7 +16,7 @@ stream here does the rest, the same for both:
 - counts and skips a malformed frame (one bad frame never stops the stream);
 - writes a stats line every `stats_every_s` and flushes the producer then and on stop.
 
-The healer is injected (`GapHealer`): the REST half (`healing.py`) fetches from the exchange.
+The healer is injected (`TradeHealer`): `healing.GapHealer.heal` fetches from the exchange's REST API.
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from crypto_assets.producers.exchanges.healing import GapNotHealed
 from crypto_assets.producers.exchanges.trade_tape import Hole, TradeTape
 
 LogFn = Callable[[str], Any]
 TradeSink = Callable[[dict], None]
 
 
-class GapHealer(Protocol):
+class TradeHealer(Protocol):
     """Fetches the trades of `product` with ids first_missing..last_missing (inclusive) from the
-    exchange's REST API, as contract dicts (origin `rest`). May return fewer (what the exchange
-    still has); may raise (the gap then stays open and is reported)."""
+    exchange's REST API, as contract dicts (origin `rest`): `healing.GapHealer.heal`. May return
+    fewer; may raise (`healing.GapNotHealed` carries the part it did fetch): the rest of the gap
+    then stays open and is reported."""
 
     def __call__(self, exchange: str, product: str, first_missing: int, last_missing: int, /) -> Sequence[dict]: ...
 
@@ -136,7 +138,7 @@ class TradeStream:
         feed: ExchangeFeed,
         sink: TradeSink,
         *,
-        healer: GapHealer | None = None,
+        healer: TradeHealer | None = None,
         stop_event: threading.Event | None = None,
         max_trades: int | None = None,
         duration_s: float | None = None,
@@ -275,12 +277,15 @@ class TradeStream:
         if self.healer is None:
             self._note_open(product, gap, "no gap healer configured")
             return
+        failure = None
         try:
-            healed = await asyncio.to_thread(self.healer, self._name, product, lo, hi)
+            healed: Sequence[dict] = await asyncio.to_thread(self.healer, self._name, product, lo, hi)
+        except GapNotHealed as exc:  # publish the part that was fetched; the rest stays open
+            healed, failure = exc.trades, f"heal failed ({exc.kind}): {exc.reason}"
         except Exception as exc:  # noqa: BLE001 - any failed heal leaves the gap open; the stream goes on
+            healed, failure = (), f"heal failed: {type(exc).__name__}: {exc}"
+        if failure is not None:
             self.stats.heal_failures += 1
-            self._note_open(product, gap, f"heal failed: {type(exc).__name__}: {exc}")
-            return
         filled = 0
         for t in sorted(healed, key=lambda t: int(t["trade_id"])):
             tid = int(t["trade_id"])
@@ -293,7 +298,7 @@ class TradeStream:
             self.stats.gaps_healed += 1
             self.log(f"{self._name}: gap in {product} healed: {filled} trade(s) {lo}..{hi} fetched over REST")
         else:
-            self._note_open(product, gap, f"REST returned {filled} of {hi - lo + 1} trade(s)")
+            self._note_open(product, gap, f"{failure or 'heal incomplete'}; REST gave {filled} of {hi - lo + 1} trade(s)")
 
     def _note_open(self, product: str, gap: Hole, why: str) -> None:
         self.stats.missing_open = self.tape.missing()

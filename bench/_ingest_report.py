@@ -16,7 +16,8 @@ import duckdb
 from bench._common import MB, verdict
 from bench._ingest_phases import ConsumeOnly, PullAcc, RssSampler
 from bench._ingest_timing import Timers, breakdown
-from crypto_assets.ingest.pull import BRONZE_DATASET, PullConfig, PullResult
+from crypto_assets.ingest.config import BRONZE_DATASET, PullConfig
+from crypto_assets.ingest.results import PullResult
 
 TARGET_B_RATE = 100_000  # msgs/s
 TARGET_B_OVER_A = 0.60

@@ -22,6 +22,13 @@ MISSING_PREFIX = "missing:"
 UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
 INVALID_MARKET_CAP = "invalid_market_cap"
 INVALID_TIMESTAMP = "invalid_timestamp"
+# --- bronze raw_trades only (crypto_assets.ingest.trade_validate)
+INVALID_TRADE_ID = "invalid_trade_id"
+INVALID_SIZE = "invalid_size"
+INVALID_SIDE = "invalid_side"
+INVALID_ORIGIN = "invalid_origin"
+PRODUCT_MISMATCH = "product_mismatch"
+COIN_MISMATCH = "coin_mismatch"
 # --- both stages
 UNKNOWN_COIN = "unknown_coin"
 INVALID_PRICE = "invalid_price"
@@ -49,12 +56,18 @@ MEANINGS: dict[str, str] = {
     UNSUPPORTED_SCHEMA_VERSION: "schema_version is not the one this pipeline reads",
     INVALID_MARKET_CAP: "market_cap_usd is negative or not finite",
     INVALID_TIMESTAMP: "a timestamp is not ISO-8601",
+    INVALID_TRADE_ID: "trade_id is negative",
+    INVALID_SIZE: "a trade's size is not an exact decimal > 0 (at most 8 decimals)",
+    INVALID_SIDE: "a trade's side is not buy or sell",
+    INVALID_ORIGIN: "a trade's origin is not ws, rest or simulator",
+    PRODUCT_MISMATCH: "base_currency/quote_currency are not the ones the product id names",
+    COIN_MISMATCH: "coin_id is not the one the base currency maps to",
     UNKNOWN_COIN: "coin_id is not in the configured COINS",
-    INVALID_PRICE: "price_usd is not a finite number > 0",
+    INVALID_PRICE: "price_usd is not a finite number > 0 (a trade's price: not an exact decimal > 0, at most 8 decimals)",
     INVALID_VOLUME: "volume_24h_usd is negative or not finite",
     TIMESTAMP_TOO_OLD: "last_updated_at is too far back (bronze: before 2009-01-03; silver: past the horizon)",
     TIMESTAMP_IN_FUTURE: "last_updated_at is too far ahead (bronze: of the pull's clock; silver: of its ingestion)",
-    DUPLICATE: "the same (coin_id, last_updated_at) was already accepted",
+    DUPLICATE: "the same (coin_id, last_updated_at) was already accepted (trades are deduplicated, not quarantined)",
     PRICE_OUT_OF_RANGE: "price_usd is outside the plausible absolute range",
     VOLUME_OUT_OF_RANGE: "volume_24h_usd is neither 0 nor within the plausible absolute range",
     PRICE_JUMP: "price_usd is many times away from the coin's recent prices",

@@ -40,6 +40,8 @@ def kafka(broker: EmbeddedBroker, home: Path) -> KafkaResource:
         home=str(home),
         raw_topic=f"crypto_raw_{suffix}",
         dlq_topic=f"crypto_raw_dlq_{suffix}",
+        trades_topic=f"crypto_trades_{suffix}",
+        trades_dlq_topic=f"crypto_trades_dlq_{suffix}",
         alerts_topic=f"crypto_alerts_{suffix}",
         predictions_topic=f"crypto_predictions_{suffix}",
         consumer_group=f"crypto_assets.test.{suffix}",
@@ -48,7 +50,8 @@ def kafka(broker: EmbeddedBroker, home: Path) -> KafkaResource:
     from confluent_kafka import Consumer
 
     probe = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "probe"})
-    for t in (res.raw_topic, res.dlq_topic, res.alerts_topic, res.predictions_topic):
+    for t in (res.raw_topic, res.dlq_topic, res.trades_topic, res.trades_dlq_topic, res.alerts_topic,
+              res.predictions_topic):
         probe.list_topics(topic=t, timeout=5)
     probe.close()
     return res

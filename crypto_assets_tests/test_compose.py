@@ -156,7 +156,8 @@ def test_postgres_dagster_yaml():
 
 def test_topic_spec_is_the_single_source():
     names = [t.name for t in TOPICS]
-    assert names == ["crypto_raw", "crypto_trades", "crypto_raw_dlq", "crypto_alerts", "crypto_predictions"]
+    assert names == ["crypto_raw", "crypto_trades", "crypto_raw_dlq", "crypto_trades_dlq", "crypto_alerts",
+                     "crypto_predictions"]
     assert all(t.partitions >= 1 and int(t.config()["retention.ms"]) > 0 for t in TOPICS)
 
 

@@ -4,7 +4,7 @@ ingests every message exactly once.
 
 The named fault points (crypto_assets.faults) sit before the transaction and after its commit;
 this kill lands between the two. The child process SIGKILLs itself on entering the function that
-writes a batch's rows (`write.insert_clean` on the normal path, `write.write_judged` on the careful one),
+writes a batch's rows (`tick_rows.insert_clean` on the normal path, `tick_rows.write_judged` on the careful one),
 which runs after BEGIN: the same kill -9 as a fault point, placed by a profile hook instead of a
 line in the package.
 """
@@ -23,11 +23,11 @@ from crypto_assets_tests.helpers import produce, tick
 
 CHILD = r"""
 import json, os, signal, sys
-from crypto_assets.ingest import config, pull, write
+from crypto_assets.ingest import config, pull, tick_rows
 from crypto_assets.resources import KafkaResource, LakehouseResource
 
 target, kill_on = sys.argv[3], int(sys.argv[4])
-code = getattr(write, target).__code__ if target else None
+code = getattr(tick_rows, target).__code__ if target else None
 calls = 0
 
 def hook(frame, event, arg):

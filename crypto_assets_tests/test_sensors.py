@@ -168,7 +168,7 @@ def test_automation_definitions_use_the_defaults():
     auto = defs.resolve_sensor_def("predictions_automation")
     assert auto.default_status == dg.DefaultSensorStatus.STOPPED
     incremental = {k.to_user_string() for k in defs.resolve_job_def("incremental_job").asset_layer.selected_asset_keys}
-    assert incremental == {"raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
+    assert incremental == {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
                            "correlations", "anomalies"}  # the cheap path never trains
     graph = defs.resolve_asset_graph()
     condition = graph.get(dg.AssetKey("predictions")).automation_condition
@@ -199,7 +199,7 @@ def test_duckdb_writers_share_a_pool_of_one():
     cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert cfg["concurrency"]["pools"]["default_limit"] == 1
     graph = defs.resolve_asset_graph()
-    writers = ["raw_ticks", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
+    writers = ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
                "correlations", "anomalies"]
     for key in writers:
         node = graph.get(dg.AssetKey(key))

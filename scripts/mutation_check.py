@@ -92,7 +92,7 @@ _OFFSETS_BLOCK = """        ranges: dict[int, tuple[int, int]] = {}
             )
 """
 _BATCH_ID = """        batch_id = scalar(conn, "SELECT coalesce(max(batch_id), 0) + 1 FROM ingest_batches")
-        ev = insert_clean(conn, topic, batch_id, now, rules, staged.height)
+        outcome = contract.write_rows(BatchRows(conn, topic, batch_id, now, staged.height, vals, keys, coins, cfg))
 """
 _BATCH_ID_THEN_OFFSETS = (
     _BATCH_ID.splitlines(keepends=True)[0]
@@ -103,6 +103,7 @@ _BATCH_ID_THEN_OFFSETS = (
 )
 
 WRITE = "crypto_assets/ingest/write.py"
+TICK_ROWS = "crypto_assets/ingest/tick_rows.py"
 VALIDATE = "crypto_assets/ingest/validate.py"
 CLEAN = "crypto_assets/transforms/clean.py"
 REGISTRY = "crypto_assets/ml/registry.py"
@@ -123,7 +124,7 @@ MUTATIONS = [
         [T + "test_crash_recovery.py", T + "test_pull_atomicity.py"],
     ),
     Mutation(
-        "c1_no_raw_dedupe", "raw_ticks keeps repeated (coin_id, last_updated_at) messages", WRITE,
+        "c1_no_raw_dedupe", "raw_ticks keeps repeated (coin_id, last_updated_at) messages", TICK_ROWS,
         [("    if dups:\n        return None\n", "    if False:  # MUTATION\n        return None\n"),
          (VALIDATE, 'return _JUDGE_SQL.format(verdict=_IN_BATCH_DUPLICATE_VERDICT if in_batch_dups else "r.reason")',
           'return _JUDGE_SQL.format(verdict="r.reason")  # MUTATION'),

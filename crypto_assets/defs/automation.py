@@ -4,7 +4,8 @@ launch them, all defined here and registered once by crypto_assets.definitions.
 - incremental_job: bronze → silver → gold, launched by kafka_backlog_sensor when a backlog appears;
 - training_job: the `models` group (training set, four models, predictions) on retraining_schedule;
 - predictions_automation: re-scores new features on a cron between retrains;
-- maintenance_job (crypto_assets.defs.maintenance) on maintenance_schedule.
+- maintenance_job (crypto_assets.defs.maintenance) on maintenance_schedule;
+- klines_backfill_job: the `history` group (daily klines partitions), backfilled by hand.
 Sensors and schedules start RUNNING only when automation is on (`crypto-assets live` sets it).
 """
 
@@ -30,8 +31,8 @@ SCHEMA_DRIFT = dg.AssetSelection.checks(warehouse_schema)
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets("raw_ticks") - SCHEMA_DRIFT,
-    description="Pull the Kafka backlog into bronze (raw_ticks) once.",
+    selection=dg.AssetSelection.assets("raw_ticks", "raw_trades") - SCHEMA_DRIFT,
+    description="Pull the Kafka backlog into bronze (raw_ticks, raw_trades) once.",
     executor_def=dg.in_process_executor,
 )
 
@@ -51,10 +52,22 @@ training_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,  # one Spark session for all four models
 )
 
+# The history backfill: daily partitions of exchange klines, launched as a backfill from the UI/CLI.
+HISTORY = dg.AssetSelection.groups("history")
+
+klines_backfill_job = dg.define_asset_job(
+    "klines_backfill_job",
+    selection=HISTORY,
+    description="Load the exchanges' 1-minute klines of one UTC day per partition: backfill a range of "
+    "partitions (e.g. the last 90 days) from the UI or `dagster job backfill`.",
+    executor_def=dg.in_process_executor,
+)
+
 demo_job = dg.define_asset_job(
     "demo_job",
-    selection=dg.AssetSelection.all(),
-    description="Every asset and check, in dependency order: what `crypto-assets demo` runs.",
+    selection=dg.AssetSelection.all() - HISTORY,
+    description="Every asset and check but the history backfill (it needs the exchanges), in dependency order: "
+    "what `crypto-assets demo` runs.",
     executor_def=dg.in_process_executor,
 )
 
@@ -74,10 +87,10 @@ def build_backlog_sensor(
     drain_seconds: float = 120.0,
     default_on: bool = False,
 ) -> dg.SensorDefinition:
-    """Request ONE run of `job` when lag ≥ min_messages or the oldest pending message is older
-    than max_wait_seconds; the run keeps draining new messages for `drain_seconds`. The cursor
-    holds the high watermarks last requested, so the same backlog is never requested twice; a
-    queued or running run of the job makes it wait."""
+    """Request ONE run of `job` when lag (of ticks and trades together) ≥ min_messages or the
+    oldest pending message is older than max_wait_seconds; the run keeps draining new messages
+    for `drain_seconds`. The cursor holds the high watermarks last requested, so the same backlog
+    is never requested twice; a queued or running run of the job makes it wait."""
 
     @dg.sensor(
         name="kafka_backlog_sensor",
@@ -90,29 +103,37 @@ def build_backlog_sensor(
     def kafka_backlog_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource):
         try:
             backlog = measure_backlog(kafka, timeout_s=2.0)
+            trades = measure_backlog(kafka, timeout_s=2.0, topic=kafka.trades_topic)
         except BrokerUnavailable as exc:
             return dg.SkipReason(str(exc))
-        if backlog.lag == 0:
-            return dg.SkipReason(f"no backlog on {kafka.raw_topic}: {backlog.describe()}")
-        age = backlog.oldest_pending_age_s or 0.0
-        if backlog.lag < min_messages and age < max_wait_seconds:
+        lag = backlog.lag + trades.lag
+        # Trades join the description, cursor and run key once their topic holds anything, so a
+        # deployment without a trade source reads exactly as before.
+        trade_highs = trades.highs if any(trades.highs.values()) else {}
+        described = backlog.describe() + (f"; {kafka.trades_topic} {trades.describe()}" if trade_highs else "")
+        if lag == 0:
+            return dg.SkipReason(f"no backlog on {kafka.raw_topic} or {kafka.trades_topic}: {described}")
+        age = max(backlog.oldest_pending_age_s or 0.0, trades.oldest_pending_age_s or 0.0)
+        if lag < min_messages and age < max_wait_seconds:
             return dg.SkipReason(
-                f"{backlog.describe()}: below {min_messages} messages and younger than {max_wait_seconds:.0f}s"
+                f"{described}: below {min_messages} messages and younger than {max_wait_seconds:.0f}s"
             )
         previous = json.loads(context.cursor) if context.cursor else {}
-        if previous.get("highs") == backlog.highs:
-            return dg.SkipReason(f"{backlog.describe()}: this backlog was already requested (run key {previous.get('run_key')})")
+        if previous.get("highs") == backlog.highs and previous.get("trade_highs", {}) == trade_highs:
+            return dg.SkipReason(f"{described}: this backlog was already requested (run key {previous.get('run_key')})")
         active = context.instance.get_runs(
             filters=dg.RunsFilter(job_name=job.name, statuses=ACTIVE), limit=1
         )
         if active:
-            return dg.SkipReason(f"{backlog.describe()}: run {active[0].run_id[:8]} of {job.name} is still queued/running")
+            return dg.SkipReason(f"{described}: run {active[0].run_id[:8]} of {job.name} is still queued/running")
         run_key = "backlog-" + "-".join(f"{p}:{h}" for p, h in backlog.highs.items())
-        context.update_cursor(json.dumps({"highs": backlog.highs, "run_key": run_key}))
+        if trade_highs:
+            run_key += "-trades-" + "-".join(f"{p}:{h}" for p, h in trade_highs.items())
+        context.update_cursor(json.dumps({"highs": backlog.highs, "trade_highs": trade_highs, "run_key": run_key}))
         return dg.RunRequest(
             run_key=run_key,
             run_config=incremental_run_config(drain_seconds),
-            tags={"trigger": "kafka_backlog", "lag": str(backlog.lag)},
+            tags={"trigger": "kafka_backlog", "lag": str(lag)},
         )
 
     return kafka_backlog_sensor

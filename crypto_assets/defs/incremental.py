@@ -1,7 +1,8 @@
 """The incremental path as ONE Dagster step that drains the Kafka backlog in micro-batches.
 
 raw_ticks → clean_ticks → market_features → anomalies, and ohlcv_1m → correlations, ohlcv_1h,
-hourly_stats, with their checks evaluated in the same step on the rows each pass wrote.
+hourly_stats; raw_trades from `crypto_trades`; with their checks evaluated in the same step on
+the rows each pass wrote.
 
 Why one step: a few-second run used to be 12 steps with ~83 events (~480 KiB of Dagster storage)
 and paid the run launch and the sensor's 5-second loop on every increment. Why drain: the
@@ -33,7 +34,8 @@ from crypto_assets.defs.check_verdicts import ERROR, Verdict
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
 from crypto_assets.ingest.config import PullConfig
-from crypto_assets.ingest.pull import pull_raw_ticks
+from crypto_assets.ingest.pull import pull_raw_ticks, pull_raw_trades
+from crypto_assets.ingest.results import PullResult
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.settings import DUCKDB_POOL
 from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh, publish_alerts
@@ -46,7 +48,7 @@ from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state
 
-SPECS = [bronze.RAW_TICKS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
+SPECS = [bronze.RAW_TICKS, bronze.RAW_TRADES, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
 CHECK_SPECS = [*bronze.CHECKS, *silver.CHECKS, *gold.CHECKS]
 SEVERITY = {**bronze.SEVERITY, **silver.SEVERITY}  # a check not named here fails as an error
 KEYS = [s.key.to_user_string() for s in SPECS]
@@ -121,28 +123,38 @@ def _unconsumed(conn, seq: int, consumers: list[str]) -> tuple[int, int] | None:
     return (consumed, seq) if consumed < seq else None
 
 
+def _pull(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaResource, lakehouse: LakehouseResource,
+          run: _Run, asset: str) -> PullResult:
+    """One bronze pull (raw_ticks or raw_trades), added to the run's totals."""
+    puller = pull_raw_ticks if asset == "raw_ticks" else pull_raw_trades
+    pull_cfg = PullConfig(max_messages=cfg.max_messages, batch_size=cfg.batch_size, export_parquet=False)
+    pull, secs = _timed(lambda: puller(kafka, lakehouse, pull_cfg, run_id=ctx.run.run_id, logger=PULL_LOG))
+    for notice in pull.notices:
+        ctx.log.warning(notice)
+    if not pull.kafka_commit_ok:
+        ctx.log.warning(f"{asset}: offsets were committed to DuckDB but not to the Kafka consumer group (lag monitor only)")
+    run.add(asset, secs, bronze.pull_numbers(pull), changed=bool(pull.batches), **bronze.pull_last(pull))
+    if pull.notices:
+        run.last[asset]["notices"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in pull.notices))
+    batches = bronze.batch_range(pull)
+    if batches:
+        run.seqs[asset] += list(batches)
+    return pull
+
+
 def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaResource, lakehouse: LakehouseResource,
-          run: _Run, selected: set[str], checks_on: set[dg.AssetCheckKey]) -> tuple[bool, Any]:
-    """One micro-batch through every selected member. Returns (blocked, pull result)."""
-    pull = None
-    if "raw_ticks" in selected:
-        pull_cfg = PullConfig(max_messages=cfg.max_messages, batch_size=cfg.batch_size, export_parquet=False)
-        pull, secs = _timed(lambda: pull_raw_ticks(kafka, lakehouse, pull_cfg, run_id=ctx.run.run_id, logger=PULL_LOG))
-        for notice in pull.notices:
-            ctx.log.warning(notice)
-        if not pull.kafka_commit_ok:
-            ctx.log.warning("offsets were committed to DuckDB but not to the Kafka consumer group (lag monitor only)")
-        run.add("raw_ticks", secs, bronze.pull_numbers(pull), changed=bool(pull.batches), **bronze.pull_last(pull))
-        if pull.notices:
-            run.last["raw_ticks"]["notices"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in pull.notices))
-        batches = bronze.batch_range(pull)
-        if batches:
-            run.seqs["raw_ticks"] += list(batches)
+          run: _Run, selected: set[str], checks_on: set[dg.AssetCheckKey],
+          pulled: set[str]) -> tuple[bool, list[PullResult]]:
+    """One micro-batch through every selected member; of the bronze ones only those in `pulled`
+    (the draining run's probe saw new messages on their topic). Returns (blocked, the pulls)."""
+    pull = _pull(ctx, cfg, kafka, lakehouse, run, "raw_ticks") if "raw_ticks" in selected & pulled else None
+    trades = _pull(ctx, cfg, kafka, lakehouse, run, "raw_trades") if "raw_trades" in selected & pulled else None
+    pulls = [p for p in (pull, trades) if p is not None]
     with lakehouse.connect() as conn:
         if "raw_ticks" in selected and pull is not None and pull.batches:
             if bronze.QUARANTINE_RATE.key in checks_on:
                 run.judge(bronze.QUARANTINE_RATE, bronze.quarantine_rate, conn, cfg.quarantine_threshold,
-                          cfg.quarantine_last_batches)
+                          cfg.quarantine_last_batches, kafka.raw_topic)
             if bronze.OFFSET_CONTIGUITY.key in checks_on:
                 run.judge(bronze.OFFSET_CONTIGUITY, bronze.offset_contiguity, conn, bronze.batch_range(pull))
         if "clean_ticks" in selected:
@@ -163,7 +175,7 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
                     ok &= run.judge(silver.CLEAN_POSITIVE, silver.positive_prices, conn, pending)
                 if not ok:
                     ctx.log.error("a blocking clean_ticks check failed: nothing downstream runs in this pass")
-                    return True, pull
+                    return True, pulls
         blocked = False
         if "market_features" in selected:
             res, secs = _timed(features_increment, conn)
@@ -194,7 +206,7 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
             run.add("correlations", secs, changed=not res["skipped"], window_end=str(res.get("window_end", "")))
         if "clean_ticks" in selected and silver.FRESHNESS.key in checks_on:
             run.judge(silver.FRESHNESS, silver.freshness, conn, cfg.freshness_max_age_minutes)
-    return blocked, pull
+    return blocked, pulls
 
 
 def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None:
@@ -246,6 +258,8 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
                                                 new_rows=_new_rows(asset, run))
             md.update({k: (int(v) if float(v).is_integer() else round(v, 4)) for k, v in run.sums[asset].items()})
             md.update(run.last[asset])
+            if asset == "raw_trades" and asset in run.changed:
+                md.update(bronze.trades_metadata(conn, _new_rows(asset, run)))
             if asset == "anomalies":
                 by_rule = conn.sql(f"SELECT rule, severity, count(*) FROM anomalies WHERE {_new_rows(asset, run)} "
                                    "GROUP BY ALL ORDER BY ALL").fetchall()
@@ -279,23 +293,33 @@ def incremental(context: dg.AssetExecutionContext, config: IncrementalConfig, ka
     run = _Run()
     deadline = time.monotonic() + config.drain_seconds
     last_export = time.monotonic()
-    probe = BacklogProbe(kafka) if config.drain_seconds > 0 and "raw_ticks" in selected else None
+    bronze_assets = selected & {"raw_ticks", "raw_trades"}
+    probe = BacklogProbe(kafka) if config.drain_seconds > 0 and bronze_assets else None
+    latest: dict[str, PullResult] = {}  # topic -> its newest pull: where the probe compares from
+    pulled = set(bronze_assets)  # the first pass pulls every topic (resets, an interrupted DLQ send)
     try:
         while True:
             pass_start = time.monotonic()
-            blocked, pull = _pass(context, config, kafka, lakehouse, run, selected, checks_on)
+            blocked, pulls = _pass(context, config, kafka, lakehouse, run, selected, checks_on, pulled)
+            latest.update({p.topic: p for p in pulls})
             run.passes += 1
             if config.export_parquet and time.monotonic() - last_export >= config.export_interval_seconds:
                 _export(lakehouse, run, selected)
                 last_export = time.monotonic()
-            if blocked or probe is None or pull is None:
+            if blocked or probe is None or not latest:
                 break
             not_before = max(pass_start + config.pass_interval_seconds, time.monotonic() + config.pause_seconds)
-            if not probe.wait_for_messages(pull.plans, not_before=not_before, deadline=deadline):
+            fresh = probe.wait_for_messages(list(latest.values()), not_before=not_before, deadline=deadline)
+            if not fresh:
                 break
+            pulled = {asset for asset, topic in (("raw_ticks", kafka.raw_topic), ("raw_trades", kafka.trades_topic))
+                      if topic in fresh} & bronze_assets
     finally:
         if probe is not None:
             probe.close()
+    if "raw_trades" in run.changed and bronze.TRADE_GAPS.key in checks_on:
+        with lakehouse.connect() as conn:  # the state the run leaves: gaps healed in a later pass count
+            run.judge(bronze.TRADE_GAPS, bronze.trade_gaps, conn)
     if config.export_parquet:
         _export(lakehouse, run, selected)
     context.log.info(f"{run.passes} passes; changed: {sorted(run.changed) or 'nothing'}")

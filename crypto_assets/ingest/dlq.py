@@ -13,13 +13,15 @@ from crypto_assets.kafka.outbox import Outbox, OutboxMessage, header, held, iden
 from crypto_assets.resources.kafka import KafkaResource
 
 
-def publish_dlq(conn: duckdb.DuckDBPyConnection, kafka: KafkaResource, source_topic: str, limit: int = 100_000) -> int:
-    """Send the unsent quarantined raw messages of `source_topic` to the DLQ topic, then mark them
-    sent. Returns how many were sent by this call."""
-    return publish(kafka, dlq_outbox(kafka, source_topic), held(conn), limit)
+def publish_dlq(conn: duckdb.DuckDBPyConnection, kafka: KafkaResource, source_topic: str, limit: int = 100_000,
+                stage: str = "raw_ticks", dlq_topic: str | None = None) -> int:
+    """Send the unsent quarantined raw messages of `source_topic` (quarantined by bronze table
+    `stage`) to `dlq_topic` (default: the ticks' DLQ), then mark them sent. Returns how many
+    were sent by this call."""
+    return publish(kafka, dlq_outbox(kafka, source_topic, stage, dlq_topic), held(conn), limit)
 
 
-def dlq_outbox(kafka: KafkaResource, source_topic: str) -> Outbox:
+def dlq_outbox(kafka: KafkaResource, source_topic: str, stage: str = "raw_ticks", dlq_topic: str | None = None) -> Outbox:
     """The DLQ of `source_topic`: a message per quarantine row, identified by its source
     (partition, offset)."""
 
@@ -28,10 +30,10 @@ def dlq_outbox(kafka: KafkaResource, source_topic: str) -> Outbox:
             """
             SELECT kafka_partition, kafka_offset, message_key, raw_value, reason, coalesce(detail, ''), batch_id
             FROM quarantine
-            WHERE stage = 'raw_ticks' AND kafka_topic = ? AND dlq_published_at IS NULL
+            WHERE stage = ? AND kafka_topic = ? AND dlq_published_at IS NULL
             ORDER BY kafka_partition, kafka_offset LIMIT ?
             """,
-            params=[source_topic, limit],
+            params=[stage, source_topic, limit],
         ).fetchall()
         return [
             OutboxMessage(
@@ -56,18 +58,18 @@ def dlq_outbox(kafka: KafkaResource, source_topic: str) -> Outbox:
             conn.execute(
                 """
                 UPDATE quarantine SET dlq_published_at = now()
-                FROM sent WHERE quarantine.stage = 'raw_ticks' AND quarantine.kafka_topic = ?
+                FROM sent WHERE quarantine.stage = ? AND quarantine.kafka_topic = ?
                   AND quarantine.kafka_partition = sent.p AND quarantine.kafka_offset = sent.o
                   AND quarantine.dlq_published_at IS NULL
                 """,
-                [source_topic],
+                [stage, source_topic],
             )
         finally:
             conn.unregister("sent")
 
     return Outbox(
         name=f"dlq:{source_topic}",
-        topic=kafka.dlq_topic,
+        topic=dlq_topic or kafka.dlq_topic,
         pending=pending,
         mark_sent=mark_sent,
         identity=_dlq_identity(source_topic),

@@ -1,4 +1,6 @@
-"""The bounded, exactly-once micro-batch pull from `crypto_raw` into DuckDB.
+"""The bounded, exactly-once micro-batch pull from Kafka into a bronze table, one code path for
+every contract (crypto_assets.ingest.contracts: `crypto_raw` -> raw_ticks, `crypto_trades` ->
+raw_trades; crypto_assets.ingest.contract says what differs).
 
 DuckDB is the system of record for offsets. A pull
   1. snapshots the high watermarks (the batch never chases new data),
@@ -14,7 +16,8 @@ A kill at any point leaves DuckDB with all of a batch or none of it; the next pu
 exactly what was not committed.
 
 This module is the orchestration; the steps live beside it: offsets.py (2), consumer.py and
-consume.py (1, 3), parse.py, validate.py and write.py (4), dlq.py (6).
+consume.py (1, 3), parse.py and write.py (4) with the contract's rows (tick_rows.py +
+validate.py, trade_rows.py + trade_validate.py + trade_ranges.py), dlq.py (6).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from crypto_assets.faults import fault_point
-from crypto_assets.ingest.config import BRONZE, BRONZE_DATASET, BRONZE_EXPORT_ORDER, BRONZE_TIME_COLUMN, PullConfig
+from crypto_assets.ingest.config import PullConfig
 from crypto_assets.ingest.consume import consume_batch
 from crypto_assets.ingest.consumer import RawConsumer
+from crypto_assets.ingest.contract import BronzeContract
+from crypto_assets.ingest.contracts import TICKS, TRADES
 from crypto_assets.ingest.dlq import publish_dlq
 from crypto_assets.ingest.offsets import lost_offsets_notice, plan_partitions, stored_offsets
 from crypto_assets.ingest.results import PartitionPlan, PullResult, add_time
@@ -37,6 +42,7 @@ from crypto_assets.ingest.write import write_batch
 from crypto_assets.resources.kafka import KafkaResource
 from crypto_assets.resources.lakehouse import LakehouseResource
 from crypto_assets.warehouse.lake_export import export_dirty
+from crypto_assets.warehouse.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +54,38 @@ def pull_raw_ticks(
     run_id: str | None = None,
     logger: logging.Logger | Any | None = None,
 ) -> PullResult:
-    """Run one bounded pull (possibly several committed batches) and return what happened."""
+    """One bounded pull of `crypto_raw` into raw_ticks."""
+    return pull_bronze(TICKS, kafka, lakehouse, cfg, run_id, logger)
+
+
+def pull_raw_trades(
+    kafka: KafkaResource,
+    lakehouse: LakehouseResource,
+    cfg: PullConfig | None = None,
+    run_id: str | None = None,
+    logger: logging.Logger | Any | None = None,
+) -> PullResult:
+    """One bounded pull of `crypto_trades` into raw_trades (deduplicated, gaps recorded)."""
+    return pull_bronze(TRADES, kafka, lakehouse, cfg, run_id, logger)
+
+
+def pull_bronze(
+    contract: BronzeContract,
+    kafka: KafkaResource,
+    lakehouse: LakehouseResource,
+    cfg: PullConfig | None = None,
+    run_id: str | None = None,
+    logger: logging.Logger | Any | None = None,
+) -> PullResult:
+    """Run one bounded pull (possibly several committed batches) of the contract's topic and
+    return what happened."""
     cfg = cfg or PullConfig()
     if not logger:
         logger = log
     t0 = time.monotonic()
     started_at = datetime.now(UTC)
-    topic = kafka.raw_topic
+    topic = contract.topic(kafka)
+    table = TABLES[contract.table]
     timings: dict[str, float] = {}
     t = time.perf_counter()
     client = RawConsumer(kafka)
@@ -89,14 +120,16 @@ def pull_raw_ticks(
                     break
                 t = time.perf_counter()
                 stats = write_batch(
-                    conn, topic, cluster_id, run_id, plans, consumed, list(lakehouse.coins), cfg, started_at, timings
+                    conn, contract, topic, cluster_id, run_id, plans, consumed, list(lakehouse.coins), cfg, started_at,
+                    timings,
                 )
                 add_time(timings, "write", t)
                 first = False
                 result.batches.append(stats)
+                seen = f", {stats.skipped} seen before" if stats.skipped else ""
                 logger.info(
                     f"batch {stats.batch_id}: {stats.messages} messages -> {stats.rows_written} rows, "
-                    f"{stats.quarantined} quarantined"
+                    f"{stats.quarantined} quarantined{seen} ({contract.table})"
                 )
                 fault_point("after_duckdb_commit")
                 t = time.perf_counter()
@@ -107,12 +140,14 @@ def pull_raw_ticks(
                     break
             if cfg.publish_dlq:
                 t = time.perf_counter()
-                result.dlq_published = publish_dlq(conn, kafka, topic)
+                result.dlq_published = publish_dlq(conn, kafka, topic, stage=contract.table,
+                                                   dlq_topic=contract.dlq_topic(kafka))
                 add_time(timings, "dlq", t)
             if cfg.export_parquet:
                 t = time.perf_counter()
+                assert table.dataset and table.time_column and table.export_order, table.name  # bronze is mirrored
                 result.export = export_dirty(
-                    conn, lakehouse.lake_path, BRONZE_DATASET, BRONZE.name, BRONZE_TIME_COLUMN, BRONZE_EXPORT_ORDER,
+                    conn, lakehouse.lake_path, table.dataset, table.name, table.time_column, table.export_order,
                 )
                 add_time(timings, "export", t)
         result.remaining_lag = {p.partition: p.lag for p in plans}

@@ -1,5 +1,5 @@
 """What a pull reports: the plan per partition, the stats per committed batch and the result of
-the whole run (read by the raw_ticks asset's metadata, the drain and the tests)."""
+the whole run (read by the bronze assets's metadata, the drain and the tests)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ class BatchStats:
     min_event_time: datetime | None
     max_event_time: datetime | None
     reasons: dict[str, int]
+    skipped: int = 0  # dropped on purpose, not quarantined (a trade seen before)
+    extra: dict[str, int] = field(default_factory=dict)  # the contract's own counters (trade gaps ...)
 
 
 @dataclass
@@ -73,6 +75,19 @@ class PullResult:
     @property
     def bytes(self) -> int:
         return sum(b.bytes for b in self.batches)
+
+    @property
+    def skipped(self) -> int:
+        return sum(b.skipped for b in self.batches)
+
+    @property
+    def extra(self) -> dict[str, int]:
+        """The contract's counters (crypto_assets.ingest.contract.RowsOutcome.extra), summed."""
+        out: dict[str, int] = {}
+        for b in self.batches:
+            for k, v in b.extra.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     @property
     def reasons(self) -> dict[str, int]:

@@ -38,9 +38,12 @@ class Backlog:
         return f"lag {self.lag} ({parts}){age}"
 
 
-def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool = True) -> Backlog:
-    """Lag per partition of the raw topic (none when the topic does not exist yet) and, with
-    `with_age`, the age of the oldest pending message. BrokerUnavailable when Kafka is down."""
+def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool = True,
+                    topic: str | None = None) -> Backlog:
+    """Lag per partition of `topic` (default the raw topic; none when the topic does not exist
+    yet) and, with `with_age`, the age of the oldest pending message. BrokerUnavailable when
+    Kafka is down."""
+    topic = topic or kafka.raw_topic
     bootstrap = kafka.bootstrap()
     c = Consumer(
         kafka.consumer_config(
@@ -49,24 +52,24 @@ def measure_backlog(kafka: KafkaResource, timeout_s: float = 2.0, with_age: bool
     )
     try:
         try:
-            md = c.list_topics(topic=kafka.raw_topic, timeout=timeout_s)
+            md = c.list_topics(topic=topic, timeout=timeout_s)
         except KafkaException as exc:
             raise unreachable(bootstrap, exc) from exc
-        tmd = md.topics.get(kafka.raw_topic)
+        tmd = md.topics.get(topic)
         out = Backlog(bootstrap)
         if tmd is None or not tmd.partitions:
             return out
         parts = sorted(tmd.partitions)
         try:
-            committed = c.committed([TopicPartition(kafka.raw_topic, p) for p in parts], timeout=timeout_s)
+            committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout_s)
             for tp in committed:
-                lo, hi = c.get_watermark_offsets(TopicPartition(kafka.raw_topic, tp.partition), timeout=timeout_s)
+                lo, hi = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout_s)
                 pos = tp.offset if tp.offset >= 0 else lo
                 pos = max(pos, lo)
                 out.partitions[tp.partition] = (pos, hi, max(hi - pos, 0))
         except KafkaException as exc:
             raise unreachable(bootstrap, exc) from exc
-        pending = [TopicPartition(kafka.raw_topic, p, v[0]) for p, v in out.partitions.items() if v[2] > 0]
+        pending = [TopicPartition(topic, p, v[0]) for p, v in out.partitions.items() if v[2] > 0]
         if with_age and pending:
             c.assign(pending)
             deadline = time.monotonic() + min(timeout_s, 1.0)

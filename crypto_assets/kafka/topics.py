@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 RAW_TOPIC = "crypto_raw"
 TRADES_TOPIC = "crypto_trades"  # exchange trades (kafka/trade_contract.py), key exchange:product
 DLQ_TOPIC = "crypto_raw_dlq"
+TRADES_DLQ_TOPIC = "crypto_trades_dlq"  # trades raw_trades quarantined, as they arrived
 ALERTS_TOPIC = "crypto_alerts"
 PREDICTIONS_TOPIC = "crypto_predictions"
 
@@ -36,6 +37,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(RAW_TOPIC, partitions=4, retention_ms=7 * DAY_MS),
     TopicSpec(TRADES_TOPIC, partitions=4, retention_ms=7 * DAY_MS),
     TopicSpec(DLQ_TOPIC, partitions=1, retention_ms=30 * DAY_MS),
+    TopicSpec(TRADES_DLQ_TOPIC, partitions=1, retention_ms=30 * DAY_MS),
     TopicSpec(ALERTS_TOPIC, partitions=1, retention_ms=30 * DAY_MS),
     TopicSpec(PREDICTIONS_TOPIC, partitions=1, retention_ms=7 * DAY_MS),
 )

@@ -15,7 +15,14 @@ import dagster as dg
 from pydantic import Field
 
 from crypto_assets.kafka.embedded_broker import resolve_bootstrap
-from crypto_assets.kafka.topics import ALERTS_TOPIC, DLQ_TOPIC, PREDICTIONS_TOPIC, RAW_TOPIC, TRADES_TOPIC
+from crypto_assets.kafka.topics import (
+    ALERTS_TOPIC,
+    DLQ_TOPIC,
+    PREDICTIONS_TOPIC,
+    RAW_TOPIC,
+    TRADES_DLQ_TOPIC,
+    TRADES_TOPIC,
+)
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -34,6 +41,7 @@ class KafkaResource(dg.ConfigurableResource):
     raw_topic: str = RAW_TOPIC
     trades_topic: str = TRADES_TOPIC
     dlq_topic: str = DLQ_TOPIC
+    trades_dlq_topic: str = TRADES_DLQ_TOPIC
     alerts_topic: str = ALERTS_TOPIC
     predictions_topic: str = PREDICTIONS_TOPIC
     consumer_group: str = "crypto_assets.raw_ticks"

@@ -1,6 +1,8 @@
 """The trade tables: bronze `raw_trades` as pulled from `crypto_trades` (crypto_assets.kafka.
-trade_contract), and `trade_gaps`, the holes in each product's trade-id sequence and whether a
-later arrival (a REST heal, a late message) closed them.
+trade_contract), `trade_gaps`, the holes in each product's trade-id sequence and whether a
+later arrival (a REST heal, a late message) closed them, and `trade_id_ranges`, the runs of
+consecutive trade ids already stored, which dedupe and gap detection read instead of raw_trades
+(crypto_assets.ingest.trade_ranges: a batch costs its own size, not the history's).
 
 Prices and sizes are DECIMAL(18, 8): exact, as the exchanges send them (Coinbase and Binance
 quote at most 8 decimals), stored as 64-bit integers so sums and products stay exact and fast.
@@ -31,7 +33,9 @@ RAW_TRADES = Table("raw_trades", """
     batch_id         BIGINT NOT NULL,         -- pull batch that wrote the row (ingest_batches)
     ingested_at      TIMESTAMPTZ NOT NULL     -- when the pull committed the batch to DuckDB
 """,
-    dataset="bronze/raw_trades", time_column="trade_time", seq_column="batch_id",
+    # Mirrored by date only, exchange and product columns in the files (sorted by them, so row
+    # group statistics prune by product): the lake's second directory level is `symbol`.
+    dataset="bronze/raw_trades", by_date=True, time_column="trade_time", seq_column="batch_id",
     export_order="exchange, product, trade_id")
 
 TRADE_GAPS = Table("trade_gaps", """
@@ -46,4 +50,14 @@ TRADE_GAPS = Table("trade_gaps", """
     PRIMARY KEY (exchange, product, first_missing)
 """)
 
-TRADE_TABLES = (RAW_TRADES, TRADE_GAPS)
+# One row per run of consecutive trade ids of a product that raw_trades holds: one per product
+# plus one per hole still open, so it stays as small as the gaps. Replaced per touched product
+# in each pull batch's transaction (no key: the batch deletes and re-inserts its products' runs).
+TRADE_ID_RANGES = Table("trade_id_ranges", """
+    exchange  VARCHAR NOT NULL,  -- exchange of the product
+    product   VARCHAR NOT NULL,  -- the exchange's product id
+    first_id  BIGINT NOT NULL,   -- first trade id of a run of consecutive ids in raw_trades
+    last_id   BIGINT NOT NULL    -- last trade id of the run
+""")
+
+TRADE_TABLES = (RAW_TRADES, TRADE_GAPS, TRADE_ID_RANGES)

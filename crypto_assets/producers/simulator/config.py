@@ -14,6 +14,7 @@ from crypto_assets.durations import parse_duration
 from crypto_assets.kafka.tick_contract import DEFAULT_COIN_IDS, Coin, coins_for
 
 SOURCE = "simulator"
+MODES = ("ticks", "trades", "both")  # what a run writes: CoinGecko-style ticks, exchange trades, or both
 
 _T = TypeVar("_T", bound="timedelta | None")
 
@@ -50,6 +51,14 @@ class SimulatorConfig:
     interval: history mode tick spacing per coin (timedelta, "60s" or seconds; read as a timedelta).
     start_time: history mode: event time of the first tick (default: window ends now).
     follow: history mode: continue live (same paths) after the history is sent.
+    mode: "ticks" (the raw topic only, the default), "trades" (the trades topic only) or "both";
+      trades follow the same price path as the ticks (see trades.py).
+    trade_rate: mean trades per second per product (Poisson arrivals).
+    trade_imbalance: expected (buys - sells) / trades of the taker sides, in (-1, 1).
+    trade_size_usd: median trade notional in USD (sizes are log-normal).
+    trade_bad_ratio: expected share of malformed messages on the trades topic, like bad_ratio.
+    trade_window: history mode: trades only in this last part of the window (None: all of it).
+    trade_follow_volume: the trade rate follows the path's volume (a volume spike = more trades).
     """
 
     coins: Sequence[str | Coin] = DEFAULT_COIN_IDS
@@ -62,8 +71,25 @@ class SimulatorConfig:
     start_time: datetime | None = None
     follow: bool = False
     source: str = SOURCE
+    mode: str = "ticks"
+    trade_rate: float = 1.0
+    trade_imbalance: float = 0.0
+    trade_size_usd: float = 250.0
+    trade_bad_ratio: float = 0.0
+    trade_window: _Duration[timedelta | None] = _Duration(None)
+    trade_follow_volume: bool = True
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.trade_rate > 0:
+            raise ValueError(f"trade_rate must be > 0 trades per second, got {self.trade_rate}")
+        if not -1.0 < self.trade_imbalance < 1.0:
+            raise ValueError(f"trade_imbalance must be in (-1, 1), got {self.trade_imbalance}")
+        if not self.trade_size_usd > 0:
+            raise ValueError(f"trade_size_usd must be > 0, got {self.trade_size_usd}")
+        if not 0.0 <= self.trade_bad_ratio < 1.0:
+            raise ValueError(f"trade_bad_ratio must be in [0, 1), got {self.trade_bad_ratio}")
         if not 0.0 <= self.bad_ratio < 1.0:
             raise ValueError(f"bad_ratio must be in [0, 1), got {self.bad_ratio}")
         if self.interval.total_seconds() <= 0:
@@ -74,6 +100,14 @@ class SimulatorConfig:
             raise ValueError("count must be >= 0")
         if not self.coins:
             raise ValueError("no coins to simulate")
+
+    @property
+    def ticks(self) -> bool:
+        return self.mode in ("ticks", "both")
+
+    @property
+    def trades(self) -> bool:
+        return self.mode in ("trades", "both")
 
     def resolved_coins(self) -> tuple[Coin, ...]:
         if all(isinstance(c, Coin) for c in self.coins):

@@ -87,9 +87,10 @@ def _product_trades(p: Product, k: int, days: float, rng: np.random.Generator, t
     span_us = int(days * 86_400 * 1_000_000)
     multi = rng.random(k) < 0.2  # fills of the previous trade's taker order
     multi[0] = False
-    gaps = rng.exponential(span_us / max(1, k), k)
+    gaps = rng.exponential(span_us / max(1, k - int(multi.sum())), k)  # orders (not fills) fill the span
     gaps[multi] = 0.0
-    t_us = t0_us + np.minimum(np.cumsum(gaps).astype(np.int64), span_us - 1)
+    cs = np.cumsum(gaps)
+    t_us = t0_us + np.floor(cs * ((span_us - 1) / cs[-1])).astype(np.int64)  # the last trade ends the span
     idx = np.arange(k)
     lead = np.maximum.accumulate(np.where(multi, 0, idx))  # the first fill of each taker order
     buy = (rng.random(k) < 0.5)[lead]  # all fills of one taker order share its side

@@ -4,20 +4,27 @@ and automation settings come from crypto_assets.settings, the one reader of the 
 
 import dagster as dg
 
-from crypto_assets.defs import incremental, models, predictions, report, training_data
-from crypto_assets.defs.automation import build_automation, demo_job, incremental_job, ingest_job, training_job
+from crypto_assets.defs import history, incremental, models, predictions, report, training_data
+from crypto_assets.defs.automation import (
+    build_automation,
+    demo_job,
+    incremental_job,
+    ingest_job,
+    klines_backfill_job,
+    training_job,
+)
 from crypto_assets.defs.maintenance import maintenance_job
 from crypto_assets.defs.schema_checks import warehouse_schema
 from crypto_assets.settings import automation_settings, build_resources
 
-ASSET_MODULES = [incremental, training_data, models, predictions, report]
+ASSET_MODULES = [incremental, training_data, models, predictions, report, history]
 AUTOMATION = automation_settings()
 SENSORS, SCHEDULES = build_automation(AUTOMATION)
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(ASSET_MODULES),
     asset_checks=[warehouse_schema],
-    jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job],
+    jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job, klines_backfill_job],
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(),

@@ -98,8 +98,17 @@ def priority_resource(env: Mapping[str, str] | None = None):
     return ComputePriorityResource(nice=int(env.get("TRAINING_NICE") or 10))
 
 
+def exchange_rest_resource(env: Mapping[str, str] | None = None):
+    from crypto_assets.resources.exchanges import ExchangeRestResource
+
+    s = exchange_settings(env)
+    return ExchangeRestResource(coinbase_rest_url=s.coinbase_rest_url, binance_rest_url=s.binance_rest_url,
+                                coinbase_products=list(s.coinbase_products), binance_symbols=list(s.binance_symbols))
+
+
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     return {
+        "exchanges": exchange_rest_resource(env),
         "kafka": kafka_resource(env),
         "lakehouse": lakehouse_resource(env),
         "pyspark": spark_resource(env),
@@ -168,6 +177,10 @@ BINANCE_WS_URL = "wss://stream.binance.com:9443"
 BINANCE_REST_URL = "https://api.binance.com"
 DEFAULT_COINBASE_PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 DEFAULT_BINANCE_SYMBOLS = ("btcusdt", "ethusdt", "solusdt")
+# First day of the klines_1m partitions (a fixed date: a moving start would rename partitions).
+DEFAULT_KLINES_START_DATE = "2025-01-01"
+# The Dagster pool of the history backfill's fetching step (one slot: one day fetched at a time).
+EXCHANGE_HISTORY_POOL = "exchange_history"
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,7 @@ class ExchangeSettings:
     binance_rest_url: str = BINANCE_REST_URL
     coinbase_products: tuple[str, ...] = DEFAULT_COINBASE_PRODUCTS
     binance_symbols: tuple[str, ...] = DEFAULT_BINANCE_SYMBOLS
+    klines_start_date: str = DEFAULT_KLINES_START_DATE  # YYYY-MM-DD, the first klines_1m partition
 
 
 def _csv(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -196,6 +210,7 @@ def exchange_settings(env: Mapping[str, str] | None = None) -> ExchangeSettings:
         binance_rest_url=env.get("BINANCE_REST_URL") or BINANCE_REST_URL,
         coinbase_products=_csv(env.get("COINBASE_PRODUCTS"), DEFAULT_COINBASE_PRODUCTS),
         binance_symbols=_csv(env.get("BINANCE_SYMBOLS"), DEFAULT_BINANCE_SYMBOLS),
+        klines_start_date=env.get("KLINES_START_DATE") or DEFAULT_KLINES_START_DATE,
     )
 
 

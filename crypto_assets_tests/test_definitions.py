@@ -8,7 +8,9 @@ from crypto_assets.definitions import defs
 INCREMENTAL_ASSETS = {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
                       "correlations", "anomalies"}
 MODEL_ASSETS = {"trend_model", "anomaly_model", "price_model", "coin_clusters"}
-ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"}
+HISTORY_ASSETS = {"klines_1m"}
+ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"} | HISTORY_ASSETS
+HISTORY_CHECKS = {("klines_1m", "klines_1m_complete")}
 # README "asset checks": blocking / non-blocking per-pass checks, the schema drift checks, the gates
 BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_unique"),
@@ -41,7 +43,7 @@ def test_definitions_load_with_exactly_the_named_assets_and_checks():
     graph = defs.resolve_asset_graph()
     assert _keys(graph.get_all_asset_keys()) == ALL_ASSETS
     assert _checks(graph.asset_check_keys) == (BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS | SCHEMA_CHECKS
-                                               | GATE_CHECKS)
+                                               | GATE_CHECKS | HISTORY_CHECKS)
     blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
                 if graph.get_check_spec(k).blocking}
     assert blocking == BLOCKING_PASS_CHECKS | GATE_CHECKS
@@ -54,7 +56,7 @@ def test_definitions_load_with_exactly_the_named_assets_and_checks():
 
 def test_jobs_and_their_selections():
     jobs = {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
-    assert jobs == {"ingest_job", "incremental_job", "training_job", "demo_job", "maintenance_job"}
+    assert jobs == {"ingest_job", "incremental_job", "training_job", "demo_job", "maintenance_job", "klines_backfill_job"}
 
     def selection(name: str) -> tuple[set[str], set[tuple[str, str]]]:
         layer = defs.resolve_job_def(name).asset_layer
@@ -66,8 +68,14 @@ def test_jobs_and_their_selections():
     # the cheap path: no training, no schema drift checks (those run with training)
     assert selection("incremental_job") == (INCREMENTAL_ASSETS, BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS)
     assert selection("training_job") == (MODEL_ASSETS | {"training_set", "predictions"}, SCHEMA_CHECKS | GATE_CHECKS)
-    assert selection("demo_job")[0] == ALL_ASSETS
+    # the history backfill needs the exchanges and a partition: its own job, not the demo's
+    assert selection("demo_job")[0] == ALL_ASSETS - HISTORY_ASSETS
+    assert selection("klines_backfill_job") == (HISTORY_ASSETS, HISTORY_CHECKS)
     assert selection("demo_job")[1] == BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS | SCHEMA_CHECKS | GATE_CHECKS
+    backfill = defs.resolve_job_def("klines_backfill_job")
+    assert isinstance(backfill.partitions_def, dg.DailyPartitionsDefinition)
+    assert backfill.partitions_def.start.strftime("%Y-%m-%d") == "2025-01-01"
+    assert defs.resolve_assets_def("klines_1m").op.pool == "exchange_history"
     maintenance = defs.resolve_job_def("maintenance_job")
     assert set(maintenance.graph.node_dict) == {"purge_dagster_storage", "prune_mlflow", "compact_lake"}
 

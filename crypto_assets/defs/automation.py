@@ -4,7 +4,8 @@ launch them, all defined here and registered once by crypto_assets.definitions.
 - incremental_job: bronze → silver → gold, launched by kafka_backlog_sensor when a backlog appears;
 - training_job: the `models` group (training set, four models, predictions) on retraining_schedule;
 - predictions_automation: re-scores new features on a cron between retrains;
-- maintenance_job (crypto_assets.defs.maintenance) on maintenance_schedule.
+- maintenance_job (crypto_assets.defs.maintenance) on maintenance_schedule;
+- klines_backfill_job: the `history` group (daily klines partitions), backfilled by hand.
 Sensors and schedules start RUNNING only when automation is on (`crypto-assets live` sets it).
 """
 
@@ -51,10 +52,22 @@ training_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,  # one Spark session for all four models
 )
 
+# The history backfill: daily partitions of exchange klines, launched as a backfill from the UI/CLI.
+HISTORY = dg.AssetSelection.groups("history")
+
+klines_backfill_job = dg.define_asset_job(
+    "klines_backfill_job",
+    selection=HISTORY,
+    description="Load the exchanges' 1-minute klines of one UTC day per partition: backfill a range of "
+    "partitions (e.g. the last 90 days) from the UI or `dagster job backfill`.",
+    executor_def=dg.in_process_executor,
+)
+
 demo_job = dg.define_asset_job(
     "demo_job",
-    selection=dg.AssetSelection.all(),
-    description="Every asset and check, in dependency order: what `crypto-assets demo` runs.",
+    selection=dg.AssetSelection.all() - HISTORY,
+    description="Every asset and check but the history backfill (it needs the exchanges), in dependency order: "
+    "what `crypto-assets demo` runs.",
     executor_def=dg.in_process_executor,
 )
 

@@ -1,7 +1,8 @@
 """The registry of every warehouse table (crypto_assets.warehouse.table_spec.Table): the one place
 that says a table's DDL, its Parquet mirror, its time and sequence columns and what each column
 means. Everything that creates, exports, checks or describes a table looks it up here; and
-ensure_schema creates the tables on connect (idempotent)."""
+ensure_schema creates the tables on connect (idempotent), and the views over them (`bars_1m`
+once the trade bars and the klines tables are both registered)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import duckdb
 
 from crypto_assets.warehouse.derived_tables import DERIVED_TABLES
 from crypto_assets.warehouse.ingest_tables import INGEST_TABLES
+from crypto_assets.warehouse.kline_tables import BARS_1M_REQUIRES, BARS_1M_VIEW, KLINE_TABLES
 from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.trade_tables import TRADE_TABLES
 
-TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + TRADE_TABLES + DERIVED_TABLES}
+TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + TRADE_TABLES + KLINE_TABLES + DERIVED_TABLES}
 
 # Mirrored hour by hour through lake_pending (export_dirty; compaction merges closed days).
 HOURLY_MIRRORED: tuple[Table, ...] = tuple(t for t in TABLES.values() if t.dataset and not t.single_file)
@@ -25,7 +27,10 @@ def table_of_dataset(dataset: str) -> Table:
 
 # One query that binds every table created on connect (see ensure_schema).
 _ON_CONNECT = [t for t in TABLES.values() if t.on_connect]
-_PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{t.name} LIMIT 0)" for t in _ON_CONNECT)
+# Views over tables created on connect, created with them: name -> DDL.
+VIEWS: dict[str, str] = {"bars_1m": BARS_1M_VIEW} if all(
+    n in TABLES and TABLES[n].on_connect for n in BARS_1M_REQUIRES) else {}
+_PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in [t.name for t in _ON_CONNECT] + list(VIEWS))
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -41,3 +46,5 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         pass
     for t in _ON_CONNECT:
         conn.execute(t.ddl)
+    for ddl in VIEWS.values():
+        conn.execute(ddl)

@@ -154,13 +154,16 @@ class ExchangeRestClient:
     def _backoff(self, retry_index: int) -> float:
         return self._random() * min(self.max_delay_s, self.base_delay_s * (2.0 ** retry_index))
 
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None, *, weight: int = 1) -> Any:
-        """GET `base_url + path` and decode its JSON body, within the rate limits."""
-        body, _ = self.get(path, params, weight=weight)
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None, *, weight: int = 1,
+                 parse_float: Callable[[str], Any] | None = None) -> Any:
+        """GET `base_url + path` and decode its JSON body, within the rate limits. `parse_float`
+        (e.g. `Decimal`) decodes JSON numbers with a fraction from their text, for APIs that send
+        prices as numbers (Coinbase candles) whose digits must not pass through a float."""
+        body, _ = self.get(path, params, weight=weight, parse_float=parse_float)
         return body
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None, *,
-            weight: int = 1) -> tuple[Any, Mapping[str, str]]:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, *, weight: int = 1,
+            parse_float: Callable[[str], Any] | None = None) -> tuple[Any, Mapping[str, str]]:
         """Like `get_json`, with the response headers (Coinbase pages with `CB-AFTER`)."""
         url = self.base_url + path
         problem = "no attempt made"
@@ -180,7 +183,8 @@ class ExchangeRestClient:
                 status = resp.status_code
                 if 200 <= status < 300:
                     try:
-                        return resp.json(), resp.headers
+                        decoded = resp.json(parse_float=parse_float) if parse_float else resp.json()
+                        return decoded, resp.headers
                     except ValueError as exc:
                         raise RestUnavailable(f"{url}: HTTP {status} with a body that is not JSON: "
                                               f"{resp.text[:200]!r}") from exc

@@ -33,6 +33,10 @@ def trade_totals(trades: TradeData) -> str:
             f"{fmt_time(trades.window_start)} to {fmt_time(trades.window_end)}")
 
 
+def _volume(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.4g}"
+
+
 def trade_table(trades: TradeData) -> str:
     """Per product over the window: trades, bars, last close and change, VWAP, volumes, buy share."""
     if not trades.products:
@@ -42,7 +46,7 @@ def trade_table(trades: TradeData) -> str:
     for p in trades.products:
         buys = "–" if p.buy_share is None else f"{p.buy_share * 100:.1f} %"
         rows.append(f"| {p.key} | {p.trades:,} | {p.bars:,} | {fmt_price(p.close)} | {p.change_pct:+.2f} % | "
-                    f"{fmt_price(p.vwap)} | {p.base_volume:,.4g} | {p.quote_volume:,.0f} | {buys} |")
+                    f"{fmt_price(p.vwap)} | {_volume(p.base_volume)} | {p.quote_volume:,.0f} | {buys} |")
     return "\n".join([trade_totals(trades), "", *rows])
 
 

@@ -279,3 +279,13 @@ def test_decimals_are_exact_through_the_server(server, tapes, t) -> None:
     assert all(len(x["price"].split(".")[1]) == 8 for x in healed)
     assert parse_exchange_time(healed[0]["trade_time"]).tzinfo == UTC
     assert datetime.fromisoformat(healed[0]["trade_time"]) >= datetime(2026, 12, 2, 13, 0, tzinfo=UTC)
+
+
+def test_the_server_answers_429_past_the_minutes_weight_and_the_client_waits_it_out(tapes, t) -> None:
+    # a client that ignores the budget (weight_limit_1m=None) meets the exchange's own limit
+    with start_rest_server(binance={"BTCUSDT": tapes["binance"]}, used_weight=5990, clock=t.clock) as srv:
+        client = ExchangeRestClient(srv.url, name="binance", sleep=t.sleep, clock=t.clock)
+        got = BinanceTrades(client).fetch_range("BTCUSDT", BN_FIRST, BN_FIRST + 9)
+        assert [x["trade_id"] for x in got.trades] == list(range(BN_FIRST, BN_FIRST + 10))
+        assert client.stats.rate_limited == 1 and t.sleeps == [40.0]  # Retry-After: to the next minute
+        assert srv.used_weight == 25

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
+import duckdb
+import polars as pl
 import pytest
 
 from crypto_assets.defs.history import klines_1m
@@ -15,6 +17,7 @@ from crypto_assets.producers.exchanges.klines import KlineFormatError, binance_d
 from crypto_assets.producers.exchanges.rest_http import ExchangeRestClient
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.exchanges import ExchangeRestResource
+from crypto_assets.transforms.kline_days import replace_day
 from crypto_assets.warehouse.kline_tables import BARS_1M_VIEW
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets_tests.kline_server import EXACT_PRICE, FakeExchange, price
@@ -133,6 +136,21 @@ def test_two_partitions_rerun_gap_report_and_check(httpserver, exchange, tmp_pat
         assert exact == [(Decimal(EXACT_PRICE),)]
 
 
+def test_a_failed_write_leaves_the_day_as_it_was(httpserver, exchange, tmp_path):
+    """The day's delete and insert are one transaction: an insert that fails (here a frame with a
+    minute twice, against the primary key) rolls the delete back."""
+    home = tmp_path / "w"
+    assert _run(httpserver, home, D1).success
+    frame = binance_day(ExchangeRestClient.binance(httpserver.url_for("")), "btcusdt", D1)
+    products = pl.DataFrame({"exchange": ["binance"], "product": ["BTCUSDT"]})
+    with LakehouseResource(home=str(home)).connect() as conn:
+        before = conn.sql("SELECT count(*), max(loaded_at) FROM klines_1m WHERE product = 'BTCUSDT'").fetchall()
+        with pytest.raises(duckdb.ConstraintException):
+            replace_day(conn, pl.concat([frame, frame.head(1)]), products, D1, datetime.now(UTC))
+        assert conn.sql("SELECT count(*), max(loaded_at) FROM klines_1m WHERE product = 'BTCUSDT'").fetchall() == before
+        assert conn.sql("SELECT missing_minutes FROM kline_gaps WHERE product = 'BTCUSDT'").fetchall() == [(1,)]
+
+
 def test_an_unknown_product_fails_the_partition_after_loading_the_others(httpserver, exchange, tmp_path):
     home = tmp_path / "w"
     result = dg.materialize([klines_1m], partition_key=D2.isoformat(), raise_on_error=False,
@@ -143,6 +161,9 @@ def test_an_unknown_product_fails_the_partition_after_loading_the_others(httpser
             ("BTC-USD", 1440), ("BTCUSDT", 1440), ("ETHUSDT", 1440)]
 
 
+SCHEMA_BAR_COLUMNS = ("exchange", "product", "coin_id", "bar_start", "open", "high", "low", "close", "base_volume",
+                      "quote_volume", "vwap", "trade_count", "buy_volume", "sell_volume", "first_trade_id",
+                      "last_trade_id")
 # The trade bars' columns as SCHEMA.md fixes them, for a branch where trade_bars_1m is not registered yet.
 TRADE_BARS_1M = """CREATE TABLE IF NOT EXISTS trade_bars_1m (exchange VARCHAR, product VARCHAR, coin_id VARCHAR,
     bar_start TIMESTAMPTZ, open DECIMAL(18,8), high DECIMAL(18,8), low DECIMAL(18,8), close DECIMAL(18,8),
@@ -154,13 +175,20 @@ def test_bars_1m_prefers_trade_bars_and_fills_the_other_minutes_with_klines(http
     home = tmp_path / "w"
     assert _run(httpserver, home, D1).success
     with LakehouseResource(home=str(home)).connect() as conn:
-        conn.execute(TABLES["trade_bars_1m"].ddl if "trade_bars_1m" in TABLES else TRADE_BARS_1M)
-        conn.execute(BARS_1M_VIEW)
+        if "trade_bars_1m" in TABLES:  # registered: ensure_schema created both the table and the view on connect
+            assert conn.sql("SELECT count(*) FROM duckdb_views() WHERE view_name = 'bars_1m'").fetchall() == [(1,)]
+        else:
+            conn.execute(TRADE_BARS_1M)
+            conn.execute(BARS_1M_VIEW)
+        # columns a trade-bar table has beyond SCHEMA.md's (indicators, state, run stamp): zeros
+        described = [r[0] for r in conn.sql("DESCRIBE trade_bars_1m").fetchall()]
+        extra = "".join(f", 0 AS {c}" for c in described if c not in SCHEMA_BAR_COLUMNS)
         # trades for 03:13 (a kline exists) and 03:14 (the minute Binance has no kline for)
-        conn.execute("""INSERT INTO trade_bars_1m (exchange, product, coin_id, bar_start, open, high, low, close,
-                        base_volume, quote_volume, vwap, trade_count, buy_volume, sell_volume, first_trade_id,
-                        last_trade_id)
-                        SELECT 'binance', 'BTCUSDT', 'bitcoin', t, 1, 1, 1, 1, 2, 2, 1.0, 3, 1, 1, 10, 12
+        conn.execute(f"""INSERT INTO trade_bars_1m BY NAME
+                        SELECT 'binance' AS exchange, 'BTCUSDT' AS product, 'bitcoin' AS coin_id, t AS bar_start,
+                               1 AS open, 1 AS high, 1 AS low, 1 AS close, 2 AS base_volume, 2 AS quote_volume,
+                               1.0 AS vwap, 3 AS trade_count, 1 AS buy_volume, 1 AS sell_volume,
+                               10 AS first_trade_id, 12 AS last_trade_id{extra}
                         FROM (VALUES (TIMESTAMPTZ '2026-11-28 03:13:00+00'), (TIMESTAMPTZ '2026-11-28 03:14:00+00')) v(t)""")
         rows = conn.sql("SELECT strftime(bar_start, '%H:%M'), source, trade_count FROM bars_1m WHERE product = "
                         "'BTCUSDT' AND bar_start BETWEEN '2026-11-28 03:12:00+00' AND '2026-11-28 03:15:00+00' "

@@ -59,6 +59,7 @@ def pull_numbers(result: PullResult) -> dict[str, Any]:
     """What one pull adds to the run's totals (summed over passes); the trade pull adds its
     counters (duplicates, gaps_found, gaps_healed, trades_missing_found, trades_healed)."""
     return {
+        "pulls": 1,  # summed: how many passes pulled this topic (a draining pass skips a topic with nothing new)
         "messages_read": result.messages,
         "rows_written": result.rows_written,
         "quarantined": result.quarantined,

@@ -143,10 +143,12 @@ def _pull(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
 
 
 def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaResource, lakehouse: LakehouseResource,
-          run: _Run, selected: set[str], checks_on: set[dg.AssetCheckKey]) -> tuple[bool, list[PullResult]]:
-    """One micro-batch through every selected member. Returns (blocked, the pulls' results)."""
-    pull = _pull(ctx, cfg, kafka, lakehouse, run, "raw_ticks") if "raw_ticks" in selected else None
-    trades = _pull(ctx, cfg, kafka, lakehouse, run, "raw_trades") if "raw_trades" in selected else None
+          run: _Run, selected: set[str], checks_on: set[dg.AssetCheckKey],
+          pulled: set[str]) -> tuple[bool, list[PullResult]]:
+    """One micro-batch through every selected member; of the bronze ones only those in `pulled`
+    (the draining run's probe saw new messages on their topic). Returns (blocked, the pulls)."""
+    pull = _pull(ctx, cfg, kafka, lakehouse, run, "raw_ticks") if "raw_ticks" in selected & pulled else None
+    trades = _pull(ctx, cfg, kafka, lakehouse, run, "raw_trades") if "raw_trades" in selected & pulled else None
     pulls = [p for p in (pull, trades) if p is not None]
     with lakehouse.connect() as conn:
         if "raw_ticks" in selected and pull is not None and pull.batches:
@@ -291,20 +293,27 @@ def incremental(context: dg.AssetExecutionContext, config: IncrementalConfig, ka
     run = _Run()
     deadline = time.monotonic() + config.drain_seconds
     last_export = time.monotonic()
-    probe = BacklogProbe(kafka) if config.drain_seconds > 0 and selected & {"raw_ticks", "raw_trades"} else None
+    bronze_assets = selected & {"raw_ticks", "raw_trades"}
+    probe = BacklogProbe(kafka) if config.drain_seconds > 0 and bronze_assets else None
+    latest: dict[str, PullResult] = {}  # topic -> its newest pull: where the probe compares from
+    pulled = set(bronze_assets)  # the first pass pulls every topic (resets, an interrupted DLQ send)
     try:
         while True:
             pass_start = time.monotonic()
-            blocked, pulls = _pass(context, config, kafka, lakehouse, run, selected, checks_on)
+            blocked, pulls = _pass(context, config, kafka, lakehouse, run, selected, checks_on, pulled)
+            latest.update({p.topic: p for p in pulls})
             run.passes += 1
             if config.export_parquet and time.monotonic() - last_export >= config.export_interval_seconds:
                 _export(lakehouse, run, selected)
                 last_export = time.monotonic()
-            if blocked or probe is None or not pulls:
+            if blocked or probe is None or not latest:
                 break
             not_before = max(pass_start + config.pass_interval_seconds, time.monotonic() + config.pause_seconds)
-            if not probe.wait_for_messages(pulls, not_before=not_before, deadline=deadline):
+            fresh = probe.wait_for_messages(list(latest.values()), not_before=not_before, deadline=deadline)
+            if not fresh:
                 break
+            pulled = {asset for asset, topic in (("raw_ticks", kafka.raw_topic), ("raw_trades", kafka.trades_topic))
+                      if topic in fresh} & bronze_assets
     finally:
         if probe is not None:
             probe.close()

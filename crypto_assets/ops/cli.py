@@ -150,6 +150,8 @@ def cmd_produce(args) -> int:
             trade_window=parse_duration(args.trade_window) if args.trade_window else None,
         )
         out = run_simulator(kafka, cfg, stop_event=stop)
+    elif args.source in ("coinbase", "binance"):
+        return _produce_trades(args, kafka, stop)
     else:
         from crypto_assets.producers.replay import run_replay
 
@@ -158,6 +160,36 @@ def cmd_produce(args) -> int:
             return 2
         out = run_replay(kafka, args.file, speed=args.speed, shift_to_now=args.shift_to_now,
                          limit=args.count, stop_event=stop)
+    print(json.dumps(out, default=str, indent=2))
+    return 0
+
+
+def _produce_trades(args, kafka, stop: threading.Event) -> int:
+    """An exchange's trade stream into crypto_trades until --count trades, --duration or a signal."""
+    from dataclasses import asdict
+
+    from crypto_assets.durations import parse_duration
+    from crypto_assets.producers.exchanges.healing import GapHealer
+    from crypto_assets.producers.exchanges.trade_source import feed_for, run_trade_source
+    from crypto_assets.producers.exchanges.trade_stream import SubscriptionRejected
+
+    cfg = settings.exchange_settings()
+    wanted = args.products if args.source == "coinbase" else args.symbols
+    products = [p.strip() for p in (wanted or "").split(",") if p.strip()] or None
+    feed = feed_for(args.source, cfg, products)
+    duration = parse_duration(args.duration).total_seconds() if args.duration else None
+    healer = GapHealer.from_settings(cfg)
+    try:
+        out = run_trade_source(kafka, feed, healer=healer.heal, stop_event=stop, max_trades=args.count,
+                               duration_s=duration,
+                               stats_every_s=args.interval_s if args.interval_s is not None else 60.0,
+                               log=lambda line: print(line, flush=True))
+    except SubscriptionRejected as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        healer.close()
+    out["rest"] = asdict(healer.stats)
     print(json.dumps(out, default=str, indent=2))
     return 0
 
@@ -223,11 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stop", action="store_true", help="stop the background broker")
     b.set_defaults(func=cmd_broker)
 
-    pr = sub.add_parser("produce", help="write contract ticks to crypto_raw")
+    pr = sub.add_parser("produce", help="write contract ticks to crypto_raw, or exchange trades to crypto_trades")
     pr.add_argument("--home")
-    pr.add_argument("--source", choices=["simulate", "coingecko", "replay"], required=True)
+    pr.add_argument("--source", choices=["simulate", "coingecko", "replay", "coinbase", "binance"], required=True)
     pr.add_argument("--rate", type=float, default=10.0, help="simulate: messages per second (live mode)")
-    pr.add_argument("--count", type=int, default=None, help="messages (simulate/replay) or polls (coingecko)")
+    pr.add_argument("--count", "--max-trades", dest="count", type=int, default=None,
+                    help="messages (simulate/replay), polls (coingecko) or trades (coinbase/binance) before stopping")
+    pr.add_argument("--products", default=None, help="coinbase: product ids, e.g. BTC-USD,ETH-USD "
+                    "(default $COINBASE_PRODUCTS)")
+    pr.add_argument("--symbols", default=None, help="binance: symbols, e.g. btcusdt,ethusdt (default $BINANCE_SYMBOLS)")
+    pr.add_argument("--duration", default=None, help="coinbase/binance: stop after this long, e.g. 30s, 2h")
     pr.add_argument("--seed", type=int, default=42)
     pr.add_argument("--bad-ratio", type=float, default=0.0, help="simulate: share of malformed messages")
     pr.add_argument("--history", default=None, help="simulate: emit a past window, e.g. 7d")
@@ -239,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulate trades: expected (buys - sells) / trades, in (-1, 1)")
     pr.add_argument("--trade-bad-ratio", type=float, default=0.0, help="simulate trades: share of malformed trades")
     pr.add_argument("--trade-window", default=None, help="simulate history: trades only in the last part, e.g. 6h")
-    pr.add_argument("--interval-s", dest="interval_s", type=float, default=None, help="coingecko: poll interval")
+    pr.add_argument("--interval-s", dest="interval_s", type=float, default=None,
+                    help="coingecko: poll interval; coinbase/binance: seconds between stats lines")
     pr.add_argument("--base-url", default=None, help="coingecko: API base URL")
     pr.add_argument("--file", default=None, help="replay: CSV or Parquet file")
     pr.add_argument("--speed", type=float, default=1.0, help="replay: time acceleration (0 = as fast as possible)")

@@ -58,8 +58,9 @@ def rsi_with_state(
     n_out[:] = np.minimum(n, RSI_PERIOD)
     seeding = n < RSI_PERIOD
     # Running sums while seeding (the state before the 14th change).
-    g_sum = gain0 + np.cumsum(gains) if n0 < RSI_PERIOD else None
-    l_sum = loss0 + np.cumsum(losses) if n0 < RSI_PERIOD else None
+    # (gain0 first in the sum, so a split run adds in the same order as an unsplit one: exact)
+    g_sum = np.cumsum(np.concatenate([[gain0], gains]))[1:] if n0 < RSI_PERIOD else None
+    l_sum = np.cumsum(np.concatenate([[loss0], losses]))[1:] if n0 < RSI_PERIOD else None
     if g_sum is not None and l_sum is not None:  # n0 < RSI_PERIOD
         g_out[seeding] = g_sum[seeding]
         l_out[seeding] = l_sum[seeding]

@@ -74,15 +74,17 @@ class Increment:
 
 @contextlib.contextmanager
 def incremental_table(
-    conn: duckdb.DuckDBPyConnection, table: str, upstream: str | None, before_commit: str | None = None
+    conn: duckdb.DuckDBPyConnection, table: str, upstream: str | None, before_commit: str | None = None,
+    upstream_position: int | None = None,
 ) -> Iterator[Increment]:
     """An increment of `table` over what `upstream` stamped since its last run (see the module
     docstring). `upstream=None`: a change of the table's rows that no upstream drives (a manual
     repair): always a transaction, and on exit only the table's own sequence moves on, so its
     consumers see the re-stamped rows as new. `before_commit` names a fault point (crypto_assets.faults)
-    between the state update and COMMIT."""
+    between the state update and COMMIT. `upstream_position` processes up to that sequence number
+    instead of the upstream's newest (a benchmark or test that applies batches one by one)."""
     hwm, seq = get_state(conn, table)
-    up = position(conn, upstream) if upstream else hwm
+    up = (position(conn, upstream) if upstream_position is None else upstream_position) if upstream else hwm
     inc = Increment(conn, TABLES[table], TABLES[upstream] if upstream else None, hwm, seq, up)
     if inc.nothing_new:
         yield inc

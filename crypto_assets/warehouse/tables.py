@@ -12,9 +12,10 @@ from crypto_assets.warehouse.derived_tables import DERIVED_TABLES
 from crypto_assets.warehouse.ingest_tables import INGEST_TABLES
 from crypto_assets.warehouse.kline_tables import BARS_1M_REQUIRES, BARS_1M_VIEW, KLINE_TABLES
 from crypto_assets.warehouse.table_spec import Table
+from crypto_assets.warehouse.trade_bar_tables import TRADE_BAR_TABLES
 from crypto_assets.warehouse.trade_tables import TRADE_TABLES
 
-TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + TRADE_TABLES + KLINE_TABLES + DERIVED_TABLES}
+TABLES: dict[str, Table] = {t.name: t for t in INGEST_TABLES + TRADE_TABLES + KLINE_TABLES + DERIVED_TABLES + TRADE_BAR_TABLES}
 
 # Mirrored hour by hour through lake_pending (export_dirty; compaction merges closed days).
 HOURLY_MIRRORED: tuple[Table, ...] = tuple(t for t in TABLES.values() if t.dataset and not t.single_file)

@@ -34,7 +34,9 @@ def set_state(conn: duckdb.DuckDBPyConnection, asset: str, hwm: int, seq: int) -
 def position(conn: duckdb.DuckDBPyConnection, table: str) -> int:
     """The newest sequence number `table` has stamped on its rows: what a consumer processes up
     to. raw_ticks is stamped by the pull with its batch id; ingest_batches is written in the same
-    transaction as the batch rows, one row per batch (not per tick)."""
-    if table == "raw_ticks":
+    transaction as the batch rows, one row per batch (not per tick). raw_trades is stamped the
+    same way (batch ids are one sequence over both topics), so a trade consumer's window may hold
+    tick batches too, which simply have no trade rows."""
+    if table in ("raw_ticks", "raw_trades"):
         return int(scalar(conn, "SELECT coalesce(max(batch_id), 0) FROM ingest_batches"))
     return get_state(conn, table)[1]

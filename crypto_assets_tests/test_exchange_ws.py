@@ -377,3 +377,20 @@ def test_cli_coinbase_stops_cleanly_on_sigterm_with_every_trade_delivered(home, 
     text = "".join(lines)
     assert "coinbase: subscribed (matches: BTC-USD, heartbeat: BTC-USD)" in text
     assert "coinbase: final stats: 6 trades sent" in text and '"delivered": 6' in text
+
+
+def test_a_restarted_source_heals_what_went_by_while_it_was_down(kafka, rest):
+    btc = on_rest(rest, "coinbase", "BTC-USD", 40, 5000, 10)
+    topic = f"crypto_trades_{uuid.uuid4().hex[:8]}"
+    healer = real_healer(rest)
+    before = [Send(btc[0], "last_match"), *[Send(t) for t in btc[1:10]]]
+    after = [Send(btc[30], "last_match"), *[Send(t) for t in btc[31:40]]]  # 5010..5029 traded while down
+    logs: list[str] = []
+    with ExchangeWsServer(coinbase=[before, after]) as srv:
+        for n in (10, 30):  # the first run stops after 10 trades; a new process starts
+            run_trade_source(kafka, CoinbaseFeed(srv.url, ["BTC-USD"]), healer=healer.heal, topic=topic,
+                             max_trades=n, duration_s=60, backoff=FAST, log=logs.append)
+    on_topic = [r.json() for r in read_topic(kafka.bootstrap(), topic, whole=True)]
+    assert as_traded(on_topic, "BTC-USD") == expected(btc, "coinbase")  # one unbroken tape over both runs
+    assert "coinbase: resuming BTC-USD after trade 5009 (the newest on " + topic + ")" in logs
+    assert any("gap in BTC-USD: trade ids 5010..5029 missing" in line for line in logs)

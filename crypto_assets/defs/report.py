@@ -19,11 +19,12 @@ class MarketReportConfig(dg.Config):
 def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig, lakehouse: LakehouseResource,
                   mlflow: MlflowResource) -> dg.MaterializeResult:
     """PNG figures and report.md under `reports/<UTC timestamp>/`, mirrored to `reports/latest/`:
-    per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); the 24 h / 7 d
+    per-coin 1-minute candles with Bollinger bands, anomaly markers and RSI(14); per traded product
+    1-minute candles from trades with VWAP and buy/sell volume (trade_bars_1m); the 24 h / 7 d
     correlation heat-maps; each model's primary metric vs its baseline per MLflow run with the
     champion marked; the key numbers per coin, top correlations and champions in markdown."""
     # Imported here: matplotlib costs ~2 s, which every run worker would pay at code load.
-    from crypto_assets.report.markdown import coin_table, correlation_table, model_table
+    from crypto_assets.report.markdown import coin_table, correlation_table, model_table, trade_table
     from crypto_assets.report.publish import write_report
 
     with lakehouse.connect() as conn:
@@ -36,6 +37,7 @@ def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig
     summary = "\n\n".join([
         f"**Data up to** {m.window_end:%Y-%m-%d %H:%M} UTC · candle window {m.hours:g} h" if m.window_end else "**No market data yet**",
         coin_table(m) if m.snapshots else "",
+        "**Trades**\n\n" + trade_table(res.trades),
         "**Top correlations**\n\n" + correlation_table(m, 3),
         "**Models**\n\n" + model_table(res.series, res.model_note),
         f"**Files** (also in `{res.latest_dir}`)\n\n{files}",
@@ -48,6 +50,9 @@ def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig
         "figures": res.figures.all(),
         "coins": len(m.snapshots),
         "anomalies_in_window": m.anomalies.height,
+        "trades_in_window": res.trades.trades,
+        "trade_bars_in_window": res.trades.bar_count,
+        "trade_products": len(res.trades.products),
         "models_with_runs": len(res.series),
         "champions": {s.name: s.champion_version or "none" for s in res.series},
     }

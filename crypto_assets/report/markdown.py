@@ -10,6 +10,7 @@ from typing import Any, cast
 from crypto_assets.report.formatting import fmt_num, fmt_price, fmt_time, span_label
 from crypto_assets.report.market_data import MarketData
 from crypto_assets.report.model_history import ModelPoint, ModelSeries
+from crypto_assets.report.trade_data import TradeData
 
 
 def coin_table(market: MarketData) -> str:
@@ -22,6 +23,31 @@ def coin_table(market: MarketData) -> str:
         rows.append(f"| {s.symbol.upper()} ({s.coin_id}) | {fmt_price(s.last_price)} | {change} | {vol} | "
                     f"{fmt_num(s.rsi_14, '.1f')} | {s.anomalies_24h}" + (f" ({rules})" if rules else "") + " |")
     return "\n".join(rows)
+
+
+def trade_totals(trades: TradeData) -> str:
+    """The trade numbers in one line: trades, bars and products of the window."""
+    if not trades.products:
+        return "(no trade bars yet: `trade_bars_1m` is empty)"
+    return (f"{trades.trades:,} trades in {trades.bar_count:,} one-minute bars over {len(trades.products)} products, "
+            f"{fmt_time(trades.window_start)} to {fmt_time(trades.window_end)}")
+
+
+def _volume(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.4g}"
+
+
+def trade_table(trades: TradeData) -> str:
+    """Per product over the window: trades, bars, last close and change, VWAP, volumes, buy share."""
+    if not trades.products:
+        return trade_totals(trades)
+    rows = ["| product | trades | bars | last close | change | VWAP | base volume | quote volume | taker buys |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in trades.products:
+        buys = "–" if p.buy_share is None else f"{p.buy_share * 100:.1f} %"
+        rows.append(f"| {p.key} | {p.trades:,} | {p.bars:,} | {fmt_price(p.close)} | {p.change_pct:+.2f} % | "
+                    f"{fmt_price(p.vwap)} | {_volume(p.base_volume)} | {p.quote_volume:,.0f} | {buys} |")
+    return "\n".join([trade_totals(trades), "", *rows])
 
 
 def top_correlations(market: MarketData, limit: int = 5) -> list[tuple[str, str, float | None, float | None, int]]:
@@ -79,13 +105,15 @@ class Figures:
     candles: dict[str, str] = field(default_factory=dict)  # coin_id -> file name
     correlations: str | None = None
     models: str | None = None
+    trades: dict[str, str] = field(default_factory=dict)  # "exchange:product" -> file name
 
     def all(self) -> list[str]:
-        return [f for f in (self.overview, *self.candles.values(), self.correlations, self.models) if f]
+        return [f for f in (self.overview, *self.candles.values(), *self.trades.values(), self.correlations,
+                            self.models) if f]
 
 
 def render_markdown(market: MarketData, series: list[ModelSeries], figures: Figures, generated_at: datetime,
-                    model_note: str | None = None) -> str:
+                    model_note: str | None = None, trades: TradeData | None = None) -> str:
     """report.md: key numbers first, then the figures (relative links, so the page works from
     the timestamped directory and from latest/ alike)."""
     out = [
@@ -96,6 +124,10 @@ def render_markdown(market: MarketData, series: list[ModelSeries], figures: Figu
         "## Coins",
         "",
         coin_table(market) if market.snapshots else "(no market data yet)",
+        "",
+        f"## Trades (1-minute bars from trades, last {trades.hours:g} h)" if trades is not None else "## Trades",
+        "",
+        trade_table(trades) if trades is not None else "(no trade data)",
         "",
         "## Top correlations (1-minute returns)",
         "",
@@ -112,6 +144,8 @@ def render_markdown(market: MarketData, series: list[ModelSeries], figures: Figu
         out += [f"![overview]({figures.overview})", ""]
     for coin, f in figures.candles.items():
         out += [f"### {market.symbol(coin).upper()} ({coin})", "", f"![{coin} candles]({f})", ""]
+    for key, f in figures.trades.items():
+        out += [f"### {key} (trades)", "", f"![{key} trade candles]({f})", ""]
     if figures.correlations:
         out += ["### Correlations", "", f"![correlations]({figures.correlations})", ""]
     if figures.models:

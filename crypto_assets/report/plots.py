@@ -55,19 +55,19 @@ def save_figure(fig: Figure, path: Path, dpi: int | None = None) -> Path:
     return path
 
 
-def _price_axis(ax, span: float) -> None:
+def price_axis(ax, span: float) -> None:
     """Plain prices with thousands separators; decimals follow the visible range (BTC 0, ADA 4)."""
     decimals = int(min(8, max(0, 2 - math.floor(math.log10(span))))) if span > 0 else 2
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.{decimals}f}"))
 
 
-def _time_axis(ax) -> None:
+def time_axis(ax) -> None:
     loc = mdates.AutoDateLocator(minticks=4, maxticks=10)
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
 
 
-def _naive_utc(s: pl.Series) -> np.ndarray:
+def naive_utc(s: pl.Series) -> np.ndarray:
     if isinstance(s.dtype, pl.Datetime) and s.dtype.time_zone is not None:
         s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     return mdates.date2num(s.to_numpy())
@@ -84,6 +84,23 @@ def message_figure(size: tuple[float, float], title: str, message: str, dpi: int
     return fig
 
 
+def draw_candles(ax, x: np.ndarray, o: np.ndarray, h: np.ndarray, lo: np.ndarray, cl: np.ndarray,
+                 width: float) -> float:
+    """Candles on `ax` (wicks high-low, bodies open-close, up green / down red); returns the
+    price span drawn. A flat candle gets a hairline body so it stays visible."""
+    colors = np.where(cl >= o, UP, DOWN)
+    span = float(np.nanmax(h) - np.nanmin(lo)) or float(np.nanmax(h)) * 1e-3 or 1.0
+    body = np.maximum(np.abs(cl - o), span * 0.002)
+    ax.vlines(x, lo, h, colors=cast(Any, colors), linewidth=0.8, zorder=2)
+    bottom = np.minimum(o, cl)
+    left, right = x - width / 2, x + width / 2
+    bodies = np.stack([np.column_stack([left, bottom]), np.column_stack([left, bottom + body]),
+                       np.column_stack([right, bottom + body]), np.column_stack([right, bottom])], axis=1)
+    # one collection instead of a patch per candle: same picture, a fraction of the draw time
+    ax.add_collection(PolyCollection(cast(Any, bodies), facecolors=colors, edgecolors=colors, linewidths=0.3, zorder=3))
+    return span
+
+
 def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Figure:
     """1-minute candles with Bollinger(20, 2) and anomaly markers above, RSI(14) below."""
     c = market.candles.filter(pl.col("coin_id") == coin_id)
@@ -96,20 +113,9 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
     ax = fig.add_subplot(gs[0])
     ax_rsi = fig.add_subplot(gs[1], sharex=ax)
 
-    x = _naive_utc(c["minute"])
-    o, h, lo, cl = (c[k].to_numpy() for k in ("open", "high", "low", "close"))
-    up = cl >= o
-    colors = np.where(up, UP, DOWN)
+    x = naive_utc(c["minute"])
     width = 0.7 / 1440.0
-    span = float(np.nanmax(h) - np.nanmin(lo)) or float(np.nanmax(h)) * 1e-3 or 1.0
-    body = np.maximum(np.abs(cl - o), span * 0.002)
-    ax.vlines(x, lo, h, colors=cast(Any, colors), linewidth=0.8, zorder=2)
-    bottom = np.minimum(o, cl)
-    left, right = x - width / 2, x + width / 2
-    bodies = np.stack([np.column_stack([left, bottom]), np.column_stack([left, bottom + body]),
-                       np.column_stack([right, bottom + body]), np.column_stack([right, bottom])], axis=1)
-    # one collection instead of a patch per candle: same picture, a fraction of the draw time
-    ax.add_collection(PolyCollection(cast(Any, bodies), facecolors=colors, edgecolors=colors, linewidths=0.3, zorder=3))
+    span = draw_candles(ax, x, *(c[k].to_numpy() for k in ("open", "high", "low", "close")), width=width)
 
     bb_u, bb_m, bb_l = (c[k].cast(pl.Float64).to_numpy() for k in ("bb_upper", "bb_middle", "bb_lower"))
     if np.isfinite(bb_m).any():
@@ -130,7 +136,7 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
             rule = rule[0]
             style = RULE_STYLE.get(rule, {"marker": _FALLBACK_MARKERS[k % len(_FALLBACK_MARKERS)], "color": "#424242", "label": rule})
             crit = (grp["severity"] == "critical").to_numpy()
-            ax.scatter(_naive_utc(grp["event_time"]), grp["price_usd"].to_numpy(), marker=style["marker"],
+            ax.scatter(naive_utc(grp["event_time"]), grp["price_usd"].to_numpy(), marker=style["marker"],
                        s=np.where(crit, 110, 55), color=style["color"], edgecolors=cast(Any, np.where(crit, "black", "white")),
                        linewidths=cast(Any, np.where(crit, 1.4, 0.6)), zorder=5)
             handles.append(Line2D([], [], marker=style["marker"], color=style["color"], linestyle="",
@@ -140,7 +146,7 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
     # above the plot, so it never hides a candle or a marker
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=9, frameon=False,
               ncol=min(len(handles), 4), borderaxespad=0.3)
-    _price_axis(ax, span)
+    price_axis(ax, span)
     ax.margins(y=0.05)
     ax.set_ylabel("price (USD)")
     ax.grid(True, alpha=0.25)
@@ -166,7 +172,7 @@ def plot_candles(market: MarketData, coin_id: str, dpi: int = DEFAULT_DPI) -> Fi
     ax_rsi.text(1.0, 1.02, "70 overbought / 30 oversold", transform=ax_rsi.transAxes, ha="right", va="bottom",
                 fontsize=8, color="#616161")
     ax_rsi.grid(True, alpha=0.25)
-    _time_axis(ax_rsi)
+    time_axis(ax_rsi)
     ax_rsi.set_xlabel("time (UTC)")
     ax.set_xlim(x.min() - width, x.max() + width)
     return fig
@@ -234,7 +240,7 @@ def plot_overview(market: MarketData, dpi: int = DEFAULT_DPI, size: tuple[float,
         c = market.candles.filter(pl.col("coin_id") == coin)
         if c.height == 0:
             continue
-        x = _naive_utc(c["minute"])
+        x = naive_utc(c["minute"])
         base = c["close"][0]
         y = (c["close"].to_numpy() / base - 1.0) * 100.0
         (line,) = ax.plot(x, y, linewidth=1.5, label=market.symbol(coin).upper())
@@ -242,14 +248,14 @@ def plot_overview(market: MarketData, dpi: int = DEFAULT_DPI, size: tuple[float,
                     xytext=(4, 0), va="center", fontsize=9, color=line.get_color(), fontweight="bold")
         a = market.anomalies.filter(pl.col("coin_id") == coin)
         if a.height:
-            ax.scatter(_naive_utc(a["event_time"]), (a["price_usd"].to_numpy() / base - 1.0) * 100.0, s=14,
+            ax.scatter(naive_utc(a["event_time"]), (a["price_usd"].to_numpy() / base - 1.0) * 100.0, s=14,
                        color=line.get_color(), edgecolors="black", linewidths=0.4, zorder=4)
     ax.axhline(0, color="#9e9e9e", linewidth=0.8)
     ax.set_ylabel("% change since window start")
     ax.set_title(f"Price change over the last {market.hours:g} h (dots: anomalies), up to {fmt_time(market.window_end)}",
                  fontsize=13, fontweight="bold", loc="left")
     ax.grid(True, alpha=0.25)
-    _time_axis(ax)
+    time_axis(ax)
     ax.legend(loc="upper left", ncol=min(len(market.coins), 8), fontsize=9)
     ax.margins(x=0.08)
     return fig

@@ -4,7 +4,8 @@ of it as `latest/`, pruning of old reports and the sweep of what a crashed run l
 Layout on disk (`write_report`)::
 
     <CRYPTO_HOME>/reports/<YYYYmmddTHHMMSSZ>/   one report, never modified after it appears
-        report.md  overview.png  candles_<coin>.png ...  correlations.png  models.png
+        report.md  overview.png  candles_<coin>.png ...  trades_<exchange>_<product>.png ...
+        correlations.png  models.png
     <CRYPTO_HOME>/reports/latest/               a copy of the newest report
 
 A report is written into a hidden temp directory and renamed into place (the helpers of
@@ -32,6 +33,8 @@ from crypto_assets.report.market_data import MarketData, load_market
 from crypto_assets.report.model_history import ModelSeries, load_model_history
 from crypto_assets.report.model_plot import plot_model_performance
 from crypto_assets.report.plots import DEFAULT_DPI, data_uri, plot_candles, plot_correlations, plot_overview, save_figure
+from crypto_assets.report.trade_data import TradeData, load_trades
+from crypto_assets.report.trade_plots import plot_trade_candles
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.warehouse.atomic_files import link_or_copy, publish_dir, staged_dir
 
@@ -45,6 +48,7 @@ class ReportResult:
     latest_dir: Path
     markdown_path: Path
     market: MarketData
+    trades: TradeData
     series: list[ModelSeries]
     figures: Figures
     model_note: str | None
@@ -72,6 +76,7 @@ def write_report(
     reports.mkdir(parents=True, exist_ok=True)
     sweep_stale(reports)
     market = load_market(conn, hours, coin_order)
+    trades = load_trades(conn, hours, coin_order)
 
     model_note = None
     try:
@@ -95,13 +100,17 @@ def write_report(
             name = f"candles_{_safe(coin)}.png"
             save_figure(plot_candles(market, coin, dpi), tmp / name)
             figures.candles[coin] = name
+        for product in trades.products:
+            name = f"trades_{_safe(product.exchange)}_{_safe(product.product)}.png"
+            save_figure(plot_trade_candles(trades, product.key, dpi), tmp / name)
+            figures.trades[product.key] = name
         figures.correlations = save_figure(plot_correlations(market, dpi), tmp / "correlations.png").name
         figures.models = save_figure(plot_model_performance(series, dpi, model_note), tmp / "models.png").name
-        (tmp / "report.md").write_text(render_markdown(market, series, figures, now, model_note), encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(market, series, figures, now, model_note, trades), encoding="utf-8")
         final = publish_dir(tmp, _free_name(reports, stamp))
     latest = publish_latest(final, reports / "latest")
     removed = prune_reports(reports, keep_reports) if keep_reports > 0 else []
-    return ReportResult(final, latest, final / "report.md", market, series, figures, model_note, preview_uri, removed)
+    return ReportResult(final, latest, final / "report.md", market, trades, series, figures, model_note, preview_uri, removed)
 
 
 def publish_latest(src: Path, latest: Path) -> Path:

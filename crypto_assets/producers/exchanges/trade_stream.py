@@ -220,7 +220,7 @@ class TradeStream:
             while not self._done():
                 self._maybe_stats()
                 if not confirmed and time.monotonic() - opened > self.ack_timeout_s:
-                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:.0f}s")
+                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:g}s")
                 try:
                     frame = await asyncio.wait_for(ws.recv(), timeout=0.25)
                 except TimeoutError:
@@ -322,6 +322,7 @@ class TradeStream:
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self._done() and (left := end - time.monotonic()) > 0:
+            self._maybe_stats()  # an outage still reports, every stats_every_s
             await asyncio.sleep(min(left, 0.25))
 
     def _maybe_stats(self) -> None:

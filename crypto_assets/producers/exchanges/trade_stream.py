@@ -220,7 +220,7 @@ class TradeStream:
             while not self._done():
                 self._maybe_stats()
                 if not confirmed and time.monotonic() - opened > self.ack_timeout_s:
-                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:.0f}s")
+                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:g}s")
                 try:
                     frame = await asyncio.wait_for(ws.recv(), timeout=0.25)
                 except TimeoutError:

@@ -345,3 +345,24 @@ def test_simulated_trades_through_bronze(kafka, lakehouse):
     trades = generate_trades(cfg, 30, start, "60s")
     assert sorted(stored) == sorted(
         (t["product"], t["trade_id"], Decimal(t["price"]), Decimal(t["size"]), t["side"]) for t in trades)
+
+
+def test_run_simulator_live_both(kafka):
+    """Live `both` mode: each step sends the trades since the previous step, then one tick per
+    coin stamped with the step's time; both streams come from one path and keep event-time order."""
+    cfg = SimulatorConfig(coins=["bitcoin", "ethereum"], seed=8, mode="both", rate=20.0, trade_rate=5.0, count=120)
+    before = time.time()
+    result = run_simulator(kafka, cfg, log=lambda _: None)
+    assert result["sent"] == 120 == result["valid_sent"] + result["trades_sent"]
+    assert result["valid_sent"] > 20 and result["trades_sent"] > 10
+    ticks = [orjson.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.raw_topic, whole=True)]
+    trades = [orjson.loads(m.value or b"") for m in read_topic(kafka.bootstrap(), kafka.trades_topic, whole=True)]
+    assert len(ticks) == result["valid_sent"] and len(trades) == result["trades_sent"]
+    tick_times = sorted({epoch(t["last_updated_at"]) for t in ticks})
+    assert np.allclose(np.diff(tick_times), 0.1, atol=1e-3)  # one step = one tick per coin at 20 ticks/s
+    assert before - 0.2 <= tick_times[0] and tick_times[-1] <= time.time() + 0.01
+    assert all(contract_problem(t) is None for t in trades)
+    assert max(epoch(t["trade_time"]) for t in trades) <= tick_times[-1]
+    for product, rows in by_product(trades).items():
+        ids = [r["trade_id"] for r in rows]
+        assert ids == list(range(ids[0], ids[0] + len(ids))), product

@@ -4,6 +4,7 @@ unique topics per test so tests never see each other's messages, and a temp CRYP
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def spark():
     from crypto_assets.settings import spark_config
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python UDF workers: this venv, not the PATH's python3
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder

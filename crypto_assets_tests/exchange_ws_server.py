@@ -133,9 +133,10 @@ class ExchangeWsServer:
     COINBASE_WS_URL and BINANCE_WS_URL)."""
 
     def __init__(self, coinbase: Sequence[Script] = (), binance: Sequence[Script] = (),
-                 products: Sequence[str] = COINBASE_PRODUCTS) -> None:
+                 products: Sequence[str] = COINBASE_PRODUCTS, ack: bool = True) -> None:
         self.scripts = {"coinbase": list(coinbase), "binance": list(binance)}
         self.products = set(products)
+        self.ack = ack  # False: accept a Coinbase subscription and never confirm it
         self.record = Record()
         self._accepted = {"coinbase": 0, "binance": 0}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +209,9 @@ class ExchangeWsServer:
         unknown = [p for p in products if p not in self.products]
         if unknown:
             await self._error(ws, "Failed to subscribe", f"{unknown[0]} is not a valid product")
+            return
+        if not self.ack:
+            await ws.wait_closed()
             return
         channels = [c for c in msg.get("channels", []) if c in ("matches", "heartbeat")]
         await ws.send(orjson.dumps({"type": "subscriptions", "channels": [

@@ -81,7 +81,7 @@ def _as_published(a: dict) -> dict:
         "anomaly_id": a["anomaly_id"], "coin_id": a["coin_id"], "symbol": a["symbol"],
         "event_time": a["event_time"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "rule": a["rule"], "severity": a["severity"], "value": a["value"], "threshold": a["threshold"],
-        "price_usd": a["price_usd"], "volume_24h_usd": a["volume_24h_usd"],
+        "price_usd": a["price_usd"], "volume_24h_usd": a["volume_24h_usd"], "source": a["source"],
         "_key": a["coin_id"], "_header_id": a["anomaly_id"],
     }
 

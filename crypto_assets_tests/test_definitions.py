@@ -5,8 +5,9 @@ import dagster as dg
 
 from crypto_assets.definitions import defs
 
+TRADE_BARS = ["trade_bars_1s", "trade_bars_1m", "trade_bars_1h"]
 INCREMENTAL_ASSETS = {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
-                      "correlations", "anomalies"}
+                      "correlations", "anomalies", *TRADE_BARS}
 MODEL_ASSETS = {"trend_model", "anomaly_model", "price_model", "coin_clusters"}
 HISTORY_ASSETS = {"klines_1m"}
 ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"} | HISTORY_ASSETS
@@ -17,6 +18,7 @@ BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_positive_price"),
     ("market_features", "market_features_finite"),
     ("ohlcv_1m", "ohlcv_1m_rsi_range"),
+    *((w, "trade_bars_sane") for w in TRADE_BARS),
 }
 NON_BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_freshness"),
@@ -26,7 +28,8 @@ NON_BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_reconciliation"),
 }
 SCHEMA_CHECKS = {(t, f"{t}_schema_matches_code") for t in
-                 ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies"]}
+                 ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies",
+                  *TRADE_BARS]}
 GATE_CHECKS = {(m, f"{m}_gate") for m in MODEL_ASSETS}
 
 

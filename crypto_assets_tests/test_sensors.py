@@ -169,7 +169,7 @@ def test_automation_definitions_use_the_defaults():
     assert auto.default_status == dg.DefaultSensorStatus.STOPPED
     incremental = {k.to_user_string() for k in defs.resolve_job_def("incremental_job").asset_layer.selected_asset_keys}
     assert incremental == {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
-                           "correlations", "anomalies"}  # the cheap path never trains
+                           "correlations", "anomalies", "trade_bars_1s", "trade_bars_1m", "trade_bars_1h"}  # never trains
     graph = defs.resolve_asset_graph()
     condition = graph.get(dg.AssetKey("predictions")).automation_condition
     assert condition is not None
@@ -200,7 +200,7 @@ def test_duckdb_writers_share_a_pool_of_one():
     assert cfg["concurrency"]["pools"]["default_limit"] == 1
     graph = defs.resolve_asset_graph()
     writers = ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats",
-               "correlations", "anomalies"]
+               "correlations", "anomalies", "trade_bars_1s", "trade_bars_1m", "trade_bars_1h"]
     for key in writers:
         node = graph.get(dg.AssetKey(key))
         assert node.pools == {"duckdb_writer"}, key

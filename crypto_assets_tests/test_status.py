@@ -89,6 +89,8 @@ def _assert_common_lines(out: str, home: Path, bootstrap: str, messages: list[di
     assert f"broker       OK   {bootstrap}" in lines, out
     assert f"table        raw_ticks    {len(messages)} rows" in lines, out
     assert "table        quarantine   0 rows" in lines, out
+    assert "table        raw_trades   0 rows" in lines and "trade gaps   0 open, 0 trades missing" in lines, out
+    assert any(line.startswith("topic        crypto_trades: lag 0") for line in lines), out
     newest = {m.group(1): m.group(2) for m in re.finditer(r"^newest tick  (\S+) +(\S+ \S+Z)  age ", out, re.M)}
     assert newest == _newest_per_coin(messages), out
 

@@ -26,7 +26,7 @@ from crypto_assets_tests.silver_helpers import T0, insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum"]
 TABLE_ASSETS = {"raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations",
-                "anomalies", "predictions", "klines_1m"}
+                "anomalies", "predictions", "klines_1m", "trade_bars_1s", "trade_bars_1m", "trade_bars_1h"}
 
 
 def _main_tables(conn) -> set[str]:

@@ -95,7 +95,7 @@ def reference_bars(trades: list[Trade], seconds: int) -> dict[tuple, dict]:
         out[key] = {
             "coin_id": ts[0].coin_id, "open": ts[0].price, "high": max(t.price for t in ts),
             "low": min(t.price for t in ts), "close": ts[-1].price, "base_volume": base, "quote_volume": quote,
-            "vwap": float(quote) / float(base), "trade_count": len(ts), "buy_volume": buy, "sell_volume": base - buy,
+            "vwap": float(quote_exact / base), "trade_count": len(ts), "buy_volume": buy, "sell_volume": base - buy,
             "first_trade_id": ts[0].trade_id, "last_trade_id": ts[-1].trade_id, "quote_volume_exact": quote_exact,
         }
     return out

@@ -13,6 +13,7 @@ from crypto_assets.defs.metadata import table_definition_metadata
 from crypto_assets.transforms.anomalies import anomalies_increment, correlations_refresh, publish_alerts
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.features import features_increment
+from crypto_assets.transforms.trade_anomalies import trade_anomalies_increment
 
 
 def _gold(key: str, deps: list[str], logic: tuple[Callable, ...], description: str,
@@ -39,9 +40,11 @@ CORRELATIONS = _gold("correlations", ["ohlcv_1m"], (correlations_refresh,),
                      "Pairwise Pearson correlation of 1-minute returns over the last 24 h and 7 d (rows: coin_a, "
                      "coin_b, window, corr, n).")
 ANOMALIES = _gold(
-    "anomalies", ["market_features"], (anomalies_increment, publish_alerts),
-    "|z| > 3 against the 15-minute window and 24h-volume spikes > 200 % vs the previous tick, with rule, severity "
-    "and values. Each new anomaly is published once to `crypto_alerts`.", kinds={"duckdb", "kafka"})
+    "anomalies", ["market_features", "trade_bars_1m"], (anomalies_increment, publish_alerts, trade_anomalies_increment),
+    "|z| > 3 against the 15-minute window and 24h-volume spikes > 200 % vs the previous tick (source `ticks`); on "
+    "1-minute trade bars, |z| > 3 of the log return against the trailing hour and traded volume > 5x the trailing "
+    "bars' mean (source `trades:<exchange>:<product>`). Each new anomaly is published once to `crypto_alerts`.",
+    kinds={"duckdb", "kafka"})
 
 GOLD_SPECS = [MARKET_FEATURES, ANOMALIES, OHLCV_1M, OHLCV_1H, HOURLY_STATS, CORRELATIONS]
 FEATURES_FINITE = dg.AssetCheckSpec("market_features_finite", asset="market_features", blocking=True,

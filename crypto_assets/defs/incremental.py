@@ -29,7 +29,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from crypto_assets.defs import bronze, gold, silver
+from crypto_assets.defs import bronze, gold, gold_trades, silver
 from crypto_assets.defs.check_verdicts import ERROR, Verdict
 from crypto_assets.defs.drain import BacklogProbe
 from crypto_assets.defs.metadata import markdown_table, table_metadata
@@ -42,14 +42,16 @@ from crypto_assets.transforms.anomalies import anomalies_increment, correlations
 from crypto_assets.transforms.candles import candles_1m_increment, hourly_increment
 from crypto_assets.transforms.clean import clean_increment
 from crypto_assets.transforms.features import features_increment
+from crypto_assets.transforms.trade_anomalies import trade_anomalies_increment
+from crypto_assets.transforms.trade_bars import trade_bars_increment
 from crypto_assets.warehouse.atomic_files import atomic_write
 from crypto_assets.warehouse.lake_export import export_dirty
 from crypto_assets.warehouse.table_spec import Table
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state
 
-SPECS = [bronze.RAW_TICKS, bronze.RAW_TRADES, silver.CLEAN_TICKS, *gold.GOLD_SPECS]
-CHECK_SPECS = [*bronze.CHECKS, *silver.CHECKS, *gold.CHECKS]
+SPECS = [bronze.RAW_TICKS, bronze.RAW_TRADES, *gold_trades.SPECS, silver.CLEAN_TICKS, *gold.GOLD_SPECS]  # topological
+CHECK_SPECS = [*bronze.CHECKS, *silver.CHECKS, *gold.CHECKS, *gold_trades.CHECKS]
 SEVERITY = {**bronze.SEVERITY, **silver.SEVERITY}  # a check not named here fails as an error
 KEYS = [s.key.to_user_string() for s in SPECS]
 # Per-batch lines go to the step's compute log; notices (resets) are re-logged as run events.
@@ -69,6 +71,7 @@ class IncrementalConfig(dg.Config):
                             "(~1 KB each); above a DuckDB row group (122,880) a full batch skips the WAL")
     export_parquet: bool = Field(default=True, description="mirror touched hours to Parquet")
     clean: silver.CleanTicksConfig = Field(default_factory=silver.CleanTicksConfig)
+    trades: gold_trades.TradeBarsRunConfig = Field(default_factory=gold_trades.TradeBarsRunConfig)
     freshness_max_age_minutes: float = Field(default=15.0, description="clean_ticks_freshness: newest tick age")
     quarantine_threshold: float = Field(default=0.05, description="raw_ticks_quarantine_rate: share quarantined")
     quarantine_last_batches: int = Field(default=20, description="raw_ticks_quarantine_rate: over this many batches")
@@ -204,9 +207,34 @@ def _pass(ctx: dg.AssetExecutionContext, cfg: IncrementalConfig, kafka: KafkaRes
         if "correlations" in selected and not blocked:
             res, secs = _timed(correlations_refresh, conn)
             run.add("correlations", secs, changed=not res["skipped"], window_end=str(res.get("window_end", "")))
+        blocked |= _trade_gold(cfg, kafka, conn, run, selected, checks_on)
         if "clean_ticks" in selected and silver.FRESHNESS.key in checks_on:
             run.judge(silver.FRESHNESS, silver.freshness, conn, cfg.freshness_max_age_minutes)
     return blocked, pulls
+
+
+def _trade_gold(cfg: IncrementalConfig, kafka: KafkaResource, conn, run: _Run, selected: set[str],
+                checks_on: set[dg.AssetCheckKey]) -> bool:
+    """raw_trades → the trade candles (their sanity check on the bars the pass wrote) → the trade
+    anomaly rules and the alert outbox. Returns whether a blocking check failed."""
+    widths = tuple(w for w in gold_trades.WIDTHS if w in selected)
+    blocked = False
+    if widths:
+        res, secs = _timed(trade_bars_increment, conn, cfg.trades.bars(), None, widths)
+        for w in widths:
+            numbers: dict[str, float] = {"bars_written": res.bars[w]}
+            if w == "trade_bars_1s":
+                numbers["late_trades_quarantined"] = res.late
+            run.add(w, secs / len(widths), numbers, seq=res.seqs.get(w), changed=res.bars[w] > 0)
+            check = gold_trades.CHECK_BY_ASSET[w]
+            if res.bars[w] and check.key in checks_on:
+                blocked |= not run.judge(check, gold_trades.trade_bars_sane, conn, w, res.seqs[w])
+    if "anomalies" in selected and not blocked:
+        res, secs = _timed(trade_anomalies_increment, conn, cfg.trades.anomalies())
+        published, psecs = _timed(publish_alerts, conn, kafka)
+        run.add("anomalies", secs + psecs, {"new_trade_anomalies": res["new"], "alerts_published": published},
+                changed=not res["skipped"])
+    return blocked
 
 
 def _export(lakehouse: LakehouseResource, run: _Run, selected: set[str]) -> None:
@@ -258,6 +286,8 @@ def _results(lakehouse: LakehouseResource, run: _Run, selected: set[str], blocke
                                                 new_rows=_new_rows(asset, run))
             md.update({k: (int(v) if float(v).is_integer() else round(v, 4)) for k, v in run.sums[asset].items()})
             md.update(run.last[asset])
+            if asset in gold_trades.WIDTHS and asset in run.changed:
+                md.update(gold_trades.products_written(conn, asset, _new_rows(asset, run)))
             if asset == "raw_trades" and asset in run.changed:
                 md.update(bronze.trades_metadata(conn, _new_rows(asset, run)))
             if asset == "anomalies":

@@ -20,7 +20,8 @@ def schema_matches(conn, table: str) -> Verdict:
                    "columns match the declared schema" if not (missing or extra) else "the table drifted from the code")
 
 
-SCHEMA_CHECKED = ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies"]
+SCHEMA_CHECKED = ["raw_ticks", "raw_trades", "clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "anomalies",
+                  "trade_bars_1s", "trade_bars_1m", "trade_bars_1h"]
 
 
 SPECS = [

@@ -83,6 +83,9 @@ def cmd_status(args) -> int:
         print(f"broker       OK   {address}")
         print(f"topic        {kafka.raw_topic}: lag {backlog.lag} "
               + " ".join(f"p{p}={v[2]}" for p, v in sorted(backlog.partitions.items())))
+        trades = measure_backlog(kafka, timeout_s=3.0, with_age=False, topic=kafka.trades_topic)
+        print(f"topic        {kafka.trades_topic}: lag {trades.lag} "
+              + " ".join(f"p{p}={v[2]}" for p, v in sorted(trades.partitions.items())))
     except BrokerUnavailable as exc:
         healthy = False
         print(f"broker       DOWN {exc}")
@@ -90,10 +93,14 @@ def cmd_status(args) -> int:
         try:
             with lakehouse.connect(read_only=True) as conn:
                 tables = {r[0] for r in conn.sql("SELECT table_name FROM information_schema.tables").fetchall()}
-                for t in ("raw_ticks", "quarantine"):
+                for t in ("raw_ticks", "raw_trades", "quarantine"):
                     if t in tables:
                         n = conn.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
                         print(f"table        {t:<12} {n} rows")
+                if "trade_gaps" in tables:
+                    gaps, missing = conn.sql("SELECT count(*), coalesce(sum(missing), 0) FROM trade_gaps "
+                                             "WHERE missing > 0").fetchall()[0]
+                    print(f"trade gaps   {gaps} open, {missing} trades missing")
                 if "raw_ticks" in tables:
                     now = datetime.now(UTC)
                     for coin, newest in conn.sql(

@@ -138,20 +138,20 @@ def anomalies_increment(conn: duckdb.DuckDBPyConnection) -> dict:
             SELECT event_time, symbol FROM anom_found
             UNION ALL
             SELECT a.event_time, a.symbol FROM anomalies a JOIN anom_range r
-              ON a.coin_id = r.coin_id AND a.event_time >= r.t_min AND a.published_at IS NULL
+              ON a.coin_id = r.coin_id AND a.event_time >= r.t_min AND a.published_at IS NULL AND a.source = 'ticks'
             """
         )
         conn.execute(
             """
             DELETE FROM anomalies USING anom_range r
             WHERE anomalies.coin_id = r.coin_id AND anomalies.event_time >= r.t_min
-              AND anomalies.published_at IS NULL
+              AND anomalies.published_at IS NULL AND anomalies.source = 'ticks'
             """
         )
         conn.execute(
             """
-            INSERT INTO anomalies
-            SELECT a.*, $now, NULL FROM anom_found a
+            INSERT INTO anomalies BY NAME
+            SELECT a.*, $now AS detected_at, NULL AS published_at FROM anom_found a
             WHERE a.anomaly_id NOT IN (SELECT anomaly_id FROM anomalies WHERE event_time >= (SELECT min(t_min) FROM anom_range))
             ORDER BY event_time
             """,
@@ -186,7 +186,7 @@ def alerts_outbox(kafka: KafkaResource) -> Outbox:
 def _pending_alerts(conn: duckdb.DuckDBPyConnection, limit: int) -> list[OutboxMessage]:
     rows = conn.sql(
         """
-        SELECT anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, volume_24h_usd
+        SELECT anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, volume_24h_usd, source
         FROM anomalies WHERE published_at IS NULL ORDER BY event_time LIMIT ?
         """,
         params=[limit],
@@ -200,12 +200,12 @@ def _pending_alerts(conn: duckdb.DuckDBPyConnection, limit: int) -> list[OutboxM
                     "anomaly_id": aid, "coin_id": coin, "symbol": sym,
                     "event_time": t.astimezone(UTC).isoformat().replace("+00:00", "Z"),
                     "rule": rule, "severity": sev, "value": value, "threshold": thr,
-                    "price_usd": price, "volume_24h_usd": vol,
+                    "price_usd": price, "volume_24h_usd": vol, "source": source,
                 }
             ),
             [("anomaly_id", aid.encode())],
         )
-        for aid, coin, sym, t, rule, sev, value, thr, price, vol in rows
+        for aid, coin, sym, t, rule, sev, value, thr, price, vol, source in rows
     ]
 
 

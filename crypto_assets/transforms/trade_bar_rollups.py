@@ -25,15 +25,17 @@ CONTEXT_SCHEMA = {"exchange": pl.String, "product": pl.String, "bar_start": pl.D
                   "rsi_n": pl.Int32, "rsi_gain": pl.Float64, "rsi_loss": pl.Float64}
 
 
-def bar_rows(inner: str) -> str:
+def bar_rows(inner: str, quote_double: str = "quote_volume_exact::DOUBLE") -> str:
     """The bar columns in table order from an aggregate `inner` that yields exchange, product,
     sec (the bar's start in epoch seconds), coin_id, open, high, low, close, base_volume,
     quote_volume_exact, quote_volume (rounded to 8 decimals), trade_count, buy_volume,
-    first_trade_id, last_trade_id."""
+    first_trade_id, last_trade_id. VWAP is the exact quote volume over the base volume in double
+    precision (`quote_double`: the exact quote volume as a double), never the rounded quote volume:
+    rounding a tiny trade's value to 8 decimals could move it outside [low, high]."""
     return f"""
         SELECT exchange, product, coin_id, to_timestamp(sec) AS bar_start, open, high, low, close, base_volume,
                quote_volume,
-               CASE WHEN base_volume > 0 THEN quote_volume::DOUBLE / base_volume::DOUBLE ELSE close::DOUBLE END AS vwap,
+               CASE WHEN base_volume > 0 THEN ({quote_double}) / base_volume::DOUBLE ELSE close::DOUBLE END AS vwap,
                trade_count::BIGINT AS trade_count, buy_volume, base_volume - buy_volume AS sell_volume,
                first_trade_id, last_trade_id, quote_volume_exact
         FROM ({inner})"""

@@ -76,7 +76,8 @@ def _aggregate_sql(source: str, key: str, packed: bool) -> str:
     The quote volume is split by the whole and fractional parts of price (pi, pf) and size (si,
     sf): pi·size + pf·si has at most 8 decimals, exact; only pf·sf (< 1 per trade) has 16, and
     its sum is rounded once. So quote_volume = round(Σ price·size, 8) costs one rounding of a
-    small number per bar instead of a 128-bit division (DuckDB's slow path for large values)."""
+    small number per bar instead of a 128-bit division (DuckDB's slow path for large values), and
+    the VWAP's double is the sum of two doubles that convert on the fast path."""
     ids = (f"min({key}) % {ID_LIMIT} AS first_trade_id, max({key}) % {ID_LIMIT} AS last_trade_id" if packed else
            f"arg_min(trade_id, {key}) AS first_trade_id, arg_max(trade_id, {key}) AS last_trade_id")
     return bar_rows(f"""
@@ -90,7 +91,7 @@ def _aggregate_sql(source: str, key: str, packed: bool) -> str:
             FROM (SELECT *, trunc(price) AS pi, price - trunc(price) AS pf, trunc(size) AS si, size - trunc(size) AS sf
                   FROM {source})
             GROUP BY exchange, product, sec
-        )""")
+        )""", quote_double="quote_whole::DOUBLE + quote_frac::DOUBLE")
 
 
 def _judge_lateness(conn: duckdb.DuckDBPyConnection, inc: Increment, cfg: TradeBarsConfig) -> int:
@@ -194,14 +195,18 @@ def _account(conn: duckdb.DuckDBPyConnection, inc: Increment, table: str, out: T
 
 
 def trade_bars_increment(conn: duckdb.DuckDBPyConnection, cfg: TradeBarsConfig | None = None,
-                         upto_batch: int | None = None) -> TradeBarsResult:
+                         upto_batch: int | None = None, widths: tuple[str, ...] = WIDTHS) -> TradeBarsResult:
     """The raw_trades batches past the bars' high-water mark (up to `upto_batch`, default the
-    newest) into the 1-second, 1-minute and 1-hour bars."""
+    newest) into the 1-second, 1-minute and 1-hour bars (those of `widths`: each width
+    consumes what the finer one stamped, whenever it runs)."""
     cfg = cfg or TradeBarsConfig()
     out = TradeBarsResult()
-    _bars_1s(conn, cfg, upto_batch, out)
-    out.bars["trade_bars_1m"], out.seqs["trade_bars_1m"] = bars_1m_increment(conn)
-    out.bars["trade_bars_1h"], out.seqs["trade_bars_1h"] = bars_1h_increment(conn)
+    if "trade_bars_1s" in widths:
+        _bars_1s(conn, cfg, upto_batch, out)
+    if "trade_bars_1m" in widths:
+        out.bars["trade_bars_1m"], out.seqs["trade_bars_1m"] = bars_1m_increment(conn)
+    if "trade_bars_1h" in widths:
+        out.bars["trade_bars_1h"], out.seqs["trade_bars_1h"] = bars_1h_increment(conn)
     return out
 
 

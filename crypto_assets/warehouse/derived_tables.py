@@ -140,18 +140,19 @@ CORR_BUCKETS = Table("corr_buckets", """
 """)
 
 ANOMALIES = Table("anomalies", """
-    anomaly_id      VARCHAR PRIMARY KEY,   -- md5(coin_id | event_time | rule): re-runs never duplicate
+    anomaly_id      VARCHAR PRIMARY KEY,   -- md5(coin_id | event_time | rule), trade rules md5(source | ...): never duplicated
     coin_id         VARCHAR NOT NULL,      -- coin identifier (CoinGecko style), e.g. bitcoin
     symbol          VARCHAR NOT NULL,      -- ticker symbol, e.g. btc
     event_time      TIMESTAMPTZ NOT NULL,  -- event time of the feature row that fired
-    rule            VARCHAR NOT NULL,      -- price_zscore | volume_spike
+    rule            VARCHAR NOT NULL,      -- price_zscore | volume_spike | trade_return_zscore | trade_volume_spike
     severity        VARCHAR NOT NULL,      -- warning | critical
-    value           DOUBLE NOT NULL,       -- the z-score or the volume change %
+    value           DOUBLE NOT NULL,       -- the z-score, or the volume change % (vs the previous tick / trailing mean)
     threshold       DOUBLE NOT NULL,       -- the rule's threshold the value exceeded
     price_usd       DOUBLE NOT NULL,       -- price in USD
     volume_24h_usd  DOUBLE,                -- traded volume over the last 24 h in USD
     detected_at     TIMESTAMPTZ NOT NULL,  -- when the anomalies run found it
-    published_at    TIMESTAMPTZ            -- outbox marker for crypto_alerts: NULL until sent
+    published_at    TIMESTAMPTZ,           -- outbox marker for crypto_alerts: NULL until sent
+    source          VARCHAR NOT NULL DEFAULT 'ticks'  -- ticks (tick features) or trades:<exchange>:<product> (trade bars)
 """, dataset="gold/anomalies", by_date=True, time_column="event_time", export_order="event_time")
 
 PREDICTIONS = Table("predictions", """

@@ -29,17 +29,17 @@ RAW_TICKS = Table("raw_ticks", """
     export_order="coin_id, last_updated_at")
 
 QUARANTINE = Table("quarantine", """
-    stage             VARCHAR NOT NULL,      -- which asset rejected it: raw_ticks, clean_ticks, ...
+    stage             VARCHAR NOT NULL,      -- which asset rejected it: raw_ticks, raw_trades, clean_ticks, ...
     reason            VARCHAR NOT NULL,      -- machine-readable rule, e.g. invalid_json, missing:price_usd
     detail            VARCHAR,               -- human-readable explanation, with the offending value
     kafka_topic       VARCHAR,               -- Kafka topic the message was read from
     kafka_partition   INTEGER,               -- Kafka partition the message was read from
     kafka_offset      BIGINT,                -- offset of the message in its partition
-    message_key       BLOB,                  -- key of the Kafka message (raw_ticks stage only)
-    raw_value         BLOB,                  -- original bytes (truncated past max_stored_bytes; raw_ticks stage only)
+    message_key       BLOB,                  -- key of the Kafka message (bronze stages only)
+    raw_value         BLOB,                  -- original bytes (truncated past max_stored_bytes; bronze stages only)
     raw_size          BIGINT,                -- size of the original message in bytes
-    coin_id           VARCHAR,               -- coin of the tick, where it could be read
-    last_updated_at   TIMESTAMPTZ,           -- event time of the tick, where it could be read
+    coin_id           VARCHAR,               -- coin of the tick or trade, where it could be read
+    last_updated_at   TIMESTAMPTZ,           -- event time of the tick (a trade's trade_time), where it could be read
     batch_id          BIGINT,                -- pull batch the message arrived in
     quarantined_at    TIMESTAMPTZ NOT NULL,  -- when it was rejected
     dlq_published_at  TIMESTAMPTZ            -- outbox marker: NULL until sent to the DLQ topic
@@ -76,8 +76,8 @@ INGEST_BATCHES = Table("ingest_batches", """
     kafka_topic     VARCHAR NOT NULL,      -- topic read
     cluster_id      VARCHAR,               -- id of the Kafka cluster read
     messages        BIGINT NOT NULL,       -- messages read
-    rows_written    BIGINT NOT NULL,       -- rows written to raw_ticks
-    quarantined     BIGINT NOT NULL,       -- messages quarantined
+    rows_written    BIGINT NOT NULL,       -- rows written to the topic's bronze table (raw_ticks, raw_trades)
+    quarantined     BIGINT NOT NULL,       -- messages quarantined (the rest of a trade batch: trades seen before)
     bytes           BIGINT NOT NULL,       -- message bytes read
     min_event_time  TIMESTAMPTZ,           -- oldest event time written
     max_event_time  TIMESTAMPTZ,           -- newest event time written

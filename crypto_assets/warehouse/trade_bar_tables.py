@@ -26,7 +26,7 @@ def _bar_columns(width: str) -> str:
     close               DECIMAL(18,8) NOT NULL,  -- price of the {width}'s last trade by (trade_time, trade_id)
     base_volume         DECIMAL(38,8) NOT NULL,  -- traded quantity in base currency (sum of sizes)
     quote_volume        DECIMAL(38,8) NOT NULL,  -- traded value in quote currency: quote_volume_exact rounded to 8 decimals
-    vwap                DOUBLE NOT NULL,         -- volume-weighted average price: quote_volume / base_volume (0 volume: the close)
+    vwap                DOUBLE NOT NULL,         -- volume-weighted average price: quote_volume_exact / base_volume, in double
     trade_count         BIGINT NOT NULL,         -- trades in the {width}
     buy_volume          DECIMAL(38,8) NOT NULL,  -- base volume of trades whose taker bought (lifted the ask)
     sell_volume         DECIMAL(38,8) NOT NULL,  -- base volume of trades whose taker sold (hit the bid)

@@ -18,6 +18,7 @@ from crypto_assets.kafka.producer import TickProducer
 from crypto_assets.kafka.trade_contract import trade_key
 from crypto_assets.producers.exchanges.binance_ws import BinanceFeed
 from crypto_assets.producers.exchanges.coinbase_ws import CoinbaseFeed
+from crypto_assets.producers.exchanges.trade_resume import resume_points
 from crypto_assets.producers.exchanges.trade_stream import (
     Backoff,
     ExchangeFeed,
@@ -53,9 +54,15 @@ def run_trade_source(
     stats_every_s: float = 60.0,
     backoff: Backoff | None = None,
     log: LogFn = print,
+    resume: bool = True,
 ) -> dict:
-    """Stream `feed` into the trades topic until stopped; returns the stream's counters."""
+    """Stream `feed` into the trades topic until stopped; returns the stream's counters. With
+    `resume`, each product continues after the newest trade of it on the topic
+    (`trade_resume.py`), so the trades missed while the source was down are healed."""
     producer = TickProducer(kafka, topic=topic or kafka.trades_topic)
+    points = resume_points(kafka, producer.topic, feed.exchange) if resume else {}
+    for product, last_id in sorted(points.items()):
+        log(f"{feed.exchange}: resuming {product} after trade {last_id} (the newest on {producer.topic})")
     flush_s = max(10.0, kafka.timeout_s * 3)
 
     def sink(trade: dict) -> None:
@@ -63,7 +70,8 @@ def run_trade_source(
 
     stream = TradeStream(feed, sink, healer=healer, stop_event=stop_event, max_trades=max_trades,
                          duration_s=duration_s, stats_every_s=stats_every_s,
-                         flush=lambda: producer.flush(timeout_s=flush_s), backoff=backoff, log=log)
+                         flush=lambda: producer.flush(timeout_s=flush_s), backoff=backoff, log=log,
+                         resume=points)
     try:
         stream.run()
     finally:

@@ -25,7 +25,7 @@ import asyncio
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -151,6 +151,7 @@ class TradeStream:
         log: LogFn = print,
         random: Callable[[], float] = _random.random,
         max_holes: int = 1000,
+        resume: Mapping[str, int] | None = None,
     ) -> None:
         self.feed, self.sink, self.healer = feed, sink, healer
         self.stop = stop_event or threading.Event()
@@ -161,6 +162,8 @@ class TradeStream:
         self.ping_interval_s = ping_interval_s
         self.log, self.random = log, random
         self.tape = TradeTape(max_holes=max_holes)
+        for product, last_id in (resume or {}).items():  # a restart continues the tape on the topic
+            self.tape.baseline(product, last_id)
         self.stats = StreamStats()
         self._name = feed.exchange
         self._deadline: float | None = None
@@ -217,7 +220,7 @@ class TradeStream:
             while not self._done():
                 self._maybe_stats()
                 if not confirmed and time.monotonic() - opened > self.ack_timeout_s:
-                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:.0f}s")
+                    raise AckTimeout(f"no subscription ack within {self.ack_timeout_s:g}s")
                 try:
                     frame = await asyncio.wait_for(ws.recv(), timeout=0.25)
                 except TimeoutError:

@@ -253,7 +253,8 @@ def test_reconnects_back_off_while_the_server_is_down():
         url = srv.url
     stop = threading.Event()
     stream = TradeStream(BinanceFeed(url, ["btcusdt"]), lambda t: None, stop_event=stop, duration_s=1.5,
-                         backoff=Backoff(base_s=0.1, cap_s=0.4), log=logs.append, random=lambda: 1.0)
+                         backoff=Backoff(base_s=0.1, cap_s=0.4), log=logs.append, random=lambda: 1.0,
+                         stats_every_s=0.5)
     started = time.monotonic()
     stats = stream.run()
     assert time.monotonic() - started < 5
@@ -261,5 +262,6 @@ def test_reconnects_back_off_while_the_server_is_down():
     assert stats.connections == 0 and stats.reconnects == len(delays) >= 3
     assert delays[:4] == [0.1, 0.2, 0.4, 0.4][: len(delays[:4])]  # doubling, capped
     assert "ConnectionRefusedError" in next(line for line in logs if "reconnect #1" in line)
+    assert sum(line.startswith("binance: stats: 0 trades sent") for line in logs) >= 2  # the outage still reports
 
 

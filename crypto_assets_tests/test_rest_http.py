@@ -118,3 +118,11 @@ def test_a_refused_connection_is_unavailable() -> None:
     c = ExchangeRestClient("http://127.0.0.1:9", sleep=t.sleep, clock=t.clock, max_attempts=2, timeout_s=1)
     with pytest.raises(RestUnavailable, match="connection error"):
         c.get_json("/t")
+
+
+def test_a_429_on_the_last_attempt_says_rate_limited(httpserver) -> None:
+    calls = serve(httpserver, "/t", body({"code": -1003}, 429, {"Retry-After": "3"}))
+    t = FakeTime()
+    with pytest.raises(RestRateLimited, match=r"rate limited \(429\), asked to wait 3s"):
+        client(httpserver, t, max_attempts=2).get_json("/t")
+    assert calls["n"] == 2 and t.sleeps == [3.0]

@@ -191,7 +191,8 @@ class ExchangeRestClient:
                 if status in (429, 418):
                     wait = parse_retry_after(resp.headers.get("Retry-After"))
                     wait = self._backoff(attempt) if wait is None else wait
-                    if wait > self.max_retry_after_s:
+                    if wait > self.max_retry_after_s or attempt + 1 == self.max_attempts:
+                        # too long to block on, or no attempt left to spend after the wait
                         raise RestRateLimited(status, url, wait)
                     self.stats.rate_limited += 1
                     logger.warning("%s: HTTP %d from %s, waiting %.1fs as asked", self.name, status, path, wait)

@@ -322,6 +322,7 @@ class TradeStream:
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self._done() and (left := end - time.monotonic()) > 0:
+            self._maybe_stats()  # an outage still reports, every stats_every_s
             await asyncio.sleep(min(left, 0.25))
 
     def _maybe_stats(self) -> None:

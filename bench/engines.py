@@ -24,7 +24,7 @@ ratio including the load is printed beside.
 
 TIMING. Each engine runs in its own fresh process (no idle JVM or pandas heap beside the one
 being timed), rounds interleaved (the order rotates every round), medians per engine. Spark's
-session start-up (JVM, context) is timed apart and EXCLUDED from its time. Before each round
+session start-up (JVM, context) is timed apart and EXCLUDED from its time. Before
 each engine run the bench waits while /work/wt/QUIET (--quiet-file) exists, then holds that
 file for the run so cooperating processes pause. Results of every round are compared with the first engine's.
 """

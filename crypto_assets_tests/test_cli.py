@@ -137,7 +137,16 @@ def test_demo_end_to_end(tmp_path):
         assert n > 0 and files, table
         pq = conn.sql(f"SELECT count(*) FROM read_parquet('{dataset_glob(home / 'lake', dataset)}')").fetchall()[0][0]
         assert pq == n, (table, pq, n)
+    # the simulated trades of the last 3 h (0.2/s per product) reach bronze and the trade candles
+    trades, bars, products, in_bars = conn.sql(
+        "SELECT (SELECT count(*) FROM raw_trades), count(*), count(DISTINCT product), sum(trade_count) FROM trade_bars_1m"
+    ).fetchall()[0]
     conn.close()
+    assert products == 10 and in_bars == trades > 10 * 3 * 3600 * 0.2 * 0.9 and bars > 10 * 170, (trades, bars, products)
+    assert "trades produced" in out.stdout and f"raw_trades {trades:,}" in out.stdout
+    latest = home / "reports" / "latest"
+    assert (latest / "trades_simulator_BTC-USD.png").stat().st_size > 10_000
+    assert "simulator:BTC-USD" in (latest / "report.md").read_text()
 
 
 def test_two_concurrent_runs_both_succeed(tmp_path):

@@ -106,6 +106,9 @@ WRITE = "crypto_assets/ingest/write.py"
 TICK_ROWS = "crypto_assets/ingest/tick_rows.py"
 VALIDATE = "crypto_assets/ingest/validate.py"
 CLEAN = "crypto_assets/transforms/clean.py"
+TRADE_ROWS = "crypto_assets/ingest/trade_rows.py"
+TRADE_RANGES = "crypto_assets/ingest/trade_ranges.py"
+TRADE_TESTS = [T + "test_trades_pull.py"]
 REGISTRY = "crypto_assets/ml/registry.py"
 PULL_TESTS = [T + "test_pull.py", T + "test_crash_recovery.py::test_kill_at_fault_point_then_rerun",
               T + "test_pull_atomicity.py"]
@@ -138,6 +141,20 @@ MUTATIONS = [
          ("WHERE (clean_judged.verdict IS NULL OR clean_judged.verdict = 'late') AND clean_judged.coin_id = c.coin_id",
           "WHERE false AND clean_judged.coin_id = c.coin_id")],
         [T + "test_incremental.py", T + "test_checks.py"],
+    ),
+    Mutation(
+        "c3_no_trade_dedupe", "raw_trades keeps every copy of a trade (no in-batch rank, no lookup in the id runs)",
+        TRADE_ROWS, [("SELECT r.*, r.reason IS NULL AND (@in_batch OR h.first_id IS NOT NULL) AS seen",
+                      "SELECT r.*, FALSE AS seen  -- MUTATION")], TRADE_TESTS,
+    ),
+    Mutation(
+        "c4_gaps_never_heal", "a later arrival inside a trade gap does not lower its missing count", TRADE_RANGES,
+        [("HAVING still < was", "HAVING FALSE  -- MUTATION")], TRADE_TESTS,
+    ),
+    Mutation(
+        "c5_gap_on_every_hole", "every hole between a product's runs is recorded as a new gap, old or new", TRADE_RANGES,
+        [("WHERE h.last_missing IS NOT NULL AND (s.old_min IS NULL OR", "WHERE h.last_missing IS NOT NULL AND (TRUE OR")],
+        TRADE_TESTS,
     ),
     Mutation(
         "d1_gate_champion_flipped", "the gate promotes a version worse than the champion and rejects a better one",

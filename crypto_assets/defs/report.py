@@ -71,7 +71,7 @@ def _market_report(context: dg.AssetExecutionContext, config: MarketReportConfig
 # Decorated here, not with @, so that its code version can hash the function's own source and
 # the report builder it runs (crypto_assets.report, read as files: see defs/code_versions.py).
 market_report = dg.asset(
-    deps=["ohlcv_1m", "correlations", "anomalies", "market_features",
+    deps=["ohlcv_1m", "trade_bars_1m", "correlations", "anomalies", "market_features",
           "trend_model", "anomaly_model", "price_model", "coin_clusters"],
     group_name="report",
     kinds={"duckdb", "mlflow", "matplotlib"},

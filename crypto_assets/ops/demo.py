@@ -21,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", default="3d", help="simulated history to produce, e.g. 7d (default 3d)")
     p.add_argument("--interval", default="60s", help="spacing of simulated ticks per coin (default 60s)")
     p.add_argument("--bad-ratio", type=float, default=0.002, help="share of malformed messages to inject")
+    p.add_argument("--trade-rate", type=float, default=0.2,
+                   help="simulated trades per second per product (0: no trades; default 0.2)")
+    p.add_argument("--trade-window", default="3h",
+                   help="simulated trades cover the last part of the history, e.g. 3h (default 3h)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fresh", action="store_true", help="delete the data root first")
 
@@ -89,14 +93,20 @@ def _run(args, home: Path) -> int:
                     print(f"  step failed: {ev.step_key}: {ev.event_specific_data}")
 
     t0 = time.monotonic()
+    trades = args.trade_rate > 0
     cfg = SimulatorConfig(
         seed=args.seed,
         bad_ratio=args.bad_ratio,
         history=parse_duration(args.history),
         interval=parse_duration(args.interval),
+        mode="both" if trades else "ticks",
+        trade_rate=args.trade_rate if trades else 1.0,
+        trade_window=parse_duration(args.trade_window) if trades and args.trade_window else None,
+        trade_bad_ratio=args.bad_ratio,
     )
     print(f"producing {args.history} of simulated history at {args.interval} per coin "
-          f"(bad ratio {args.bad_ratio}) and ingesting it as it arrives ...")
+          + (f"with {args.trade_rate:g} trades/s per product over the last {args.trade_window} " if trades else "")
+          + f"(bad ratio {args.bad_ratio}) and ingesting it as it arrives ...")
     produced = run_simulator(
         kafka_resource(),
         cfg,
@@ -104,8 +114,8 @@ def _run(args, home: Path) -> int:
         chunk_size=30_000,
         chunk_callback=lambda c: run_job("ingest_job"),
     )
-    print(f"  produced {produced['sent']:,} messages ({produced['bad_total']} malformed) "
-          f"in {produced['chunks']} chunks, each ingested by an ingest_job run")
+    print(f"  produced {produced['sent']:,} messages ({produced['bad_total'] + produced.get('trade_bad_total', 0)} "
+          f"malformed) in {produced['chunks']} chunks, each ingested by an ingest_job run")
     run_job("demo_job")
     elapsed = time.monotonic() - t0
     print_summary(home, produced, runs, elapsed, check_results)
@@ -146,6 +156,7 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
             t: conn.sql(f"SELECT count(*) FROM {t}").fetchall()[0][0]
             for t in ("clean_ticks", "market_features", "ohlcv_1m", "ohlcv_1h", "hourly_stats", "correlations", "anomalies")
         }
+        trade_rows = _trade_summary(conn)
         top_corr = conn.sql(
             "SELECT coin_a, coin_b, corr FROM correlations WHERE window_name = '24h' ORDER BY corr DESC NULLS LAST LIMIT 1"
         ).fetchall()
@@ -160,6 +171,11 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
     print(f"bronze rows         {raw:>10,}   (raw_ticks, exactly once: {lag[1]:,} offsets in {lag[0]} batches)")
     print(f"quarantined         {sum(n for _, n in quarantined):>10,}   "
           + ", ".join(f"{r}={n}" for r, n in quarantined))
+    if "trades_sent" in produced:
+        raw_trades, bars, products, trades_in_bars = trade_rows
+        print(f"trades produced     {produced['trades_sent']:>10,}   ({produced['trade_bad_total']} malformed) "
+              f"-> raw_trades {raw_trades:,}; trade_bars_1m {bars:,} bars of {trades_in_bars:,} trades, "
+              f"{products} products")
     print()
     print("tables              " + ", ".join(f"{t}={n:,}" for t, n in counts.items()))
     if top_corr:
@@ -203,3 +219,15 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
     if len(runs) > 4:
         print(f"  ... {len(runs) - 4} earlier ingest runs")
     print(f"warehouse: {home / 'warehouse.duckdb'}   parquet: {home / 'lake'}")
+
+
+def _trade_summary(conn) -> tuple[int, int, int, int]:
+    """(raw_trades rows, trade_bars_1m bars, products, trades in bars); bars 0 without the table."""
+    raw = conn.sql("SELECT count(*) FROM raw_trades").fetchall()[0][0]
+    has_bars = conn.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'trade_bars_1m'").fetchall()[0][0]
+    if not has_bars:
+        return raw, 0, 0, 0
+    bars, products, trades = conn.sql(
+        "SELECT count(*), count(DISTINCT (exchange, product)), coalesce(sum(trade_count), 0) FROM trade_bars_1m"
+    ).fetchall()[0]
+    return raw, bars, products, int(trades)

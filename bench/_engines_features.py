@@ -1,7 +1,7 @@
 """What every engine of the engines bench computes, stated once: the bar widths, the output
 columns, the indicator definitions (as the project's ohlcv_1m: TA-Lib RSI(14) with Wilder
 smoothing seeded by the mean of the first 14 changes, Bollinger(20, 2) with the population std,
-both over a product's consecutive 1-minute bars), and the pandas Wilder RSI that the pandas
+both over a product's consecutive 1-minute bars; VWAP = the unrounded quote volume / base volume), and the pandas Wilder RSI that the pandas
 engine and Spark's applyInPandas share (no project code: the bench checks the project against
 independent implementations)."""
 

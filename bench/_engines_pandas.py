@@ -64,7 +64,7 @@ def _finish(b: pd.DataFrame, width: str) -> pa.Table:
         out[c] = decimal_array(vols[c], 38)
     for c in ("trade_count", "first_trade_id", "last_trade_id"):
         out[c] = pa.array(b[c].to_numpy(), pa.int64())
-    out["vwap"] = pa.array(quote / base)
+    out["vwap"] = pa.array((b["qh"].to_numpy() + b["ql"].to_numpy() / SCALE) / base)  # the exact quote, unrounded
     if width == "1m":
         close = b["close"].to_numpy()
         prod = b.groupby(["exchange", "product"], observed=True, sort=False).ngroup().to_numpy()

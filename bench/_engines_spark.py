@@ -88,7 +88,7 @@ def frames(spark, path: Path) -> dict:
                 .withColumn("base_volume", F.col("base_volume").cast(dec38))
                 .withColumn("buy_volume", F.col("buy_volume").cast(dec38))
                 .withColumn("sell_volume", F.col("sell_volume").cast(dec38))
-                .withColumn("vwap", quote.cast("double") / F.col("base_volume").cast("double")))
+                .withColumn("vwap", F.col("quote_exact").cast("double") / F.col("base_volume").cast("double")))
 
     out = {"1s": finish(b1s, "1s")}
     for width, unit in (("1m", "minute"), ("1h", "hour")):

@@ -4,7 +4,6 @@ MLflow, and the model-performance figure from runs logged straight to a temp MLf
 from __future__ import annotations
 
 import filecmp
-import math
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -24,21 +23,10 @@ from crypto_assets.report.publish import STAMP_RE, prune_reports, publish_latest
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.transforms.chain import run_incremental
+from crypto_assets_tests.report_helpers import DPI, assert_png, md_table, report_metadata, shows
 from crypto_assets_tests.silver_helpers import insert_raw_batch, make_ticks
 
 COINS = ["bitcoin", "ethereum", "solana"]
-DPI = 60  # small PNGs keep the test fast; sizes are checked against figsize * dpi
-
-
-def _assert_png(path: Path, size_in: tuple[float, float], dpi: int) -> None:
-    assert path.is_file() and path.stat().st_size > 1000, path
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        assert im.size == (round(size_in[0] * dpi), round(size_in[1] * dpi)), (path, im.size)
-        px = np.asarray(im.convert("RGB"))
-    colours = np.unique(px.reshape(-1, 3), axis=0)
-    assert len(colours) > 20, f"{path.name} looks blank ({len(colours)} colours)"
-    assert px.std() > 5, f"{path.name} looks blank"
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +60,8 @@ def first_run(warehouse):
     return result
 
 
-def _metadata(result) -> dict:
-    mats = result.asset_materializations_for_node("market_report")
-    assert len(mats) == 1
-    return mats[0].metadata
-
-
 def test_report_figures_and_markdown(warehouse, first_run):
-    md = _metadata(first_run)
+    md = report_metadata(first_run)
     report_dir = Path(md["report_dir"].value)
     assert report_dir.parent == warehouse["home"].resolve() / "reports"
     assert STAMP_RE.match(report_dir.name)
@@ -88,10 +70,10 @@ def test_report_figures_and_markdown(warehouse, first_run):
     assert files == sorted(["report.md", "overview.png", "correlations.png", "models.png",
                             *(f"candles_{c}.png" for c in COINS)])
     for c in COINS:
-        _assert_png(report_dir / f"candles_{c}.png", CANDLES_SIZE, DPI)
-    _assert_png(report_dir / "correlations.png", CORR_SIZE, DPI)
-    _assert_png(report_dir / "overview.png", OVERVIEW_SIZE, DPI)
-    _assert_png(report_dir / "models.png", MODELS_SIZE, DPI)  # the "no runs yet" page
+        assert_png(report_dir / f"candles_{c}.png", CANDLES_SIZE, DPI)
+    assert_png(report_dir / "correlations.png", CORR_SIZE, DPI)
+    assert_png(report_dir / "overview.png", OVERVIEW_SIZE, DPI)
+    assert_png(report_dir / "models.png", MODELS_SIZE, DPI)  # the "no runs yet" page
 
     text = (report_dir / "report.md").read_text()
     for c in COINS:
@@ -114,28 +96,11 @@ def test_report_figures_and_markdown(warehouse, first_run):
     assert not (warehouse["home"] / "mlflow" / "mlflow.db").exists()  # an empty store is not created
 
 
-def _table(text: str, heading: str) -> list[list[str]]:
-    """The cells of the markdown table under `## heading` (header and rule rows dropped)."""
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
-    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
-
-
-def _shows(text: str, value: float) -> bool:
-    """`text` (as the report prints numbers: thousands separators, fixed decimals or %g) is
-    `value` rounded to the digits shown."""
-    t = text.replace(",", "").replace("%", "").strip()
-    if "e" in t:
-        return math.isclose(float(t), value, rel_tol=5e-4)
-    decimals = len(t.split(".")[1]) if "." in t else 0
-    return abs(float(t) - value) <= 0.5 * 10.0 ** -decimals * (1 + 1e-9)
-
-
 def test_report_numbers_equal_the_warehouse(warehouse, first_run):
     """Every figure in report.md's coin and correlation tables and its header, against the same
     quantities computed here from clean_ticks (prices, change, volatility from the ticks
     themselves) or read straight from the tables the README names (RSI, anomalies, correlations)."""
-    text = (Path(_metadata(first_run)["report_dir"].value) / "report.md").read_text()
+    text = (Path(report_metadata(first_run)["report_dir"].value) / "report.md").read_text()
     with warehouse["lh"].connect(read_only=True) as conn:
         ticks = conn.sql("SELECT coin_id, symbol, event_time, price_usd FROM clean_ticks ORDER BY coin_id, event_time").pl()
         end = conn.sql("SELECT max(minute) FROM ohlcv_1m").fetchall()[0][0]
@@ -146,22 +111,22 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
     header = next(ln for ln in text.splitlines() if ln.startswith("Generated "))
     assert f"· data up to {end.astimezone(UTC):%Y-%m-%d %H:%M} UTC · candle window 3 h" in header
 
-    rows = _table(text, "Coins")
+    rows = md_table(text, "Coins")
     assert [r[0] for r in rows] == [f"{c['symbol'].upper()} ({c['coin_id']})" for c in
                                     ticks.unique("coin_id", keep="first", maintain_order=True).to_dicts()]
     for (_label, price, change, vol, rsi_txt, anom), (coin, g) in zip(rows, ticks.group_by("coin_id", maintain_order=True), strict=True):
         coin = coin[0]
         t, p = g["event_time"].to_list(), g["price_usd"].to_numpy()
-        assert _shows(price, p[-1]), (coin, price, p[-1])
+        assert shows(price, p[-1]), (coin, price, p[-1])
         # the history is 4 h: the change is from the coin's first tick, labelled with its span
         span_h = (t[-1] - t[0]).total_seconds() / 3600
         m = re.fullmatch(r"([+-][\d.]+) % \(over ([\d.]+)h\)", change)
-        assert m and _shows(m.group(1), (p[-1] / p[0] - 1) * 100) and m.group(2) == f"{span_h:.1f}", (coin, change)
+        assert m and shows(m.group(1), (p[-1] / p[0] - 1) * 100) and m.group(2) == f"{span_h:.1f}", (coin, change)
         # 15-minute volatility: population std of the log returns of the ticks in (t - 15 min, t]
         lr = np.log(p[1:] / p[:-1])
         inside = np.array([ti > t[-1] - timedelta(minutes=15) for ti in t[1:]])
-        assert vol.endswith(" %") and _shows(vol, lr[inside].std() * 100), (coin, vol)
-        assert _shows(rsi_txt, rsi[coin])
+        assert vol.endswith(" %") and shows(vol, lr[inside].std() * 100), (coin, vol)
+        assert shows(rsi_txt, rsi[coin])
         by_rule: dict[str, int] = {}
         for c, rule, te in anomalies:
             if c == coin and te > t[-1] - timedelta(hours=24):
@@ -173,22 +138,22 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
     sym = {c: g["symbol"][0] for (c,), g in ticks.group_by("coin_id")}
     values = {(a, b, w): (v, n) for a, b, w, v, n in corr}
     pairs = sorted({(a, b) for a, b, *_ in corr}, key=lambda ab: -abs(values[(*ab, "24h")][0]))
-    got = _table(text, "Top correlations (1-minute returns)")
+    got = md_table(text, "Top correlations (1-minute returns)")
     assert [r[0] for r in got] == [f"{sym[a].upper()} / {sym[b].upper()}" for a, b in pairs]
     for (_, c24, c7, n24), (a, b) in zip(got, pairs, strict=True):
-        assert _shows(c24, values[(a, b, "24h")][0]) and _shows(c7, values[(a, b, "7d")][0])
+        assert shows(c24, values[(a, b, "24h")][0]) and shows(c7, values[(a, b, "7d")][0])
         assert int(n24) == values[(a, b, "24h")][1] > 0
 
 
 def test_latest_mirrors_newest_report(warehouse, first_run):
-    first_dir = Path(_metadata(first_run)["report_dir"].value)
+    first_dir = Path(report_metadata(first_run)["report_dir"].value)
     second = dg.materialize(
         [market_report],
         resources={"lakehouse": warehouse["lh"], "mlflow": warehouse["mlf"]},
         run_config={"ops": {"market_report": {"config": {"hours": 1.0, "dpi": 40, "keep_reports": 5}}}},
     )
     assert second.success
-    newest = Path(_metadata(second)["report_dir"].value)
+    newest = Path(report_metadata(second)["report_dir"].value)
     assert newest != first_dir and first_dir.exists()
     reports = newest.parent
     stamps = sorted(p.name for p in reports.iterdir() if STAMP_RE.match(p.name))
@@ -262,7 +227,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
 
     fig = plot_model_performance(list(series.values()), dpi=DPI)
     out = save_figure(fig, tmp_path / "models.png")
-    _assert_png(out, MODELS_SIZE, DPI)
+    assert_png(out, MODELS_SIZE, DPI)
     assert "anomaly_model" in fig.get_suptitle()  # listed as "no runs yet"
     table = model_table(list(series.values()))
     assert "| trend_model | auc_roc | v2 | 0.61 vs 0.5 ✓ |" in table
@@ -272,7 +237,7 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     lh = LakehouseResource(home=str(tmp_path / "var"), coins=COINS)
     with lh.connect() as conn:
         md_text = write_report(conn, mlf, tmp_path, dpi=30).markdown_path.read_text()
-    got = {r[0]: r[1:] for r in _table(md_text, "Models (primary metric vs naive baseline)")}
+    got = {r[0]: r[1:] for r in md_table(md_text, "Models (primary metric vs naive baseline)")}
     assert got == _model_rows_from_mlflow(mlf)
     assert got["trend_model"] == ["auc_roc", "v2", "0.61 vs 0.5 ✓", "v3 (rejected)", "0.58 vs 0.52 ✓", "3"]
     assert got["price_model_1h"] == ["rmse", "none", "–", "unregistered", "0.009 vs 0.0108 ✓", "2"]
@@ -364,96 +329,4 @@ def test_empty_model_figure_says_so(tmp_path):
     fig = plot_model_performance([], dpi=DPI)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("No MLflow model runs yet" in t for t in texts)
-    _assert_png(save_figure(fig, tmp_path / "m.png"), MODELS_SIZE, DPI)
-
-
-# ---- trade candles ----------------------------------------------------------------------------
-
-TRADE_COINS = ["bitcoin", "cardano"]
-
-
-@pytest.fixture(scope="module")
-def traded(tmp_path_factory, broker):
-    """Simulated ticks and trades through the embedded broker, bronze and the incremental step
-    (trade_bars_1m), then the report over its last 2 hours."""
-    import uuid
-
-    from crypto_assets.ingest.pull import pull_raw_ticks, pull_raw_trades
-    from crypto_assets.producers.simulator.config import SimulatorConfig
-    from crypto_assets.producers.simulator.run import run_simulator
-    from crypto_assets.resources import KafkaResource
-    from crypto_assets.transforms.trade_bars import trade_bars_increment
-
-    home = tmp_path_factory.mktemp("report_trades") / "var"
-    suffix = uuid.uuid4().hex[:8]
-    kafka = KafkaResource(bootstrap_servers=broker.bootstrap_servers, home=str(home), raw_topic=f"crypto_raw_{suffix}",
-                          trades_topic=f"crypto_trades_{suffix}", dlq_topic=f"crypto_raw_dlq_{suffix}",
-                          trades_dlq_topic=f"crypto_trades_dlq_{suffix}", consumer_group=f"report.{suffix}")
-    start = (datetime.now(UTC) - timedelta(hours=3, minutes=30)).replace(second=0, microsecond=0)
-    cfg = SimulatorConfig(coins=TRADE_COINS, seed=21, history="3h", interval="60s", start_time=start, mode="both",
-                          trade_rate=0.3)
-    sent = run_simulator(kafka, cfg, log=lambda _: None)
-    lh = LakehouseResource(home=str(home), coins=TRADE_COINS)
-    assert pull_raw_ticks(kafka, lh).rows_written == sent["valid_sent"]
-    assert pull_raw_trades(kafka, lh).rows_written == sent["trades_sent"]
-    with lh.connect() as conn:
-        run_incremental(conn, TRADE_COINS)
-        trade_bars_increment(conn)  # the trade bars' own increment: a no-op when the step above made them
-    mlf = MlflowResource(home=str(home))
-    result = dg.materialize(
-        [market_report], resources={"lakehouse": lh, "mlflow": mlf},
-        run_config={"ops": {"market_report": {"config": {"hours": 2.0, "dpi": DPI}}}},
-    )
-    assert result.success
-    return {"lh": lh, "sent": sent, "md": _metadata(result)}
-
-
-def test_trade_candles_figures(traded):
-    """One trade figure per product, at its size, drawn in the up, down and VWAP colours."""
-    from crypto_assets.report.plots import DOWN, UP
-    from crypto_assets.report.trade_plots import TRADE_CANDLES_SIZE, VWAP
-
-    report_dir = Path(traded["md"]["report_dir"].value)
-    text = (report_dir / "report.md").read_text()
-    for product in ("BTC-USD", "ADA-USD"):
-        path = report_dir / f"trades_simulator_{product}.png"
-        _assert_png(path, TRADE_CANDLES_SIZE, DPI)
-        assert f"](trades_simulator_{product}.png)" in text
-        with Image.open(path) as im:
-            colours = {tuple(c) for c in np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)}
-        for hex_colour in (UP, DOWN, VWAP):
-            rgb = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
-            assert rgb in colours, (product, hex_colour)
-    assert "trades_simulator_BTC-USD.png" in traded["md"]["figures"].value
-
-
-def test_trade_numbers_equal_the_trade_bars(traded):
-    """report.md's trade table and totals, and the asset's metadata, against trade_bars_1m."""
-    md = traded["md"]
-    text = (Path(md["report_dir"].value) / "report.md").read_text()
-    with traded["lh"].connect(read_only=True) as conn:
-        rows = conn.sql(
-            """
-            WITH w AS (SELECT * FROM trade_bars_1m WHERE bar_start > (SELECT max(bar_start) FROM trade_bars_1m) - INTERVAL 2 HOUR)
-            SELECT exchange || ':' || product, sum(trade_count), count(*), arg_max(close, bar_start)::DOUBLE,
-                   100 * (arg_max(close, bar_start) / arg_min(open, bar_start) - 1)::DOUBLE,
-                   (sum(quote_volume) / sum(base_volume))::DOUBLE, sum(base_volume)::DOUBLE, sum(quote_volume)::DOUBLE,
-                   100 * (sum(buy_volume) / sum(base_volume))::DOUBLE
-            FROM w GROUP BY 1 ORDER BY 1
-            """
-        ).fetchall()
-        bodies = conn.sql("SELECT avg((open <> close)::INT), avg((high > greatest(open, close))::INT) "
-                          "FROM trade_bars_1m").fetchall()[0]
-    assert len(rows) == 2 and bodies[0] > 0.8 and bodies[1] > 0.5  # real candles: bodies and wicks
-    got = {r[0]: r for r in _table(text, "Trades (1-minute bars from trades, last 2 h)")}
-    assert set(got) == {r[0] for r in rows}
-    for key, trades, bars, close, change, vwap, base, quote, buys in rows:
-        _k, t_txt, b_txt, close_txt, change_txt, vwap_txt, base_txt, quote_txt, buys_txt = got[key]
-        assert int(t_txt.replace(",", "")) == trades and int(b_txt.replace(",", "")) == bars, key
-        assert _shows(close_txt, close) and _shows(change_txt, change) and _shows(vwap_txt, vwap), key
-        assert _shows(base_txt, base) and _shows(quote_txt, quote) and _shows(buys_txt, buys), key
-    total_trades, total_bars = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    assert f"{total_trades:,} trades in {total_bars:,} one-minute bars over 2 products" in text
-    assert md["trades_in_window"].value == total_trades and md["trade_bars_in_window"].value == total_bars
-    assert md["trade_products"].value == 2
-    assert total_trades < traded["sent"]["trades_sent"]  # the window is the last 2 of 3 hours
+    assert_png(save_figure(fig, tmp_path / "m.png"), MODELS_SIZE, DPI)

@@ -270,3 +270,18 @@ def start_rest_server(coinbase: Mapping[str, list[TapeTrade]] | None = None,
     """Start the server in a daemon thread; `.url` is its base URL, `.stop()` ends it."""
     return ExchangeRestServer(coinbase, binance, oldest_kept=oldest_kept, used_weight=used_weight,
                               clock=clock, host=host, port=port).start()
+
+
+class FakeTime:
+    """A clock the client's sleeps advance (the server shares it for the Binance weight minute)."""
+
+    def __init__(self, start: float = 1_796_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        self.now += s
+
+    def clock(self) -> float:
+        return self.now

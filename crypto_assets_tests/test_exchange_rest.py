@@ -28,6 +28,7 @@ from crypto_assets.producers.exchanges.rest_http import ExchangeRestClient
 from crypto_assets.settings import exchange_settings
 from crypto_assets_tests.exchange_rest_server import (
     ExchangeRestServer,
+    FakeTime,
     TapeTrade,
     coinbase_record,
     make_tape,
@@ -36,21 +37,6 @@ from crypto_assets_tests.exchange_rest_server import (
 
 CB_FIRST, BN_FIRST = 1_000_001, 5_000_001
 PRODUCT = {"coinbase": "BTC-USD", "binance": "BTCUSDT"}
-
-
-class FakeTime:
-    """A clock the client's sleeps advance (the server shares it for the Binance weight minute)."""
-
-    def __init__(self, start: float = 1_796_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-
-    def clock(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -15,21 +15,7 @@ from crypto_assets.producers.exchanges.rest_http import (
     RestRequestError,
     RestUnavailable,
 )
-
-
-class FakeTime:
-    """A clock the client's sleeps advance, so waits are asserted, not waited."""
-
-    def __init__(self, start: float = 1_000_020.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.now += s
-
-    def clock(self) -> float:
-        return self.now
+from crypto_assets_tests.exchange_rest_server import FakeTime
 
 
 def serve(httpserver, path: str, *responses: Response) -> dict:

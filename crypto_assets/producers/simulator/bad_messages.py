@@ -120,7 +120,14 @@ def make_bad_message(kind: str, rng: np.random.Generator, valid_tick: dict) -> t
 
 
 class BadInjector:
-    """Decides how many bad messages follow each valid tick and which kinds they are."""
+    """Decides how many bad messages follow each valid tick and which kinds they are (every kind
+    once per shuffled round). `kinds` and `make` are what a subclass for another contract changes."""
+
+    kinds: tuple[str, ...] = BAD_KINDS
+
+    @staticmethod
+    def make(kind: str, rng: np.random.Generator, valid: dict) -> tuple[bytes, bytes]:
+        return make_bad_message(kind, rng, valid)
 
     def __init__(self, rng: dict[str, np.random.Generator], ratio: float) -> None:
         self.ratio = ratio
@@ -137,10 +144,10 @@ class BadInjector:
 
     def next(self, template: dict) -> tuple[str, bytes, bytes]:
         if not self._round:
-            self._round = [BAD_KINDS[i] for i in self.rng_kinds.permutation(len(BAD_KINDS))]
+            self._round = [self.kinds[i] for i in self.rng_kinds.permutation(len(self.kinds))]
         kind = self._round.pop()
         source = template
         if kind == "duplicate" and self.recent:
             source = self.recent[int(self.rng_content.integers(len(self.recent)))]
-        key, value = make_bad_message(kind, self.rng_content, source)
+        key, value = self.make(kind, self.rng_content, source)
         return kind, key, value

@@ -11,13 +11,12 @@ earlier valid trade, which bronze must keep once (dedupe on exchange, product, t
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import orjson
 
 from crypto_assets.kafka.tick_contract import MAX_MESSAGE_BYTES
 from crypto_assets.kafka.trade_contract import TRADE_REQUIRED_FIELDS
+from crypto_assets.producers.simulator.bad_messages import BadInjector
 
 TRADE_BAD_KINDS: tuple[str, ...] = (
     "invalid_json",  # truncated JSON / Python repr
@@ -81,26 +80,11 @@ def make_bad_trade(kind: str, rng: np.random.Generator, valid: dict) -> tuple[by
     return key, orjson.dumps(t)
 
 
-class TradeBadInjector:
+class TradeBadInjector(BadInjector):
     """Decides how many bad messages follow each valid trade and which kinds they are."""
 
-    def __init__(self, rng: dict[str, np.random.Generator], ratio: float) -> None:
-        self.ratio = ratio
-        self.rng_counts, self.rng_kinds, self.rng_content = rng["bad_counts"], rng["bad_kinds"], rng["bad_content"]
-        self._round: list[str] = []
-        self.recent: deque[dict] = deque(maxlen=64)
+    kinds = TRADE_BAD_KINDS
 
-    def counts(self, n: int) -> list[int] | None:
-        if self.ratio <= 0:
-            return None
-        return (self.rng_counts.geometric(1.0 - self.ratio, n) - 1).tolist()
-
-    def next(self, template: dict) -> tuple[str, bytes, bytes]:
-        if not self._round:
-            self._round = [TRADE_BAD_KINDS[i] for i in self.rng_kinds.permutation(len(TRADE_BAD_KINDS))]
-        kind = self._round.pop()
-        source = template
-        if kind == "duplicate" and self.recent:
-            source = self.recent[int(self.rng_content.integers(len(self.recent)))]
-        key, value = make_bad_trade(kind, self.rng_content, source)
-        return kind, key, value
+    @staticmethod
+    def make(kind: str, rng: np.random.Generator, valid: dict) -> tuple[bytes, bytes]:
+        return make_bad_trade(kind, rng, valid)

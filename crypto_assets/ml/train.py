@@ -134,7 +134,7 @@ def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params
     last_direction = F.when(past > 0, 1.0).when(past < 0, 0.0).otherwise(0.5)
     return _walk(df, Task(TREND_LABEL, horizon_minutes, "auc_roc", ("auc_roc", "pr_auc"), fit, _probability,
                           lambda i: {"majority": _majority(i), "last_direction": last_direction}, hard=_prediction,
-                          min_train_rows=params.get("min_train_rows", 100)), params)
+                          min_train_rows=params.get("min_train_rows", 100), classes=("ups", "downs")), params)
 
 
 ANOMALY_LABEL, ANOMALY_PAST = "label_large_move", "past_large_move"
@@ -177,7 +177,7 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     persistence = F.coalesce(F.col(ANOMALY_PAST).cast("double"), F.lit(0.0))
     t = _walk(df, Task(ANOMALY_LABEL, horizon, "pr_auc", ("auc_roc", "pr_auc"), fit, _probability,
                        lambda i: {"majority": _majority(i), "persistence": persistence}, hard=_prediction,
-                       min_train_rows=params.get("min_train_rows", 100)), params)
+                       min_train_rows=params.get("min_train_rows", 100), classes=("large moves", "other ticks")), params)
     t.extra.update(counts)  # the last fold's: the registered model's
     return t
 

@@ -106,6 +106,7 @@ class Task:
     hard: Callable[[], Column] | None = None  # predicted class, for accuracy
     min_train_rows: int = 100
     min_test_rows: int = 30
+    classes: tuple[str, str] | None = None  # a classifier's (positives, negatives) names: both must occur
 
 
 @dataclass
@@ -200,9 +201,14 @@ def walk_forward(df: DataFrame, task: Task, cfg: WalkForwardConfig,
 def _run(df: DataFrame, task: Task, cfg: WalkForwardConfig,
          cached: DataFrame | None) -> tuple[WalkForward, Split, PipelineModel]:
     ts, y = F.col("event_time").cast("double"), F.col(task.label).cast("double")
-    span = only_row(df.select(F.min(ts).alias("lo"), F.max(ts).alias("hi")))
+    span = only_row(df.select(F.min(ts).alias("lo"), F.max(ts).alias("hi"), F.count(F.lit(1)).alias("n"),
+                              F.sum(y).alias("pos")))
     if span["lo"] is None or span["hi"] <= span["lo"]:
         raise NotEnoughData(f"no rows with a {task.label} label: not enough history for this horizon")
+    if task.classes and span["pos"] in (0, span["n"]):
+        pos = int(span["pos"])
+        raise NotEnoughData(f"the labelled rows hold {pos} {task.classes[0]} and {span['n'] - pos} {task.classes[1]}: "
+                            "a classifier needs both")
     windows = fold_windows(span["lo"], span["hi"], cfg.folds, cfg.test_fraction)
     horizon_s = task.horizon_minutes * 60
     last = len(windows) - 1

@@ -111,19 +111,21 @@ def test_a_learnable_label_is_promoted_with_its_interval_above_zero(trained):
     for m in ("trend_model", "anomaly_model"):
         gate = gates[f"{m}_gate"]
         assert gate.passed and gate.metadata["outcome"].value == "promoted", gate.description
-        assert gate.metadata["lift_ci_low"].value > 0.05, gate.description
+        assert cast(float, gate.metadata["lift_ci_low"].value) > 0.05, gate.description
         assert champion_version(mlf, mlf.registered_name(m)) == "1"
     price = gates["price_model_gate"]
     assert price.passed, price.description
     assert [price.metadata[f"{h}_outcome"].value for h in ("1h", "4h")] == ["promoted", "promoted"]
     md = result.asset_materializations_for_node("trend_model")[0].metadata
-    assert md["auc_roc"].value > md["baseline_auc_roc"].value + md["lift_auc_roc_ci_low"].value - 1e-9
+    auc, base, low = (cast(float, md[k].value) for k in ("auc_roc", "baseline_auc_roc", "lift_auc_roc_ci_low"))
+    assert auc > base + low - 1e-9
     assert md["baseline_name"].value in ("majority", "last_direction") and md["folds_used"].value == 3
     assert "mlflow_run_id" in md and md["model_version"].value == "1"
     desc = gates["trend_model_gate"].description
     assert desc.startswith(f"auc_roc {md['auc_roc'].value:.4g} vs {md['baseline_name'].value} ") and "90% CI [" in desc
     pmd = result.asset_materializations_for_node("price_model")[0].metadata
-    assert pmd["1h_baseline_name"].value in ("zero_return", "persistence") and pmd["1h_lift_rmse_ci_low"].value > 0
+    assert pmd["1h_baseline_name"].value in ("zero_return", "persistence")
+    assert cast(float, pmd["1h_lift_rmse_ci_low"].value) > 0
 
 
 def test_coin_clusters_gate_follows_its_interval(trained):
@@ -133,7 +135,7 @@ def test_coin_clusters_gate_follows_its_interval(trained):
     md = trained["result"].asset_materializations_for_node("coin_clusters")[0].metadata
     assert md["baseline_name"].value == "random" and "clusters" in md
     assert md["baseline_random_silhouette"].value == md["baseline_silhouette"].value
-    low = gate.metadata["lift_ci_low"].value
+    low = cast(float, gate.metadata["lift_ci_low"].value)
     assert gate.metadata["outcome"].value == ("promoted" if low > 0 else "rejected"), gate.description
     assert "silhouette" in gate.description and "vs random" in gate.description
 
@@ -201,10 +203,11 @@ def test_the_random_walk_market_gets_an_honest_verdict(trained, tmp_path):
     out = dg.materialize([models.trend_model], resources=res)
     assert out.success
     gate = _gates(out)["trend_model_gate"]
-    low = gate.metadata["lift_ci_low"].value
+    low = cast(float, gate.metadata["lift_ci_low"].value)
     assert gate.metadata["outcome"].value == ("promoted" if low > 0 else "rejected"), gate.description
     md = out.asset_materializations_for_node("trend_model")[0].metadata
-    assert md["lift_auc_roc_ci_low"].value == low < md["lift_auc_roc"].value < md["lift_auc_roc_ci_high"].value
+    lift, high = cast(float, md["lift_auc_roc"].value), cast(float, md["lift_auc_roc_ci_high"].value)
+    assert md["lift_auc_roc_ci_low"].value == low and cast(float, low) <= lift <= high
     print(f"random-walk trend_model: {gate.description}")  # the measured honest outcome (pytest -s)
 
 
@@ -221,7 +224,7 @@ def test_too_few_coins_for_a_clustering_skip_green(trained, tmp_path):
     out = dg.materialize([models.coin_clusters], resources=res)
     assert out.success
     md = out.asset_materializations_for_node("coin_clusters")[0].metadata
-    assert md["skipped"].value.startswith("1 coin(s): a clustering needs at least 3")
+    assert cast(str, md["skipped"].value).startswith("1 coin(s): a clustering needs at least 3")
     gate = _gates(out)["coin_clusters_gate"]
     assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
 
@@ -261,7 +264,7 @@ def test_the_gate_margin_comes_from_the_assets_own_config(trained):
     mlf = trained["mlf"]
     name = mlf.registered_name("trend_model")
     before = champion_version(mlf, name)
-    first = _gates(trained["result"])["trend_model_gate"].metadata["lift_ci_high"].value
+    first = cast(float, _gates(trained["result"])["trend_model_gate"].metadata["lift_ci_high"].value)
     margin = round(first + 0.01, 2)
     res = dg.materialize([models.trend_model], resources=trained["resources"],
                          run_config={"ops": {"trend_model": {"config": {"gate_margin": margin}}}})

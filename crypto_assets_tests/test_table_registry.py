@@ -189,3 +189,29 @@ def test_the_anomalies_mirror_follows_the_table(tmp_path):
         assert [t for (t,) in spikes] == [T0 + timedelta(seconds=3610)]
         _export_anomalies(conn, lh.lake_path)
         assert_mirror_equals_table(conn, lh.lake_path, "gold/anomalies", "anomalies")
+
+
+def test_a_warehouse_an_older_release_created_gains_the_columns_added_since(tmp_path):
+    """Upgrading in place: anomalies written before `source` existed (NOT NULL DEFAULT 'ticks')
+    get the column with its default on the next connect, the drift check passes, and a column
+    that cannot be added in place (NOT NULL, no default) is left for the drift check to report."""
+    import duckdb
+
+    from crypto_assets.defs.schema_checks import schema_matches
+
+    lh = LakehouseResource(home=str(tmp_path / "w"), coins=COINS)
+    lines = [ln for ln in TABLES["anomalies"].body.splitlines() if not ln.strip().startswith("source ")]
+    old = "CREATE TABLE anomalies (" + "\n".join(lines) + "\n)"
+    old = old.replace("published_at    TIMESTAMPTZ,", "published_at    TIMESTAMPTZ")
+    lh.root.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(lh.duckdb_path)) as raw:
+        raw.execute(old)
+        raw.execute("INSERT INTO anomalies VALUES ('a1', 'bitcoin', 'btc', now(), 'price_zscore', 'warning', 5, 4, 1, "
+                    "NULL, now(), NULL)")
+    with lh.connect() as conn:
+        assert conn.sql("SELECT anomaly_id, source FROM anomalies").fetchall() == [("a1", "ticks")]
+        assert schema_matches(conn, "anomalies").passed
+    # from nothing: only the nullable and defaulted columns can be added in place
+    stmts = TABLES["anomalies"].add_column_ddl(set())
+    added = [s.split("ADD COLUMN ")[1].split()[0] for s in stmts]
+    assert added == ["volume_24h_usd", "published_at", "source"]

@@ -20,6 +20,7 @@ from pyspark.ml.regression import LinearRegression, LinearRegressionModel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
+from crypto_assets.ml.evaluation import pr_auc, roc_auc
 from crypto_assets.ml.training_set import LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
 
 
@@ -116,32 +117,16 @@ def _fit_on_cached_vectors(train: DataFrame, features: list[str], label: str, he
     return PipelineModel(stages=[assembler, scaler_model, head_model])
 
 
-def _auc(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
-
-
 def binary_metrics(pred: DataFrame, label: str) -> dict[str, float]:
-    """ROC-AUC, PR-AUC (trapezoidal, as Spark's BinaryClassificationEvaluator defines them, but
-    exact: no 1000-bin downsampling) and accuracy from one collect of (score, prediction, label):
-    3 doubles per holdout row via Arrow, instead of three Spark passes with two sorts."""
+    """ROC-AUC, PR-AUC (exact trapezoids, ml/evaluation.py) and accuracy from one collect of
+    (score, prediction, label): 3 doubles per holdout row via Arrow, instead of three Spark
+    passes with two sorts."""
     from pyspark.ml.functions import vector_to_array
 
     pdf = pred.select(vector_to_array(F.col("probability"))[1].alias("s"), F.col("prediction").cast("double").alias("p"),
                       F.col(label).cast("double").alias("y")).toPandas()
     s, p, y = (pdf[c].to_numpy(dtype=np.float64) for c in ("s", "p", "y"))
-    order = np.argsort(-s, kind="mergesort")
-    s, yy = s[order], y[order]
-    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1] if len(s) else np.array([], dtype=int)
-    tp = np.cumsum(yy)[last]
-    fp = np.cumsum(1.0 - yy)[last]
-    pos, neg = (tp[-1], fp[-1]) if len(last) else (0.0, 0.0)
-    tpr = np.r_[0.0, tp / pos if pos else np.zeros_like(tp), 1.0]
-    fpr = np.r_[0.0, fp / neg if neg else np.zeros_like(fp), 1.0]
-    precision = tp / np.maximum(tp + fp, 1.0)
-    recall = tp / pos if pos else np.zeros_like(tp)
-    pr_x = np.r_[0.0, recall]
-    pr_y = np.r_[precision[0] if len(precision) else 1.0, precision]
-    return {"auc_roc": _auc(fpr, tpr), "pr_auc": _auc(pr_x, pr_y), "accuracy": float(np.mean(p == y)) if len(y) else 0.0}
+    return {"auc_roc": roc_auc(s, y), "pr_auc": pr_auc(s, y), "accuracy": float(np.mean(p == y)) if len(y) else 0.0}
 
 
 def majority_baseline(split: Split, label: str) -> dict[str, float]:

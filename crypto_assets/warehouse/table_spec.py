@@ -69,6 +69,22 @@ class Table:
         # every column has one (__post_init__)
         return next(cast(str, text) for name, _t, _nn, text in self._columns if name == column)
 
+    def add_column_ddl(self, existing: set[str]) -> list[str]:
+        """ALTER statements for declared columns a table created by an older release lacks and
+        that can be added in place: nullable, or NOT NULL with a DEFAULT (existing rows take it).
+        A NOT NULL column without a default (or a key column) cannot be; the schema drift check
+        (defs/schema_checks.py) reports it instead."""
+        out = []
+        for line in self.body.splitlines():
+            m = _COLUMN.match(line)
+            if not m or m.group(1).upper() in _TABLE_CONSTRAINTS or m.group(1) in existing:
+                continue
+            spec = m.group(3).strip()
+            if "PRIMARY KEY" in spec or ("NOT NULL" in spec and "DEFAULT" not in spec):
+                continue
+            out.append(f"ALTER TABLE {self.name} ADD COLUMN {m.group(1)} {m.group(2)} {spec}".rstrip())
+        return out
+
     def declared_columns(self) -> list[tuple[str, str]]:
         """(name, type) as DESCRIBE reports them, for the schema drift check."""
         return [(name, _DESCRIBE_ALIASES.get(t, t)) for name, t, _nn, _text in self._columns]

@@ -31,21 +31,32 @@ _ON_CONNECT = [t for t in TABLES.values() if t.on_connect]
 # Views over tables created on connect, created with them: name -> DDL.
 VIEWS: dict[str, str] = {"bars_1m": BARS_1M_VIEW} if all(
     n in TABLES and TABLES[n].on_connect for n in BARS_1M_REQUIRES) else {}
-_PROBE = " UNION ALL ".join(f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in [t.name for t in _ON_CONNECT] + list(VIEWS))
+# Selecting every declared column also fails when a release added a column an older warehouse lacks.
+_PROBE = " UNION ALL ".join(
+    [f"(SELECT 1 FROM (SELECT {', '.join(t.column_names)} FROM main.{t.name}) LIMIT 0)" for t in _ON_CONNECT]
+    + [f"(SELECT 1 FROM main.{name} LIMIT 0)" for name in VIEWS])
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create missing tables. Every DDL is `CREATE TABLE IF NOT EXISTS`, a no-op when the table
-    exists, so when one query that binds every table succeeds (~2-3 ms) the DDL statements
+    """Create missing tables, and add the columns a release added since an older one created a
+    table (nullable or defaulted ones: `Table.add_column_ddl`), so an upgraded pipeline keeps its
+    warehouse. Every DDL is `CREATE TABLE IF NOT EXISTS`, a no-op when the table
+    exists, so when one query that binds every declared column of every table succeeds (~7 ms; ~2 ms when it bound
+    the tables only, which missed an added column) the DDL statements
     (~12-17 ms on every connect) are skipped. (A duckdb_tables() lookup costs more than the DDL.)
     Call it outside a transaction (LakehouseResource.connect does, on a fresh connection): a
     failed probe aborts an open transaction."""
     try:
         conn.execute(_PROBE).fetchall()
         return
-    except duckdb.CatalogException:
+    except (duckdb.CatalogException, duckdb.BinderException):
         pass
     for t in _ON_CONNECT:
         conn.execute(t.ddl)
+        have = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+            [t.name]).fetchall()}
+        for stmt in t.add_column_ddl(have):  # a table an older release created: add what it lacks
+            conn.execute(stmt)
     for ddl in VIEWS.values():
         conn.execute(ddl)

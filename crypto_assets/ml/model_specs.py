@@ -34,7 +34,7 @@ from crypto_assets.ml.train import (
     train_price,
     train_trend,
 )
-from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
+from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
 
 
 class GatedConfig(dg.Config):
@@ -182,7 +182,7 @@ ANOMALY_MODEL = ModelSpec(
     gate_description=_GATE.format(m="PR-AUC", b="majority class or persistence"),
     description="RandomForestClassifier on large moves (|return over the next 15 min| > 3x recent volatility; "
                 "100 trees, depth 10 by default), evaluated walk-forward.",
-    params=lambda c, _h: {"num_trees": c.num_trees, "max_depth": c.max_depth, "horizon_minutes": DIRECTION_HORIZON_MINUTES,
+    params=lambda c, _h: {"num_trees": c.num_trees, "max_depth": c.max_depth, "horizon_minutes": LARGE_MOVE_MINUTES,
                           "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES),
                           **walk_forward_params(c)},
     champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), ANOMALY_LABEL),

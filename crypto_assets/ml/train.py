@@ -25,7 +25,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from crypto_assets.ml.evaluation import Assessment, pr_auc, random_cluster_interval, roc_auc
-from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, REGRESSION_HORIZONS
+from crypto_assets.ml.training_set import LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
 from crypto_assets.ml.walk_forward import FoldInfo, NotEnoughData, Split, Task, Trained, config_of, only_row, walk_forward
 
 __all__ = ["NotEnoughData", "Split", "Trained", "binary_metrics", "cluster_silhouette", "linear_coefficients",
@@ -143,7 +143,7 @@ ANOMALY_LABEL, ANOMALY_PAST = "label_large_move", "past_large_move"
 def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     """RandomForest on large moves (|next return| > 3x recent volatility). Baselines: majority,
     and persistence (the same rule over the previous horizon, 0 where unknown)."""
-    horizon = int(params.get("horizon_minutes", DIRECTION_HORIZON_MINUTES))
+    horizon = int(params.get("horizon_minutes", LARGE_MOVE_MINUTES))
     df = df.select("event_time", *features, F.col(ANOMALY_LABEL).cast("double").alias(ANOMALY_LABEL), ANOMALY_PAST)
     ratio, seed = params.get("negatives_per_positive", 20), params.get("seed", 7)
     counts: dict[str, int] = {}

@@ -254,7 +254,7 @@ def _run(df: DataFrame, task: Task, cfg: WalkForwardConfig,
         folds.append(FoldResult(i, _utc(start), _utc(end), n_tr, n_te, _model_metrics(task, arrays)))
         kept = (i, model)
     if kept is None:
-        raise NotEnoughData(f"{task.label}: no walk-forward fold has enough rows: "
+        raise NotEnoughData(f"{task.label}: not enough history: no walk-forward fold has enough rows: "
                             + "; ".join(f"fold {i}: {r}" for i, r in dropped.items()))
     pooled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(pooled["t"], kind="stable")  # time order, for the block bootstrap

@@ -39,7 +39,7 @@ def report(args, setup, info, timings, prof, trained, logged, gate_lines, result
     print(f"  market_features {c['market_features']:,} rows, ohlcv_1m {c['ohlcv_1m']:,}, anomalies {c['anomalies']:,} "
           f"({c['anomalous rows']:,} distinct anomalous rows)")
     print(f"  training set: {info.rows:,} rows, labelled {info.labelled}, positive rate {info.positive_rate:.4f}, "
-          f"anomaly rate {info.anomaly_rate:.5f}")
+          f"large-move rate {info.large_move_rate:.5f}")
 
     # ------------------------------------------------------------------ training times
     print(f"\nTraining pipeline (target: (a) + (b) + (c) <= {TARGET_TRAIN_S:.0f} s)")

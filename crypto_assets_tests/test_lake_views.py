@@ -57,8 +57,8 @@ def test_views_have_the_tables_columns_and_rows(tmp_path):
     old = sorted((lake / "gold" / "ohlcv_1m").glob("date=*/*.parquet"))[0]
     pl.read_parquet(old).drop("bb_lower").write_parquet(old)
     with lh.connect() as wh:
-        want = {t: _columns(wh, t) for t in ("market_features", "ohlcv_1m", "anomalies")}
-        wh_rows = {t: wh.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("market_features", "anomalies")}
+        want = {t: _columns(wh, t) for t in (d.rsplit("/", 1)[-1] for d in training_data.TRAINING_INPUTS)}
+        wh_rows = {t: wh.sql(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("market_features",)}
         wh_candles = wh.sql("SELECT coin_id, minute, close FROM ohlcv_1m ORDER BY ALL").fetchall()
         old_minutes = wh.sql(f"SELECT coin_id, minute FROM read_parquet('{old}')").fetchall()
     with lake_reader(lake, training_data.TRAINING_INPUTS) as (conn, files):
@@ -84,7 +84,6 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     lh = LakehouseResource(home=str(tmp_path / "w"), coins=COINS)
     _warehouse(lh)
     with lh.connect() as conn:
-        assert conn.sql("SELECT count(*) FROM anomalies").fetchall()[0][0] > 0  # the anomaly labels are exercised
         ref = build_training_set(conn, tmp_path / "ref")
     # a home with the lake only: the asset must not need (nor create) warehouse.duckdb
     lake_only = LakehouseResource(home=str(tmp_path / "l"), coins=COINS)
@@ -95,12 +94,13 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     assert not lake_only.duckdb_path.exists()
     md = res.asset_materializations_for_node("training_set")[0].metadata
     assert md["dagster/row_count"].value == ref.rows
-    assert cast(dict, md["lake_files_read"].value)["anomalies"] > 0
+    assert cast(dict, md["lake_files_read"].value)["ohlcv_1m"] > 0
     got = pq.read_table(lake_only.lake_path / "training" / "training_set.parquet")
     want = pq.read_table(ref.path)
     assert got.schema == want.schema
     assert got.equals(want)  # the same rows in the same order, value for value
     assert ref.labelled["24h"] > 0
+    assert 0 < (ref.large_move_rate or 0) < 1  # the large-move labels are exercised: both classes
 
 
 def test_a_long_read_does_not_hold_the_export(tmp_path):

@@ -33,8 +33,11 @@ from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_b
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
+# anomaly_model: gate margin 0 here. Its label (a > 3 sigma move in the next 15 minutes) has ~40
+# positives in this market's 7-hour holdout, too few for the default 0.01 PR-AUC margin over the
+# majority baseline to be a statement about the model; the margin itself is tested on trend_model.
 RUN_CONFIG = {"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
-                      "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6}}}}
+                      "anomaly_model": {"config": {"num_trees": 20, "max_depth": 6, "gate_margin": 0.0}}}}
 GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clusters_gate"]
 
 

@@ -54,8 +54,9 @@ def test_lookups_match_asof_joins(horizon, where):
     _market(conn)
     _register_lookups(conn, horizon, where)
     try:
-        ours = conn.sql("SELECT * FROM feature_lookups ORDER BY coin_id, event_time").fetchall()
-        cols = [d[0] for d in conn.sql("SELECT * FROM feature_lookups").description]
+        # the matched ticks (n_vol, lmb_vol, lmb_n: test_large_move_threshold_inputs)
+        cols = [d[0] for d in conn.sql("SELECT * FROM feature_lookups").description if d[0] not in ("n_vol", "lmb_vol", "lmb_n")]
+        ours = conn.sql(f"SELECT {', '.join(cols)} FROM feature_lookups ORDER BY coin_id, event_time").fetchall()
     finally:
         conn.unregister("feature_lookups")
     ref_sql = _reference(conn, horizon, where)
@@ -104,7 +105,6 @@ def test_bounded_lookups_give_the_same_features(where):
     conn.execute("SET TimeZone='UTC'")
     _gappy_market(conn)
     conn.execute(TABLES["ohlcv_1m"].ddl)
-    conn.execute(TABLES["anomalies"].ddl)
     out = {}
     for bounded in (False, True):
         _register_lookups(conn, 15, where, bounded=bounded)
@@ -122,8 +122,8 @@ def test_bounded_lookups_give_the_same_features(where):
         assert out[True][0][cols.index("momentum_60m")] != 0
 
 
-def test_anomaly_model_without_anomalies_is_skipped_not_failed(spark):
-    """A training window with no anomaly (a quiet market, a small demo) cannot train a
+def test_anomaly_model_without_large_moves_is_skipped_not_failed(spark):
+    """A training window with no large move (a quiet market, a small demo) cannot train a
     classifier: train_anomaly says why, and the asset skips green (see defs/models.py and ml/model_specs.py)."""
     from datetime import datetime, timedelta
 
@@ -134,7 +134,85 @@ def test_anomaly_model_without_anomalies_is_skipped_not_failed(spark):
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0) for i in range(200)]
-    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_anomaly"])
-    with pytest.raises(ValueError, match="0 anomalies") as raised:
+    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_large_move"])
+    with pytest.raises(ValueError, match="0 large moves") as raised:
         train_anomaly(df, FEATURES, {"train_fraction": 0.8})
     assert type(raised.value) is NotEnoughData  # the one failure a skippable model spec skips green
+
+
+# ------------------------------------------------------------------ the large-move label and its baselines
+def _constructed(conn, prices: list[float], vol: float = 0.001, step_s: int = 60) -> datetime:
+    """One coin, a tick every `step_s` seconds at the given prices, volatility_15m fixed."""
+    conn.execute(TABLES["market_features"].ddl)
+    conn.execute(TABLES["ohlcv_1m"].ddl)
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    ts = [t0 + timedelta(seconds=step_s * i) for i in range(len(prices))]
+    conn.register("ticks_in", pa.table({"event_time": pa.array(ts, pa.timestamp("us", "UTC")), "price_usd": prices,
+                                        "feature_seq": np.arange(len(prices))}))
+    conn.execute("INSERT INTO market_features (coin_id, symbol, event_time, price_usd, volatility_15m, feature_seq) "
+                 f"SELECT 'bitcoin', 'btc', event_time, price_usd, {vol}, feature_seq FROM ticks_in")
+    conn.unregister("ticks_in")
+    return t0
+
+
+def _rows(conn) -> dict[int, dict]:
+    """Training rows by minute since the first tick."""
+    from crypto_assets.ml.training_set import feature_sql
+
+    _register_lookups(conn, 15, "TRUE")
+    try:
+        df = conn.sql(f"SELECT * FROM ({feature_sql(15)}) ORDER BY event_time").pl()
+    finally:
+        conn.unregister("feature_lookups")
+    t0 = df["event_time"][0]
+    return {int((r["event_time"] - t0).total_seconds() // 60): r for r in df.iter_rows(named=True)}
+
+
+def test_large_move_label_is_about_the_next_15_minutes():
+    """A 5% jump at minute 60 (3 sigma of a 15-minute return is 3 * 0.001 * sqrt(15) = 1.2%):
+    rows in the 15 minutes before it are positives; rows after it are negatives whose *past*
+    window holds the jump (past_large_move, the persistence baseline); the last 15 minutes have
+    no label (no tick at t + 15 min), the first no baseline."""
+    from crypto_assets.ml.training_set import LARGE_MOVE_SIGMAS
+
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    prices = [100.0 * (1 + 1e-4 * ((i * 3) % 7 - 3)) * (1.05 if i >= 60 else 1.0) for i in range(120)]
+    _constructed(conn, prices)
+    rows = _rows(conn)
+    label = {m: r["label_large_move"] for m, r in rows.items()}
+    past = {m: r["past_large_move"] for m, r in rows.items()}
+    assert all(label[m] == 1 for m in range(45, 60))  # the jump is within (t, t + 15 min]
+    assert all(label[m] == 0 for m in range(15, 45)) and all(label[m] == 0 for m in range(60, 105))
+    assert all(label[m] is None for m in range(106, 120))  # nothing 15 minutes ahead
+    assert all(past[m] == 1 for m in range(60, 75))  # the jump was in the previous 15 minutes
+    assert all(past[m] == 0 for m in range(15, 60)) and all(past[m] == 0 for m in range(75, 120))
+    assert all(past[m] is None for m in range(15))  # nothing 15 minutes back
+    # past_move_sigmas: the feature form of the baseline, in sigmas of the previous window, clipped
+    assert rows[65]["past_move_sigmas"] == 10.0 and 0 < rows[30]["past_move_sigmas"] < LARGE_MOVE_SIGMAS
+    assert rows[5]["past_move_sigmas"] == 0.0
+    # past_return_h: the return since the tick 15 minutes back
+    assert rows[70]["past_return_h"] == pytest.approx(prices[70] / prices[55] - 1)
+    assert rows[5]["past_return_h"] is None
+    # the threshold counts the ticks of the past 15 minutes: 15 at one a minute
+    _register_lookups(conn, 15, "TRUE")
+    try:
+        n = conn.sql("SELECT n_vol, lmb_n FROM feature_lookups ORDER BY event_time").fetchall()
+    finally:
+        conn.unregister("feature_lookups")
+    assert n[0] == (1, 0) and n[16] == (15, 2) and n[60] == (15, 15)
+
+
+def test_large_move_label_is_null_without_a_volatility_or_a_tick_at_the_horizon():
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    _constructed(conn, [100.0 * (1.05 if i >= 60 else 1.0) for i in range(120)], vol=0.0)
+    rows = _rows(conn)
+    assert all(r["label_large_move"] is None and r["past_large_move"] is None for r in rows.values())
+    # ticks every 21 minutes: the first tick at or after t + 15 min is 21 min ahead, beyond the 5 min tolerance
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    _constructed(conn, [100.0, 110.0, 100.0, 110.0], step_s=21 * 60)
+    rows = _rows(conn)
+    assert all(r["label_large_move"] is None and r["past_large_move"] is None for r in rows.values())
+    assert all(r["fwd_return_h"] is None and r["past_return_h"] is None for r in rows.values())

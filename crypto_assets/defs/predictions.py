@@ -83,7 +83,8 @@ class Champions:
 
 def _predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, lakehouse: LakehouseResource,
                  kafka: KafkaResource, mlflow: MlflowResource, pyspark: LazyPySparkResource) -> dg.MaterializeResult:
-    """Trend probability, anomaly probability and return forecasts for feature rows not yet
+    """Trend probability, large-move probability (`anomaly_prob`: a move beyond 3 sigma in the
+    next 15 minutes, see ml/training_set.py) and return forecasts for feature rows not yet
     scored, from the `champion` version of each model (recorded per row). Without any champion
     it says so and produces nothing."""
     champs = _champions(mlflow, pyspark)
@@ -120,7 +121,7 @@ def _predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, l
         latest = (out.sort("event_time").group_by("coin_id").last().sort("coin_id")
                   .select("coin_id", "event_time", pl.col("trend_prob_up").round(3), pl.col("anomaly_prob").round(3),
                           pl.col("forecast_return_1h").round(5)))
-        md["latest_per_coin"] = dg.MetadataValue.md(markdown_table(latest.rows(), ["coin", "time", "p(up)", "p(anomaly)", "fcst 1h"]))
+        md["latest_per_coin"] = dg.MetadataValue.md(markdown_table(latest.rows(), ["coin", "time", "p(up)", "p(large move)", "fcst 1h"]))
     return dg.MaterializeResult(metadata=md)
 
 

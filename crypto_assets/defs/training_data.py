@@ -33,7 +33,8 @@ def _mirror(table: str) -> str:
 
 FEATURES_DATASET = _mirror("market_features")
 # lake datasets, read as views named like the tables
-TRAINING_INPUTS = (FEATURES_DATASET, _mirror("ohlcv_1m"), _mirror("anomalies"))
+# (not anomalies: no label or feature is the anomaly rule's output, see ml/training_set.py)
+TRAINING_INPUTS = (FEATURES_DATASET, _mirror("ohlcv_1m"))
 
 
 class TrainingSetConfig(dg.Config):
@@ -50,9 +51,10 @@ _LOOKBACK_DAYS = 2
 
 def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, lakehouse: LakehouseResource,
                   compute_priority: ComputePriorityResource) -> dg.MaterializeResult:
-    """Features (backward-looking only) and labels (direction over the horizon, forward returns at
-    1h/4h/24h where history allows, anomaly flag) as Parquet under lake/training/, read from the
-    gold Parquet mirrors (market_features, ohlcv_1m, anomalies), not from warehouse.duckdb."""
+    """Features (backward-looking only), baselines (past returns, the previous window's large
+    move) and labels (direction over the horizon, forward returns at 1h/4h/24h where history
+    allows, a large move in the next 15 minutes) as Parquet under lake/training/, read from the
+    gold Parquet mirrors (market_features, ohlcv_1m), not from warehouse.duckdb."""
     compute_priority.lower(context.log)
     since = None
     newest = newest_date(lakehouse.lake_path, FEATURES_DATASET)
@@ -72,7 +74,7 @@ def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
             "rows_per_coin": info.rows_per_coin,
             "labelled_rows": info.labelled,
             "positive_rate": round(info.positive_rate or 0.0, 4),
-            "anomaly_rate": round(info.anomaly_rate or 0.0, 5),
+            "large_move_rate": round(info.large_move_rate or 0.0, 5),
             "horizon_minutes": config.horizon_minutes,
             "window_days": config.window_days if config.window_days is not None else "all",
             "lake_files_since": since.isoformat() if since else "all",
@@ -85,7 +87,7 @@ def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
 # what it calls (see defs/code_versions.py).
 training_set = dg.asset(
     name="training_set",
-    deps=["market_features", "ohlcv_1m", "anomalies"],
+    deps=["market_features", "ohlcv_1m"],
     group_name="models",
     kinds={"duckdb", "parquet"},
     owners=["team:ml"],

@@ -51,7 +51,7 @@ class TrendModelConfig(GatedConfig):
 class AnomalyModelConfig(GatedConfig):
     num_trees: int = 100
     max_depth: int = 10
-    negatives_per_positive: int = Field(default=20, description="negatives sampled per anomaly when training")
+    negatives_per_positive: int = Field(default=20, description="negatives sampled per large move when training")
     train_fraction: float = 0.8
     gate_margin: float = Field(default=0.01, description="PR-AUC must exceed the baseline's by this much")
 
@@ -147,16 +147,16 @@ TREND_MODEL = ModelSpec(
 
 ANOMALY_MODEL = ModelSpec(
     name="anomaly_model", config=AnomalyModelConfig, train=train_anomaly, train_args=lambda p: (FEATURES,),
-    metric="pr_auc", higher_is_better=True, baseline="the training period's majority class (PR-AUC = anomaly share)",
+    metric="pr_auc", higher_is_better=True, baseline="the training period's majority class (PR-AUC = large-move share)",
     gate_description="PR-AUC beats the majority baseline by the margin and the champion on the same holdout; promotes",
-    description="RandomForestClassifier learning the anomaly labels (100 trees, depth 10 by default).",
+    description="RandomForest on the probability of a large move in the next 15 minutes (100 trees, depth 10 by default).",
     params=lambda c, _h: {"num_trees": c.num_trees, "max_depth": c.max_depth, "train_fraction": c.train_fraction,
                           "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES)},
-    champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_anomaly"),
+    champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_large_move"),
     artifacts=lambda t: {"baseline.json": t.extra["baseline"], "feature_importances.json": dict(
         zip(FEATURES, cast(RandomForestClassificationModel, t.model.stages[-1]).featureImportances.toArray().tolist(), strict=False))},
     metadata=lambda t: {"train_positives": t.extra["train_positives"]},
-    skippable=True,  # too few anomalies yet: skipped, the champion stays, the run stays green
+    skippable=True,  # too few large moves yet: skipped, the champion stays, the run stays green
 )
 
 PRICE_MODEL = ModelSpec(

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from crypto_assets.ml.evaluation import pr_auc, roc_auc
-from crypto_assets.ml.training_set import REGRESSION_HORIZONS
+from crypto_assets.ml.training_set import LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
 
 
 class NotEnoughData(ValueError):
@@ -153,20 +153,21 @@ def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params
 
 
 def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
-    df = df.select("event_time", *features, "label_anomaly")  # cache only what the model reads
-    split = time_split(df.withColumn("label_anomaly", F.col("label_anomaly").cast("double")), "label_anomaly", 0,
+    df = df.select("event_time", *features, "label_large_move")  # cache only what the model reads
+    split = time_split(df.withColumn("label_large_move", F.col("label_large_move").cast("double")), "label_large_move",
+                       LARGE_MOVE_MINUTES,  # a training row's label window must end before the holdout
                        params.get("train_fraction", 0.8))
     train = split.train
     ratio = params.get("negatives_per_positive", 20)
-    pos = train.filter(F.col("label_anomaly") == 1).count()
+    pos = train.filter(F.col("label_large_move") == 1).count()
     neg = split.train_rows - pos
     if not pos or not neg:  # a one-class forest predicts a 1-element probability: nothing to learn or gate
         split.unpersist()
-        raise NotEnoughData(f"the training window holds {pos} anomalies and {neg} normal ticks: a classifier needs both")
-    if neg > pos * ratio:  # anomalies are rare: keep every positive, sample negatives
-        train = train.sampleBy("label_anomaly", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
+        raise NotEnoughData(f"the training window holds {pos} large moves and {neg} quiet ticks: a classifier needs both")
+    if neg > pos * ratio:  # large moves are rare: keep every positive, sample negatives
+        train = train.sampleBy("label_large_move", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
     rf = RandomForestClassifier(
-        featuresCol="raw_features", labelCol="label_anomaly", numTrees=params.get("num_trees", 100),
+        featuresCol="raw_features", labelCol="label_large_move", numTrees=params.get("num_trees", 100),
         maxDepth=params.get("max_depth", 10), seed=params.get("seed", 7), subsamplingRate=params.get("subsampling", 1.0),
         maxBins=params.get("max_bins", 32), maxMemoryInMB=params.get("max_memory_mb", 256),
         cacheNodeIds=True,  # same trees; each level no longer re-walks every tree from the root (~-40% fit time)
@@ -174,14 +175,14 @@ def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
     # The (sampled) training rows, assembled and cached once: the forest reads its input several
     # times (metadata, split candidates, binning), each a sampleBy over all training rows otherwise.
     assembler = VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep")
-    train = assembler.transform(train).select("raw_features", "label_anomaly").cache()
+    train = assembler.transform(train).select("raw_features", "label_large_move").cache()
     try:
         used = train.count()
         model = PipelineModel(stages=[assembler, rf.fit(train)])
     finally:
         train.unpersist()
-    metrics = binary_metrics(model.transform(split.test), "label_anomaly")
-    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_anomaly"),
+    metrics = binary_metrics(model.transform(split.test), "label_large_move")
+    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_large_move"),
                                                   "train_positives": pos, "train_negatives_used": used - pos})
 
 

@@ -1,8 +1,11 @@
-"""market_features (+ ohlcv_1m, anomalies) → a labelled training set in Parquet.
+"""market_features (+ ohlcv_1m) → a labelled training set in Parquet.
 
 Features look only backwards (the RSI/Bollinger of the last *complete* minute, momentum over
 the past 15/60 minutes); labels look forwards (first tick at or after t + h, accepted only if
-it is within 5 minutes of t + h so gaps do not masquerade as returns).
+it is within 5 minutes of t + h so gaps do not masquerade as returns). No label is a function
+of a feature: the large-move label is about the price *after* t, its threshold from data <= t
+(the anomaly rule's own flag on the tick, which its inputs zscore_15m/volume_change_pct decide,
+was a circular target a forest re-learns from its inputs).
 """
 
 from __future__ import annotations
@@ -20,9 +23,22 @@ from crypto_assets.warehouse.atomic_files import atomic_write
 FEATURES = [
     "return_pct", "log_return", "r_sma_1m", "r_sma_5m", "r_sma_15m", "r_ema_20", "volatility_15m",
     "zscore_15m", "volume_change_pct", "momentum_15m", "momentum_60m", "rsi_14", "bb_pctb",
+    "past_move_sigmas",
 ]
 REGRESSION_HORIZONS = {"1h": 60, "4h": 240, "24h": 1440}
 DIRECTION_HORIZON_MINUTES = 15  # the direction label (fwd_return_h) and the trend model look this far ahead
+TOLERANCE_MINUTES = 5  # a lookup at t ± m accepts a tick at most this much further away (gaps are not returns)
+
+# label_large_move: |ln(p(t + 15 min) / p(t))| > 3 sigma of a 15-minute return, sigma from data <= t:
+# volatility_15m (std of per-tick log returns over (t - 15 min, t]) times sqrt(returns expected in
+# the horizon), which is the tick count of the past 15 minutes scaled to the horizon (a random
+# walk's variance adds up per step). 3 sigma: rare enough to be a "large" move (a normal walk
+# crosses it ~0.3% of the time; fat tails and volatility bursts make it a few %), common enough
+# that a week holds hundreds of positives to learn and evaluate on.
+LARGE_MOVE_MINUTES = 15
+LARGE_MOVE_SIGMAS = 3.0
+VOL_WINDOW_MINUTES = 15  # the window of market_features.volatility_15m (and of the tick counts scaling it)
+PAST_MOVE_SIGMAS_CAP = 10.0  # past_move_sigmas is clipped: near-zero volatility must not sway a linear model
 
 
 @dataclass
@@ -33,15 +49,19 @@ class TrainingSetInfo:
     max_time: datetime | None
     rows_per_coin: dict[str, int]
     positive_rate: float | None
-    anomaly_rate: float | None
+    large_move_rate: float | None
     labelled: dict[str, int]
 
 
 def _lookup_specs(horizon_minutes: int) -> list[tuple[str, int]]:
     """(alias, minutes): > 0 the first tick at or after t + m, < 0 the last tick at or before t - |m|."""
-    return ([("m15", -15), ("m60", -60), ("h", horizon_minutes)]
+    return ([("m15", -15), ("m60", -60), ("h", horizon_minutes), ("hb", -horizon_minutes),
+             ("lm", LARGE_MOVE_MINUTES), ("lmb", -LARGE_MOVE_MINUTES)]
             + [(f"r{k}", m) for k, m in REGRESSION_HORIZONS.items()]
             + [(f"p{k}", -m) for k, m in REGRESSION_HORIZONS.items()])
+
+
+_TICK_COLS = "coin_id, epoch_us(event_time) AS t, price_usd, volatility_15m"
 
 
 def _ticks_sql(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, where: str) -> str:
@@ -53,17 +73,17 @@ def _ticks_sql(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, where: str
     in proportion to the rows scored rather than to the history."""
     lo, hi = conn.sql(f"SELECT min(f.event_time), max(f.event_time) FROM market_features f WHERE {where}").fetchall()[0]
     if lo is None:
-        return "SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features WHERE FALSE"
+        return f"SELECT {_TICK_COLS} FROM market_features WHERE FALSE"
     specs = _lookup_specs(horizon_minutes)
     back = max(-m for _, m in specs if m < 0)
-    fwd = max(m for _, m in specs if m > 0) + 5
+    fwd = max(m for _, m in specs if m > 0) + TOLERANCE_MINUTES
     start, end = f"TIMESTAMPTZ '{lo.isoformat()}' - INTERVAL {back} MINUTE", f"TIMESTAMPTZ '{hi.isoformat()}' + INTERVAL {fwd} MINUTE"
     return f"""
-        SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features
+        SELECT {_TICK_COLS} FROM market_features
         WHERE event_time >= {start} AND event_time <= {end}
         UNION ALL
-        SELECT coin_id, epoch_us(max(event_time)), arg_max(price_usd, event_time) FROM market_features
-        WHERE event_time < {start} GROUP BY coin_id
+        SELECT coin_id, epoch_us(max(event_time)), arg_max(price_usd, event_time), arg_max(volatility_15m, event_time)
+        FROM market_features WHERE event_time < {start} GROUP BY coin_id
     """
 
 
@@ -73,25 +93,35 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
     `ASOF LEFT JOIN market_features` (>= for forward, <= for backward, per coin), found with one
     numpy searchsorted per coin and lookup over the coin's sorted ticks; ten ASOF joins sorted
     the whole table (and the ever wider left side) ten times, for 10 new rows as for 1M.
+    Also the large-move threshold's inputs, all at or before t: `n_vol` = ticks in
+    (t - 15 min, t] (an index difference, as market_features.ticks_15m), and `lmb_vol`/`lmb_n`
+    = volatility_15m and that count at the tick 15 minutes back (the previous window's threshold).
     `bounded`: search only the ticks the rows can reach (`_ticks_sql`; for a few new rows)."""
-    source = (_ticks_sql(conn, horizon_minutes, where) if bounded
-              else "SELECT coin_id, epoch_us(event_time) AS t, price_usd FROM market_features")
+    source = _ticks_sql(conn, horizon_minutes, where) if bounded else f"SELECT {_TICK_COLS} FROM market_features"
     ticks = conn.sql(f"SELECT * FROM ({source}) ORDER BY coin_id, t").fetchnumpy()
     # DISTINCT: one lookup row per (coin, time), so a duplicated tick cannot multiply the join
     probes = conn.sql(f"SELECT DISTINCT coin_id, epoch_us(f.event_time) AS t FROM market_features f WHERE {where} "
                       "ORDER BY coin_id, t").fetchnumpy()
     coins, t, price = np.asarray(ticks["coin_id"], dtype=object), np.asarray(ticks["t"]), np.asarray(ticks["price_usd"])
+    vol = np.ma.filled(np.ma.masked_invalid(np.ma.asarray(ticks["volatility_15m"], dtype=np.float64)), np.nan)
     pc, pt = np.asarray(probes["coin_id"], dtype=object), np.asarray(probes["t"])
     specs = _lookup_specs(horizon_minutes)
     idx = {a: np.full(len(pt), -1, dtype=np.int64) for a, _ in specs}
+    n_vol = np.zeros(len(pt), dtype=np.int64)
+    cnt = np.zeros(len(t), dtype=np.int64)  # per tick: ticks of its coin in (t_i - 15 min, t_i], up to itself
+    win = VOL_WINDOW_MINUTES * 60_000_000
     starts = np.flatnonzero(np.r_[True, coins[1:] != coins[:-1]]) if len(coins) else np.array([], dtype=np.int64)
     ends = np.r_[starts[1:], len(coins)]
     pstarts = np.flatnonzero(np.r_[True, pc[1:] != pc[:-1]]) if len(pc) else np.array([], dtype=np.int64)
     pends = np.r_[pstarts[1:], len(pc)]
     where_coin = dict(zip(coins[starts], zip(starts, ends, strict=False), strict=False))
+    for lo, hi in zip(starts, ends, strict=False):
+        seg = t[lo:hi]
+        cnt[lo:hi] = np.arange(len(seg)) - (np.searchsorted(seg, seg - win, side="right") - 1)
     for ps, pe in zip(pstarts, pends, strict=False):
         lo, hi = where_coin[pc[ps]]
         seg, q = t[lo:hi], pt[ps:pe]
+        n_vol[ps:pe] = cnt[lo + np.searchsorted(seg, q, side="right") - 1]  # the row's own (last) tick
         for alias, m in specs:
             us = abs(m) * 60_000_000
             if m > 0:  # first tick at or after q + m
@@ -108,19 +138,37 @@ def _register_lookups(conn: duckdb.DuckDBPyConnection, horizon_minutes: int, whe
         miss = j < 0
         cols[f"{alias}_t"] = pa.array(np.where(miss, 0, t[j]), type=pa.timestamp("us", tz="UTC"), mask=miss)
         cols[f"{alias}_p"] = pa.array(np.where(miss, 0.0, price[j]), mask=miss)
+    cols["n_vol"] = pa.array(n_vol)
+    j = idx["lmb"]
+    v = np.where(j < 0, np.nan, vol[j])
+    cols["lmb_vol"] = pa.array(np.nan_to_num(v), mask=np.isnan(v))
+    cols["lmb_n"] = pa.array(np.where(j < 0, 0, cnt[j]))
     conn.register("feature_lookups", pa.table(cols))
+
+
+def _sigma_move(vol: str, n: str) -> str:
+    """SQL: sigma of a LARGE_MOVE_MINUTES log return from a per-tick volatility and the tick
+    count of its VOL_WINDOW_MINUTES window (NULL unless the volatility is positive)."""
+    return f"CASE WHEN {vol} > 0 AND {n} > 0 THEN {vol} * sqrt({n} * {LARGE_MOVE_MINUTES / VOL_WINDOW_MINUTES}) END"
 
 
 def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "TRUE") -> str:
     """SELECT of features and labels for the market_features rows matching `where` (alias f);
-    needs the `feature_lookups` view of the same rows (`_register_lookups`)."""
+    needs the `feature_lookups` view of the same rows (`_register_lookups`). Baselines beside
+    them, backward-looking like the features: past_return_h (the last horizon's return: "same
+    direction again" for label_up) and past_large_move (the large-move rule on the previous
+    15 minutes, with that window's own threshold: persistence for label_large_move)."""
+    tol, lm = TOLERANCE_MINUTES, LARGE_MOVE_MINUTES
     fwd_cols = [
-        f"""CASE WHEN l.r{k}_t <= f.event_time + INTERVAL {m + 5} MINUTE
+        f"""CASE WHEN l.r{k}_t <= f.event_time + INTERVAL {m + tol} MINUTE
                  THEN l.r{k}_p / f.price_usd - 1 END AS fwd_return_{k},
-            CASE WHEN l.p{k}_t >= f.event_time - INTERVAL {m + 5} MINUTE
+            CASE WHEN l.p{k}_t >= f.event_time - INTERVAL {m + tol} MINUTE
                  THEN f.price_usd / l.p{k}_p - 1 END AS past_return_{k}"""
         for k, m in REGRESSION_HORIZONS.items()
     ]
+    # the previous window's move in its sigmas (NULL: no tick 15 min back, or no volatility then)
+    past_sigmas = (f"CASE WHEN l.lmb_t >= f.event_time - INTERVAL {lm + tol} MINUTE "
+                   f"THEN abs(ln(f.price_usd / l.lmb_p)) / ({_sigma_move('l.lmb_vol', 'l.lmb_n')}) END")
     sql = f"""
         SELECT f.coin_id, f.symbol, f.event_time, f.price_usd,
                coalesce(f.return_pct, 0) AS return_pct,
@@ -136,15 +184,19 @@ def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "
                coalesce(ln(f.price_usd / l.m60_p), 0) AS momentum_60m,
                coalesce(c.rsi_14, 50) AS rsi_14,
                coalesce(CASE WHEN c.bb_upper > c.bb_lower THEN (c.close - c.bb_lower) / (c.bb_upper - c.bb_lower) END, 0.5) AS bb_pctb,
-               CASE WHEN l.h_t <= f.event_time + INTERVAL {horizon_minutes + 5} MINUTE
+               least(coalesce({past_sigmas}, 0), {PAST_MOVE_SIGMAS_CAP}) AS past_move_sigmas,  -- (least skips NULLs)
+               CASE WHEN l.hb_t >= f.event_time - INTERVAL {horizon_minutes + tol} MINUTE
+                    THEN f.price_usd / l.hb_p - 1 END AS past_return_h,
+               ({past_sigmas} > {LARGE_MOVE_SIGMAS})::INTEGER AS past_large_move,
+               CASE WHEN l.h_t <= f.event_time + INTERVAL {horizon_minutes + tol} MINUTE
                     THEN l.h_p / f.price_usd - 1 END AS fwd_return_h,
                {', '.join(fwd_cols)},
-               (a.coin_id IS NOT NULL)::INTEGER AS label_anomaly
+               CASE WHEN l.lm_t <= f.event_time + INTERVAL {lm + tol} MINUTE
+                    THEN (abs(ln(l.lm_p / f.price_usd)) > {LARGE_MOVE_SIGMAS} * ({_sigma_move('f.volatility_15m', 'l.n_vol')}))::INTEGER
+               END AS label_large_move
         FROM market_features f
         JOIN feature_lookups l ON l.coin_id = f.coin_id AND l.event_time = f.event_time
         ASOF LEFT JOIN ohlcv_1m c ON c.coin_id = f.coin_id AND c.minute + INTERVAL 1 MINUTE <= f.event_time
-        LEFT JOIN (SELECT DISTINCT coin_id, event_time FROM anomalies) a
-          ON a.coin_id = f.coin_id AND a.event_time = f.event_time
         WHERE {where}
     """
     return sql
@@ -189,8 +241,9 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_m
         conn.execute(f"COPY training_rows TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)")
     stats = conn.sql(
         """
-        SELECT count(*), min(event_time), max(event_time), avg(label_up), avg(label_anomaly),
-               count(label_up), count(fwd_return_1h), count(fwd_return_4h), count(fwd_return_24h)
+        SELECT count(*), min(event_time), max(event_time), avg(label_up), avg(label_large_move),
+               count(label_up), count(fwd_return_1h), count(fwd_return_4h), count(fwd_return_24h),
+               count(label_large_move)
         FROM training_rows
         """
     ).fetchall()[0]
@@ -203,6 +256,7 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, out_dir: Path, horizon_m
         max_time=stats[2],
         rows_per_coin={k: int(v) for k, v in per_coin.items()},
         positive_rate=stats[3],
-        anomaly_rate=stats[4],
-        labelled={"direction": int(stats[5]), "1h": int(stats[6]), "4h": int(stats[7]), "24h": int(stats[8])},
+        large_move_rate=stats[4],
+        labelled={"direction": int(stats[5]), "1h": int(stats[6]), "4h": int(stats[7]), "24h": int(stats[8]),
+                  "large_move": int(stats[9])},
     )

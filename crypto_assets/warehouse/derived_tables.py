@@ -162,7 +162,7 @@ PREDICTIONS = Table("predictions", """
     price_usd              DOUBLE NOT NULL,       -- price in USD
     trend_prob_up          DOUBLE,                -- trend model: probability of a rise over the direction horizon
     trend_model_version    VARCHAR,               -- trend model version that scored the row
-    anomaly_prob           DOUBLE,                -- anomaly model: probability the row is an anomaly
+    anomaly_prob           DOUBLE,                -- anomaly model: probability of a large move in the next 15 min
     anomaly_model_version  VARCHAR,               -- anomaly model version that scored the row
     forecast_return_1h     DOUBLE,                -- price model: forecast return over the next hour
     forecast_return_4h     DOUBLE,                -- price model: forecast return over the next 4 hours

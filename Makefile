@@ -1,5 +1,5 @@
 # Conveniences around the two README commands (scripts/ work without make too).
-.PHONY: setup demo test test-fast ui broker bench clean
+.PHONY: setup demo test test-fast ui broker bench bench-models clean
 
 setup:
 	./scripts/bootstrap.sh
@@ -23,6 +23,10 @@ broker: setup
 
 bench: setup
 	.venv/bin/python bench/ingest.py
+
+# the four models on real daily MSFT closes (pmdarima's, offline) and on a simulated market
+bench-models: setup
+	.venv/bin/python bench/models.py
 
 clean:
 	rm -rf var

@@ -64,10 +64,12 @@ def anomaly_label(spec_label_columns: list[str]) -> str:
 
 
 def learnable(table: pa.Table) -> pa.Table:
-    """Labels the features determine: up := momentum_15m > 0; the anomaly label := |return_pct|
-    in its top decile. Null where the real label is null (no label yet)."""
+    """Labels the features determine and the naive baselines do not: up := the price above its
+    5-minute mean (r_sma_5m > 0; not momentum_15m > 0, which is the last-direction baseline
+    itself); the anomaly label := |return_pct| in its top decile. Null where the real label is
+    null (no label yet)."""
     up = pc.if_else(pc.is_null(table["label_up"]), pa.scalar(None, pa.int32()),
-                    pc.cast(pc.greater(table["momentum_15m"], 0.0), pa.int32()))
+                    pc.cast(pc.greater(table["r_sma_5m"], 0.0), pa.int32()))
     table = table.set_column(table.schema.get_field_index("label_up"), "label_up", pc.cast(up, table["label_up"].type))
     name = anomaly_label(label_columns(table))
     size = np.abs(table["return_pct"].to_numpy(zero_copy_only=False))
@@ -123,7 +125,7 @@ def test_the_shuffle_keeps_features_and_label_counts_and_breaks_the_link(variant
         else:
             assert orig[c].equals(shuf[c]), c
     up = np.asarray(shuf["label_up"].to_pylist(), dtype=float)
-    mom = orig["momentum_15m"].to_numpy(zero_copy_only=False)
+    mom = orig["r_sma_5m"].to_numpy(zero_copy_only=False)
     ok = ~np.isnan(up)
     assert abs(np.corrcoef(up[ok], mom[ok])[0, 1]) < 0.1  # no link left to learn
 

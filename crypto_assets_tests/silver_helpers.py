@@ -98,13 +98,11 @@ def table(conn, name: str) -> pl.DataFrame:
     return conn.sql(f"SELECT * FROM {name}").pl().drop(drop).sort(keys)
 
 
-GOLD_MIRRORS = ("market_features", "ohlcv_1m", "anomalies")  # the gold mirrors the training set reads
-
-
 def export_gold_mirrors(conn, lake_root) -> None:
     """What the incremental step does after run_incremental's transforms: export the Parquet
     mirrors the training set reads (the transforms marked the hours they touched)."""
+    from crypto_assets.defs.training_data import TRAINING_INPUTS
     from crypto_assets_tests.lake_helpers import export_registered
 
-    for name in GOLD_MIRRORS:
-        export_registered(conn, lake_root, name)
+    for dataset in TRAINING_INPUTS:
+        export_registered(conn, lake_root, dataset.rsplit("/", 1)[-1])

@@ -1,18 +1,21 @@
 """No feature sees the future, no label is in the features.
 
-A simulated market goes through the real transforms (raw ticks -> market_features, ohlcv_1m);
-then every input after a time T is perturbed (prices, volumes, every derived column; some
-rows dropped) and the training set rebuilt: each feature (and each backward baseline) of every
-row at or before T must come out bit for bit the same, while some label of a row before T
-must change (the control that the perturbation reaches what a leak would carry). The same over
-raw ticks through the whole chain, and for the predictions' bounded feature query. Last: no
-single feature determines the large-move label, a check that does flag the old circular label.
+A simulated market goes through the real transforms (raw ticks -> market_features, ohlcv_1m;
+exchange trades -> trade_bars_1m); then every input after a time T is perturbed (prices,
+volumes, trade bars, every derived column; some rows dropped) and the training set rebuilt:
+each feature (and each backward baseline) of every row at or before T must come out bit for
+bit the same, while some label of a row before T must change (the control that the
+perturbation reaches what a leak would carry). The same over raw ticks and trades through the
+whole chain, and for the predictions' bounded feature query. Last: no single feature
+determines the large-move label, a check that does flag the old circular label.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import numpy as np
 import polars as pl
@@ -25,7 +28,9 @@ from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.transforms.anomalies import ZSCORE_THRESHOLD
 from crypto_assets.transforms.chain import run_incremental
+from crypto_assets.transforms.trade_bars import trade_bars_increment
 from crypto_assets_tests.silver_helpers import insert_raw_batch
+from crypto_assets_tests.trade_bar_helpers import Trade, insert_batch, make_trades
 
 COINS = ["bitcoin", "ethereum", "solana"]
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -53,11 +58,34 @@ def _perturb_ticks(df: pl.DataFrame) -> pl.DataFrame:
     return out.filter(~after | (pl.int_range(pl.len()) % 5 != 0))
 
 
-def _warehouse(home, ticks: pl.DataFrame) -> LakehouseResource:
+# exchange trades for bitcoin (two exchanges, summed per minute) and solana; ethereum has none
+PRODUCTS = (("coinbase", "BTC-USD", "bitcoin", 60_000.0), ("binance", "BTCUSDT", "bitcoin", 60_000.0),
+            ("binance", "SOLUSDT", "solana", 150.0))
+
+
+def _trades() -> list[Trade]:
+    return make_trades(HOURS * 900, seed=4, start=START, mean_gap_ms=4000, products=PRODUCTS)  # ~12 h each
+
+
+def _perturb_trades(trades: list[Trade]) -> list[Trade]:
+    """After T: prices up 3%, sizes doubled, sides flipped; every 4th trade dropped."""
+    out = []
+    for i, t in enumerate(trades):
+        if t.trade_time <= T:
+            out.append(t)
+        elif i % 4:
+            out.append(replace(t, price=(t.price * Decimal("1.03")).quantize(Decimal("0.01")), size=t.size * 2,
+                               side="sell" if t.side == "buy" else "buy"))
+    return out
+
+
+def _warehouse(home, ticks: pl.DataFrame, trades: list[Trade]) -> LakehouseResource:
     lh = LakehouseResource(home=str(home), coins=COINS)
     with lh.connect() as conn:
         insert_raw_batch(conn, ticks)
         run_incremental(conn, COINS)
+        insert_batch(conn, trades)
+        trade_bars_increment(conn)
     return lh
 
 
@@ -69,7 +97,9 @@ def _training_rows(conn, out_dir) -> pl.DataFrame:
 _GOLD = {"market_features": ("event_time", ["price_usd", "volume_24h_usd", "return_pct", "log_return", "sma_1m", "sma_5m",
                                             "sma_15m", "ema_20", "volatility_15m", "zscore_15m", "volume_change_pct"]),
          "ohlcv_1m": ("minute", ["open", "high", "low", "close", "volume", "return_pct", "rsi_14", "bb_middle",
-                                 "bb_upper", "bb_lower"])}
+                                 "bb_upper", "bb_lower"]),
+         "trade_bars_1m": ("bar_start", ["open", "high", "low", "close", "base_volume", "quote_volume", "vwap",
+                                         "buy_volume", "sell_volume", "quote_volume_exact", "rsi_14"])}
 
 
 def _perturb_gold(conn) -> None:
@@ -77,11 +107,15 @@ def _perturb_gold(conn) -> None:
     varies row to row, and every 7th such tick deleted: the future made different in every way."""
     t = f"TIMESTAMPTZ '{T.isoformat()}'"
     after = {"market_features": f"event_time > {t}",
-             "ohlcv_1m": f"minute + INTERVAL 1 MINUTE > {t}"}  # a candle holds data after T unless it ended by T
+             # a candle or bar holds data after T unless it ended by T
+             "ohlcv_1m": f"minute + INTERVAL 1 MINUTE > {t}", "trade_bars_1m": f"bar_start + INTERVAL 1 MINUTE > {t}"}
     for table, (time_col, names) in _GOLD.items():
         sets = ", ".join(f"{c} = {c} * (1.03 + 0.05 * sin(epoch({time_col})))" for c in names)
         conn.execute(f"UPDATE {table} SET {sets} WHERE {after[table]}")
     conn.execute(f"UPDATE market_features SET ticks_15m = ticks_15m + 3 WHERE {after['market_features']}")
+    conn.execute(f"UPDATE trade_bars_1m SET trade_count = 2 * trade_count + 1, buy_volume = sell_volume, "
+                 f"sell_volume = buy_volume WHERE {after['trade_bars_1m']}")
+    conn.execute(f"DELETE FROM trade_bars_1m WHERE {after['trade_bars_1m']} AND minute(bar_start) % 3 = 0")
     conn.execute(f"DELETE FROM market_features WHERE {after['market_features']} AND epoch(event_time)::BIGINT % 7 = 0")
 
 
@@ -103,10 +137,21 @@ def _before_t(df: pl.DataFrame) -> pl.DataFrame:
 def market(tmp_path_factory):
     """The base market's training rows, and the warehouse they came from."""
     home = tmp_path_factory.mktemp("leak")
-    lh = _warehouse(home / "w", _ticks())
+    lh = _warehouse(home / "w", _ticks(), _trades())
     with lh.connect() as conn:
         base = _training_rows(conn, home / "base")
     return {"home": home, "lh": lh, "base": base}
+
+
+def test_the_market_exercises_the_trade_bar_features(market):
+    """Covered coins have trade features (both exchanges of bitcoin summed), ethereum none."""
+    df = market["base"]
+    has = dict(df.group_by("coin_id").agg(pl.col("has_trade_bars").mean()).iter_rows())
+    assert has["ethereum"] == 0 and has["bitcoin"] > 0.9 and has["solana"] > 0.9
+    eth = df.filter(pl.col("coin_id") == "ethereum")
+    assert (eth.select("trade_imbalance", "r_vwap", "log_trade_count").to_numpy() == 0).all()
+    btc = df.filter(pl.col("has_trade_bars") == 1)
+    assert btc["trade_imbalance"].std() > 0 and btc["log_trade_count"].min() > 0 and btc["r_vwap"].std() > 0
 
 
 def _assert_causal(base: pl.DataFrame, other: pl.DataFrame) -> None:
@@ -131,8 +176,8 @@ def test_features_of_rows_up_to_t_ignore_every_gold_input_after_t(market, tmp_pa
 
 
 def test_features_of_rows_up_to_t_ignore_raw_ticks_after_t(market, tmp_path):
-    """Through the whole chain: cleaning, candles and features of the past do not move either."""
-    lh = _warehouse(tmp_path / "w", _perturb_ticks(_ticks()))
+    """Through the whole chain: cleaning, candles, trade bars and features of the past do not move either."""
+    lh = _warehouse(tmp_path / "w", _perturb_ticks(_ticks()), _perturb_trades(_trades()))
     with lh.connect() as conn:
         other = _training_rows(conn, tmp_path / "t")
     _assert_causal(market["base"], other)

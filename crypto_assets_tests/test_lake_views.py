@@ -19,20 +19,28 @@ from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.transforms.chain import run_incremental
+from crypto_assets.transforms.trade_bars import trade_bars_increment
 from crypto_assets.warehouse.lake_views import lake_reader, lake_views
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
+from crypto_assets_tests.trade_bar_helpers import insert_batch, make_trades
 
 COINS = ["bitcoin", "ethereum", "solana"]
 
 
-def _warehouse(lh: LakehouseResource, days: float = 1.2) -> None:
+def _warehouse(lh: LakehouseResource, days: float = 1.2, trade_hours: float = 6.0) -> None:
+    """Ticks of `days`, and bitcoin's exchange trades over the last `trade_hours` of them (the
+    training set's trade-bar features: a coin and a stretch with them, the rest without)."""
     start = datetime(2026, 10, 1, tzinfo=UTC)
     ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=5), int(days * 1440), start, "60s")
     df = pl.DataFrame(ticks, infer_schema_length=None).select(
         "coin_id", "symbol", pl.col("last_updated_at").str.to_datetime(time_zone="UTC"), "price_usd", "volume_24h_usd")
+    trades = make_trades(int(trade_hours * 360), seed=2, start=start + timedelta(days=days, hours=-trade_hours),
+                         mean_gap_ms=10_000, products=(("coinbase", "BTC-USD", "bitcoin", 60_000.0),))
     with lh.connect() as conn:
         insert_raw_batch(conn, df)
         run_incremental(conn, COINS)
+        insert_batch(conn, trades)
+        trade_bars_increment(conn)
         export_gold_mirrors(conn, lh.lake_path)
 
 
@@ -95,12 +103,15 @@ def test_training_set_from_the_lake_equals_the_warehouse_one(tmp_path):
     md = res.asset_materializations_for_node("training_set")[0].metadata
     assert md["dagster/row_count"].value == ref.rows
     assert cast(dict, md["lake_files_read"].value)["ohlcv_1m"] > 0
+    assert cast(dict, md["lake_files_read"].value)["trade_bars_1m"] > 0
     got = pq.read_table(lake_only.lake_path / "training" / "training_set.parquet")
     want = pq.read_table(ref.path)
     assert got.schema == want.schema
     assert got.equals(want)  # the same rows in the same order, value for value
     assert ref.labelled["24h"] > 0
     assert 0 < (ref.large_move_rate or 0) < 1  # the large-move labels are exercised: both classes
+    has = got.column("has_trade_bars").to_pylist()
+    assert 0 < sum(has) < len(has)  # the trade-bar features too: with bars and without
 
 
 def test_a_long_read_does_not_hold_the_export(tmp_path):

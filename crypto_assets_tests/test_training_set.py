@@ -105,6 +105,7 @@ def test_bounded_lookups_give_the_same_features(where):
     conn.execute("SET TimeZone='UTC'")
     _gappy_market(conn)
     conn.execute(TABLES["ohlcv_1m"].ddl)
+    conn.execute(TABLES["trade_bars_1m"].ddl)
     out = {}
     for bounded in (False, True):
         _register_lookups(conn, 15, where, bounded=bounded)
@@ -133,8 +134,8 @@ def test_anomaly_model_without_large_moves_is_skipped_not_failed(spark):
     from crypto_assets.ml.training_set import FEATURES
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0) for i in range(200)]
-    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_large_move"])
+    rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0, 0) for i in range(200)]
+    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_large_move", "past_large_move"])
     with pytest.raises(ValueError, match="0 large moves") as raised:
         train_anomaly(df, FEATURES, {"train_fraction": 0.8})
     assert type(raised.value) is NotEnoughData  # the one failure a skippable model spec skips green
@@ -145,6 +146,7 @@ def _constructed(conn, prices: list[float], vol: float = 0.001, step_s: int = 60
     """One coin, a tick every `step_s` seconds at the given prices, volatility_15m fixed."""
     conn.execute(TABLES["market_features"].ddl)
     conn.execute(TABLES["ohlcv_1m"].ddl)
+    conn.execute(TABLES["trade_bars_1m"].ddl)
     t0 = datetime(2026, 10, 1, tzinfo=UTC)
     ts = [t0 + timedelta(seconds=step_s * i) for i in range(len(prices))]
     conn.register("ticks_in", pa.table({"event_time": pa.array(ts, pa.timestamp("us", "UTC")), "price_usd": prices,
@@ -216,3 +218,36 @@ def test_large_move_label_is_null_without_a_volatility_or_a_tick_at_the_horizon(
     rows = _rows(conn)
     assert all(r["label_large_move"] is None and r["past_large_move"] is None for r in rows.values())
     assert all(r["fwd_return_h"] is None and r["past_return_h"] is None for r in rows.values())
+
+
+def _bar(conn, exchange: str, product: str, minute: datetime, buy: float, sell: float, vwap: float, trades: int) -> None:
+    base = buy + sell
+    conn.execute(
+        "INSERT INTO trade_bars_1m (exchange, product, coin_id, bar_start, open, high, low, close, base_volume, quote_volume,"
+        " vwap, trade_count, buy_volume, sell_volume, first_trade_id, last_trade_id, quote_volume_exact, rsi_n, bar_seq) "
+        "VALUES (?, ?, 'bitcoin', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 2, ?, 0, 1)",
+        [exchange, product, minute, vwap, vwap, vwap, vwap, base, base * vwap, vwap, trades, buy, sell, base * vwap])
+
+
+def test_trade_bar_features_come_from_the_last_complete_minute_of_every_exchange():
+    """Ticks at mm:30; bars of minute 10 (two exchanges) and 20 (one). The row at 10:30 sees no
+    bar of minute 10 (not over yet); at 11:30 the two exchanges' minute 10 summed; at 15:30 still
+    minute 10 (ended 4.5 min ago); at 16:30 nothing (older than 5 min: all 0, the flag too)."""
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    t0 = _constructed(conn, [100.0] * 60)
+    t0 = t0 + timedelta(seconds=30)
+    conn.execute("UPDATE market_features SET event_time = event_time + INTERVAL 30 SECOND")
+    m10 = t0.replace(second=0) + timedelta(minutes=10)
+    _bar(conn, "coinbase", "BTC-USD", m10, buy=3.0, sell=1.0, vwap=99.0, trades=9)
+    _bar(conn, "binance", "BTCUSDT", m10, buy=1.0, sell=3.0, vwap=101.0, trades=10)  # summed: imbalance 0
+    _bar(conn, "coinbase", "BTC-USD", m10 + timedelta(minutes=10), buy=4.0, sell=0.0, vwap=80.0, trades=3)
+    rows = _rows(conn)
+    feats = {m: (r["trade_imbalance"], r["r_vwap"], r["log_trade_count"], r["has_trade_bars"]) for m, r in rows.items()}
+    assert feats[10] == (0, 0, 0, 0)  # minute 10 is not over at 10:30
+    imb, r_vwap, n, has = feats[11]
+    assert (imb, has) == (0, 1) and r_vwap == pytest.approx(100 / 100 - 1, abs=1e-12) and n == pytest.approx(np.log(20))
+    assert feats[15] == feats[11] and feats[16] == (0, 0, 0, 0)
+    imb, r_vwap, n, has = feats[21]
+    assert (imb, has) == (1, 1) and r_vwap == pytest.approx(100 / 80 - 1) and n == pytest.approx(np.log(4))
+    assert feats[25][3] == 1 and all(feats[m] == (0, 0, 0, 0) for m in range(26, 60))

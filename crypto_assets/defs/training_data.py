@@ -34,7 +34,7 @@ def _mirror(table: str) -> str:
 FEATURES_DATASET = _mirror("market_features")
 # lake datasets, read as views named like the tables
 # (not anomalies: no label or feature is the anomaly rule's output, see ml/training_set.py)
-TRAINING_INPUTS = (FEATURES_DATASET, _mirror("ohlcv_1m"))
+TRAINING_INPUTS = (FEATURES_DATASET, _mirror("ohlcv_1m"), _mirror("trade_bars_1m"))  # no trade bars yet: an empty view
 
 
 class TrainingSetConfig(dg.Config):
@@ -54,7 +54,7 @@ def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
     """Features (backward-looking only), baselines (past returns, the previous window's large
     move) and labels (direction over the horizon, forward returns at 1h/4h/24h where history
     allows, a large move in the next 15 minutes) as Parquet under lake/training/, read from the
-    gold Parquet mirrors (market_features, ohlcv_1m), not from warehouse.duckdb."""
+    gold Parquet mirrors (market_features, ohlcv_1m, trade_bars_1m), not from warehouse.duckdb."""
     compute_priority.lower(context.log)
     since = None
     newest = newest_date(lakehouse.lake_path, FEATURES_DATASET)
@@ -87,7 +87,7 @@ def _training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, 
 # what it calls (see defs/code_versions.py).
 training_set = dg.asset(
     name="training_set",
-    deps=["market_features", "ohlcv_1m"],
+    deps=["market_features", "ohlcv_1m", "trade_bars_1m"],
     group_name="models",
     kinds={"duckdb", "parquet"},
     owners=["team:ml"],

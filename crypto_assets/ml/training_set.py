@@ -1,7 +1,7 @@
-"""market_features (+ ohlcv_1m) → a labelled training set in Parquet.
+"""market_features (+ ohlcv_1m, trade_bars_1m) → a labelled training set in Parquet.
 
-Features look only backwards (the RSI/Bollinger of the last *complete* minute, momentum over
-the past 15/60 minutes); labels look forwards (first tick at or after t + h, accepted only if
+Features look only backwards (the RSI/Bollinger and the exchange trades of the last *complete*
+minute, momentum over the past 15/60 minutes); labels look forwards (first tick at or after t + h, accepted only if
 it is within 5 minutes of t + h so gaps do not masquerade as returns). No label is a function
 of a feature: the large-move label is about the price *after* t, its threshold from data <= t
 (the anomaly rule's own flag on the tick, which its inputs zscore_15m/volume_change_pct decide,
@@ -23,7 +23,7 @@ from crypto_assets.warehouse.atomic_files import atomic_write
 FEATURES = [
     "return_pct", "log_return", "r_sma_1m", "r_sma_5m", "r_sma_15m", "r_ema_20", "volatility_15m",
     "zscore_15m", "volume_change_pct", "momentum_15m", "momentum_60m", "rsi_14", "bb_pctb",
-    "past_move_sigmas",
+    "past_move_sigmas", "trade_imbalance", "r_vwap", "log_trade_count", "has_trade_bars",
 ]
 REGRESSION_HORIZONS = {"1h": 60, "4h": 240, "24h": 1440}
 DIRECTION_HORIZON_MINUTES = 15  # the direction label (fwd_return_h) and the trend model look this far ahead
@@ -39,6 +39,11 @@ LARGE_MOVE_MINUTES = 15
 LARGE_MOVE_SIGMAS = 3.0
 VOL_WINDOW_MINUTES = 15  # the window of market_features.volatility_15m (and of the tick counts scaling it)
 PAST_MOVE_SIGMAS_CAP = 10.0  # past_move_sigmas is clipped: near-zero volatility must not sway a linear model
+# Trade-bar features come from the coin's last complete minute of exchange trades (every exchange
+# and product of the coin summed), if that minute ended at most this long before t: an older bar
+# says nothing about now (a paused stream), and a coin the trade stream does not cover has none.
+# Either way they are 0 (neutral) with has_trade_bars = 0.
+TRADE_BAR_MAX_AGE_MINUTES = TOLERANCE_MINUTES
 
 
 @dataclass
@@ -152,6 +157,19 @@ def _sigma_move(vol: str, n: str) -> str:
     return f"CASE WHEN {vol} > 0 AND {n} > 0 THEN {vol} * sqrt({n} * {LARGE_MOVE_MINUTES / VOL_WINDOW_MINUTES}) END"
 
 
+def _trade_minutes_sql(where: str) -> str:
+    """Per coin and minute, its trade bars summed over exchanges and products (volumes and the
+    quote value exact, as decimals, so the sums do not depend on their order). Only the minutes
+    a row matching `where` can use: older ones are beyond TRADE_BAR_MAX_AGE_MINUTES of each."""
+    return f"""
+        SELECT coin_id, bar_start, sum(buy_volume)::DOUBLE AS buy, sum(sell_volume)::DOUBLE AS sell,
+               (sum(quote_volume_exact) / nullif(sum(base_volume), 0))::DOUBLE AS vwap, sum(trade_count)::DOUBLE AS trades
+        FROM trade_bars_1m
+        WHERE bar_start >= (SELECT min(f.event_time) FROM market_features f WHERE {where})
+                           - INTERVAL {TRADE_BAR_MAX_AGE_MINUTES + 1} MINUTE
+        GROUP BY coin_id, bar_start"""
+
+
 def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "TRUE") -> str:
     """SELECT of features and labels for the market_features rows matching `where` (alias f);
     needs the `feature_lookups` view of the same rows (`_register_lookups`). Baselines beside
@@ -169,6 +187,8 @@ def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "
     # the previous window's move in its sigmas (NULL: no tick 15 min back, or no volatility then)
     past_sigmas = (f"CASE WHEN l.lmb_t >= f.event_time - INTERVAL {lm + tol} MINUTE "
                    f"THEN abs(ln(f.price_usd / l.lmb_p)) / ({_sigma_move('l.lmb_vol', 'l.lmb_n')}) END")
+    fresh = (f"coalesce(tb.bar_start + INTERVAL 1 MINUTE > f.event_time - INTERVAL {TRADE_BAR_MAX_AGE_MINUTES} MINUTE, "
+             "FALSE)")
     sql = f"""
         SELECT f.coin_id, f.symbol, f.event_time, f.price_usd,
                coalesce(f.return_pct, 0) AS return_pct,
@@ -185,6 +205,11 @@ def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "
                coalesce(c.rsi_14, 50) AS rsi_14,
                coalesce(CASE WHEN c.bb_upper > c.bb_lower THEN (c.close - c.bb_lower) / (c.bb_upper - c.bb_lower) END, 0.5) AS bb_pctb,
                least(coalesce({past_sigmas}, 0), {PAST_MOVE_SIGMAS_CAP}) AS past_move_sigmas,  -- (least skips NULLs)
+               CASE WHEN {fresh} AND tb.buy + tb.sell > 0 THEN (tb.buy - tb.sell) / (tb.buy + tb.sell) ELSE 0 END
+                 AS trade_imbalance,
+               CASE WHEN {fresh} AND tb.vwap > 0 THEN f.price_usd / tb.vwap - 1 ELSE 0 END AS r_vwap,
+               CASE WHEN {fresh} THEN ln(1 + tb.trades) ELSE 0 END AS log_trade_count,
+               ({fresh})::INTEGER AS has_trade_bars,
                CASE WHEN l.hb_t >= f.event_time - INTERVAL {horizon_minutes + tol} MINUTE
                     THEN f.price_usd / l.hb_p - 1 END AS past_return_h,
                ({past_sigmas} > {LARGE_MOVE_SIGMAS})::INTEGER AS past_large_move,
@@ -197,6 +222,8 @@ def feature_sql(horizon_minutes: int = DIRECTION_HORIZON_MINUTES, where: str = "
         FROM market_features f
         JOIN feature_lookups l ON l.coin_id = f.coin_id AND l.event_time = f.event_time
         ASOF LEFT JOIN ohlcv_1m c ON c.coin_id = f.coin_id AND c.minute + INTERVAL 1 MINUTE <= f.event_time
+        ASOF LEFT JOIN ({_trade_minutes_sql(where)}) tb
+          ON tb.coin_id = f.coin_id AND tb.bar_start + INTERVAL 1 MINUTE <= f.event_time
         WHERE {where}
     """
     return sql

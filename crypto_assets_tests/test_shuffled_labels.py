@@ -22,15 +22,16 @@ import pytest
 from crypto_assets.defs import models, training_data
 from crypto_assets.ml.model_specs import ANOMALY_MODEL, TREND_MODEL, ModelSpec
 from crypto_assets.ml.registry import champion_version
+from crypto_assets.ml.train import ANOMALY_LABEL
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets_tests.model_helpers import (
-    SMALL_FOREST,
     gates,
     load_market,
     materialize,
     metadata,
     model_resources,
     simulated_ticks,
+    small_ops,
     training_set_path,
 )
 
@@ -54,28 +55,19 @@ def shuffled(table: pa.Table, seed: int) -> pa.Table:
     return table
 
 
-def anomaly_label(spec_label_columns: list[str]) -> str:
-    """The anomaly model's label column (label_anomaly, or label_large_move once it is renamed)."""
-    from crypto_assets.ml import train
-
-    name = getattr(train, "ANOMALY_LABEL", "label_anomaly")
-    assert name in spec_label_columns, (name, spec_label_columns)
-    return name
-
-
 def learnable(table: pa.Table) -> pa.Table:
     """Labels the features determine and the naive baselines do not: up := the price above its
     5-minute mean (r_sma_5m > 0; not momentum_15m > 0, which is the last-direction baseline
-    itself); the anomaly label := |return_pct| in its top decile. Null where the real label is
+    itself); the large-move label := |return_pct| in its top decile. Null where the real label is
     null (no label yet)."""
-    up = pc.if_else(pc.is_null(table["label_up"]), pa.scalar(None, pa.int32()),
-                    pc.cast(pc.greater(table["r_sma_5m"], 0.0), pa.int32()))
-    table = table.set_column(table.schema.get_field_index("label_up"), "label_up", pc.cast(up, table["label_up"].type))
-    name = anomaly_label(label_columns(table))
+    def relabel(t: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+        null = np.array([v is None for v in t[name].to_pylist()])
+        col = pa.array(values.astype(np.int64), mask=null).cast(t[name].type)
+        return t.set_column(t.schema.get_field_index(name), name, col)
+
+    table = relabel(table, "label_up", table["r_sma_5m"].to_numpy(zero_copy_only=False) > 0)
     size = np.abs(table["return_pct"].to_numpy(zero_copy_only=False))
-    big = pa.array((size > np.quantile(size, 0.9)).astype(np.int32))
-    col = pc.if_else(pc.is_null(table[name]), pa.scalar(None, pa.int32()), big)
-    return table.set_column(table.schema.get_field_index(name), name, pc.cast(col, table[name].type))
+    return relabel(table, ANOMALY_LABEL, size > np.quantile(size, 0.9))
 
 
 def _write(path, table: pa.Table) -> None:
@@ -98,7 +90,7 @@ def variants(tmp_path_factory, spark):
         _write(path, table)
         mlf = MlflowResource(home=str(home / name))
         result = materialize([models.trend_model, models.anomaly_model], dict(resources, mlflow=mlf),
-                             {"anomaly_model": {"config": SMALL_FOREST}})
+                             small_ops("trend_model", "anomaly_model"))
         out[name] = {"result": result, "mlflow": mlf, "table": table}
     return out
 
@@ -116,11 +108,11 @@ def _margin(spec: ModelSpec) -> float:
 def test_the_shuffle_keeps_features_and_label_counts_and_breaks_the_link(variants):
     orig, shuf = variants["original"], variants["shuffled"]["table"]
     labels = label_columns(orig)
-    assert {"label_up", "fwd_return_h"} <= set(labels)
+    assert {"label_up", "fwd_return_h", ANOMALY_LABEL} <= set(labels)
     for c in orig.column_names:
         if c in labels:  # the same values, in another order
             assert sorted(orig[c].to_pylist(), key=repr) == sorted(shuf[c].to_pylist(), key=repr)
-            if pc.count_distinct(orig[c]).as_py() > 1:  # (fwd_return_24h is all null on 20 hours)
+            if len(set(orig[c].to_pylist())) > 1:  # (fwd_return_24h is all null on 20 hours)
                 assert orig[c].to_pylist() != shuf[c].to_pylist(), c
         else:
             assert orig[c].equals(shuf[c]), c

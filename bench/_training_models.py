@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from bench._training_profile import Profiler
 from bench._training_setup import CpuMeter, spark_jobs
 from crypto_assets.ml.lineage import data_window, training_dataset
-from crypto_assets.ml.model_specs import with_baseline
 from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
 from crypto_assets.resources.mlflow import MlflowResource
 
@@ -113,7 +112,6 @@ def run_models(spark, mlf: MlflowResource, path: str, prof: Profiler, timings: d
 def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id: str):
     """What a model asset does after training (defs/models.py), timed per part."""
     from crypto_assets.ml.registry import load_champion, log_model
-    from crypto_assets.ml.train import linear_coefficients
 
     register_as = f"price_model_{name.split('_', 1)[1]}" if name.startswith("price_") else None
     parts: dict[str, float] = {}
@@ -130,25 +128,10 @@ def log_one(mlf: MlflowResource, df, path: str, asset: str, name: str, t, run_id
             "test_min_time": str(t.split.test_min_time), **window}
     if name.startswith("price_"):
         tags["horizon"] = name.split("_", 1)[1]
-    base = t.extra["baseline"]
-    if name in ("trend", "anomaly"):
-        metrics = with_baseline(t.metrics, base, {})
-    elif name == "clusters":
-        metrics = {"silhouette": t.metrics["silhouette"], "baseline_silhouette": base["silhouette"],
-                   "lift_silhouette": t.metrics["silhouette"] - base["silhouette"]}
-    else:
-        metrics = dict(t.metrics)
-        metrics.update({"baseline_rmse": base["rmse_persistence"], "baseline_mae": base["mae_persistence"],
-                        "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
-                        "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
-                        "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]})
-    artifacts: dict = {"baseline.json": base}
-    if name == "trend" or name.startswith("price_"):
-        artifacts["linear_coefficients.json"] = linear_coefficients(t.model)
-    if name == "anomaly":
-        artifacts["feature_importances.json"] = dict(zip(FEATURES, t.model.stages[-1].featureImportances.toArray().tolist(), strict=False))
-    if name == "clusters":
-        artifacts = {"assignment.json": t.extra["assignment"]}
+    from crypto_assets.ml.model_specs import ANOMALY_MODEL, COIN_CLUSTERS, PRICE_MODEL, TREND_MODEL
+
+    spec = {"trend": TREND_MODEL, "anomaly": ANOMALY_MODEL, "clusters": COIN_CLUSTERS}.get(name, PRICE_MODEL)
+    metrics, artifacts = spec.metrics(t), spec.artifacts(t)  # what the asset logs
     dataset = None
     t1 = time.perf_counter()
     if name != "clusters":  # the coin_clusters asset logs no input dataset

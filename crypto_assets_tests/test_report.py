@@ -195,7 +195,10 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     run_ids = []
     for auc, base in [(0.55, 0.5), (0.61, 0.5), (0.58, 0.52)]:
         with mlflow.start_run(experiment_id=mlf.experiment_id("trend_model")) as run:
-            mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": base, "lift_auc_roc": auc - base})
+            mlflow.log_metrics({"auc_roc": auc, "baseline_auc_roc": base, "lift_auc_roc": auc - base,
+                                "baseline_majority_auc_roc": 0.5, "baseline_last_direction_auc_roc": base,
+                                "lift_auc_roc_ci_low": auc - base - 0.07, "lift_auc_roc_ci_high": auc - base + 0.05})
+            mlflow.log_params({"baseline_name": "last_direction" if base > 0.5 else "majority", "ci_level": 0.9})
             run_ids.append(run.info.run_id)
     for h, rmse in (("1h", 0.010), ("4h", 0.020), ("1h", 0.009)):
         with mlflow.start_run(experiment_id=mlf.experiment_id("price_model")):
@@ -241,6 +244,13 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     assert got == _model_rows_from_mlflow(mlf)
     assert got["trend_model"] == ["auc_roc", "v2", "0.61 vs 0.5 ✓", "v3 (rejected)", "0.58 vs 0.52 ✓", "3"]
     assert got["price_model_1h"] == ["rmse", "none", "–", "unregistered", "0.009 vs 0.0108 ✓", "2"]
+    # the baselines table: the latest run's metric, every candidate, the strongest, the lift and its CI
+    base = {r[0]: r[1:] for r in md_table(md_text, "Model baselines (latest run; lift over the strongest, block-bootstrap CI)")}
+    assert base["trend_model"] == ["auc_roc", "0.58", "last_direction 0.52, majority 0.5", "last_direction 0.52",
+                                   "0.06", "90% [-0.01, 0.11]", "rejected"]
+    assert base["price_model_1h"][3:6] == ["baseline 0.0108", "–", "–"]  # a run without candidates or an interval
+    trend_latest = series["trend_model"].latest
+    assert trend_latest is not None and trend_latest.baselines == {"last_direction": 0.52, "majority": 0.5}
 
 
 @pytest.mark.slow  # a real sqlite MLflow store

@@ -24,13 +24,6 @@ COINS = ["bitcoin"]
 MINUTES = 600  # 1h labels for 540 rows: trains; 4h labels for 360 rows: too few; 24h: none
 
 
-# coin_clusters raises NotEnoughData with fewer than 3 coins, but its ModelSpec is not `skippable`
-# yet (crypto_assets/ml/model_specs.py, COIN_CLUSTERS): the step fails and the run with it. strict:
-# these turn red (XPASS) once the spec skips, to be un-marked then.
-WAITING_FOR_SKIPPABLE_CLUSTERS = pytest.mark.xfail(
-    strict=True, reason="COIN_CLUSTERS is not skippable in model_specs.py: one coin fails the coin_clusters step")
-
-
 @pytest.fixture(scope="module")
 def one_coin(tmp_path_factory, spark):
     resources = model_resources(tmp_path_factory.mktemp("one-coin"), COINS)
@@ -39,7 +32,6 @@ def one_coin(tmp_path_factory, spark):
     return result
 
 
-@WAITING_FOR_SKIPPABLE_CLUSTERS
 def test_the_run_is_green(one_coin):
     assert one_coin.success
     for g in gates(one_coin).values():
@@ -47,13 +39,12 @@ def test_the_run_is_green(one_coin):
         assert g.severity != dg.AssetCheckSeverity.ERROR, (g.check_name, g.description)
 
 
-@WAITING_FOR_SKIPPABLE_CLUSTERS
 def test_one_coin_skips_the_clustering_with_its_reason(one_coin):
     md = metadata(one_coin, "coin_clusters")
-    assert "1 coins" in md["skipped"] and "at least 3" in md["skipped"], md
+    assert "1 coin(s)" in md["skipped"] and "at least 3" in md["skipped"], md
     gate = gates(one_coin)["coin_clusters_gate"]
     assert not gate.passed and gate.severity == dg.AssetCheckSeverity.WARN
-    assert (gate.description or "").startswith("no model trained: 1 coins"), gate.description
+    assert (gate.description or "").startswith("no model trained: 1 coin(s)"), gate.description
 
 
 def test_too_little_history_skips_the_long_price_horizons_with_their_reasons(one_coin):

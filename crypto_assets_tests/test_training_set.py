@@ -134,8 +134,8 @@ def test_anomaly_model_without_large_moves_is_skipped_not_failed(spark):
     from crypto_assets.ml.training_set import FEATURES
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0) for i in range(200)]
-    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_large_move"])
+    rows = [(t0 + timedelta(minutes=i), *[float(i % 7)] * len(FEATURES), 0, 0) for i in range(200)]
+    df = spark.createDataFrame(rows, ["event_time", *FEATURES, "label_large_move", "past_large_move"])
     with pytest.raises(ValueError, match="0 large moves") as raised:
         train_anomaly(df, FEATURES, {"train_fraction": 0.8})
     assert type(raised.value) is NotEnoughData  # the one failure a skippable model spec skips green

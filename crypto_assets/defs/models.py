@@ -2,10 +2,13 @@
 each with its champion gate as its blocking check spec; they train on the training set (see
 crypto_assets.defs.training_data).
 
-Each model asset trains on a time split, evaluates itself, its naive baseline and the current
-champion on the same holdout, logs everything with lineage tags, registers a version, and in
-the same step runs its champion gate with the margin of its own config: only a version that
-beats the baseline by the margin and the champion moves the `champion` alias. A rejected
+Each model asset is evaluated walk-forward (several consecutive test windows, each predicted by
+a fit on the past: ml/walk_forward.py) against its strongest naive baseline on the same
+out-of-sample rows, with a block-bootstrap interval of the lift; the current champion is scored
+on the last window. Everything is logged with lineage tags, a version registered (the last
+fold's model), and in the same step its champion gate runs with the margin of its own config:
+only a version whose lift interval's lower bound clears the margin and that beats the champion
+on the same holdout moves the `champion` alias. A rejected
 version or a tie keeps the champion and the run green (a WARN check result: the UI shows the
 rejection, nothing downstream is blocked, predictions go on with the old champion); only a
 broken gate (metrics missing) fails with ERROR and blocks. Too little history for a model whose
@@ -71,7 +74,8 @@ def gate_result(v: GateVerdict) -> dg.AssetCheckResult:
         severity=_severity([v]),
         description=v.reason,
         metadata={"outcome": v.outcome, "promoted": v.promoted, "version": v.version or "none", "metric": v.metric,
-                  "value": v.value, "baseline": v.baseline, "champion_value": v.champion,
+                  "value": v.value, "baseline": v.baseline, "baseline_name": v.baseline_name or "none",
+                  "lift": v.lift, "lift_ci_low": v.ci_low, "lift_ci_high": v.ci_high, "champion_value": v.champion,
                   "champion_before": v.champion_version or "none",
                   "champion_after": v.version if v.promoted else (v.champion_version or "none")},
     )
@@ -132,7 +136,7 @@ def _md(logged: Logged, metrics: dict, extra: dict | None = None) -> dict[str, A
         "registered_model": logged.registered_name,
         "model_version": logged.version,
     }
-    md.update({k: round(float(v), 6) for k, v in metrics.items()})
+    md.update({k: round(float(v), 6) for k, v in metrics.items() if not k.startswith("fold_")})  # folds: in MLflow
     md.update(extra or {})
     return md
 
@@ -188,7 +192,7 @@ def _train_and_gate(context: dg.AssetExecutionContext, spec: ModelSpec, config: 
 
     try:
         if spec.horizons:
-            return _per_horizon_result(*each(spec.horizons(config)))
+            return _per_horizon_result(spec, *each(spec.horizons(config)))
         return _single_result(spec, *each([None]))
     finally:
         if spec.prepare:
@@ -206,10 +210,11 @@ def _single_result(spec: ModelSpec, done: dict[None, _Registered], skipped: dict
     return dg.MaterializeResult(metadata=_md(r.logged, r.metrics, extra), check_results=[gate_result(r.verdict)])
 
 
-def _per_horizon_result(done: dict[str, _Registered], skipped: dict[str, str]) -> dg.MaterializeResult:
+def _per_horizon_result(spec: ModelSpec, done: dict[str, _Registered], skipped: dict[str, str]) -> dg.MaterializeResult:
     md: dict[str, Any] = {f"{h}_skipped": reason for h, reason in skipped.items()}
     for h, r in done.items():
-        md.update({f"{h}_{k}": round(v, 8) for k, v in r.metrics.items()})
+        md.update({f"{h}_{k}": round(v, 8) for k, v in r.metrics.items() if not k.startswith("fold_")})
+        md.update({f"{h}_{k}": v for k, v in spec.metadata(r.trained).items()})
         md.update({f"{h}_model_version": r.logged.version, f"{h}_mlflow_run_id": r.logged.run_id,
                    f"{h}_gate": r.verdict.outcome})
     md["horizons_trained"] = list(done)

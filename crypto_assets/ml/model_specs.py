@@ -12,18 +12,21 @@ covers its own entry only.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import dagster as dg
 from pydantic import Field
 from pyspark.ml.classification import RandomForestClassificationModel
-from pyspark.ml.evaluation import ClusteringEvaluator, RegressionEvaluator
+from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import DataFrame
 
+from crypto_assets.ml.evaluation import Assessment
 from crypto_assets.ml.train import (
+    ANOMALY_LABEL,
     Trained,
     binary_metrics,
+    cluster_silhouette,
     linear_coefficients,
     price_frame,
     train_anomaly,
@@ -31,56 +34,88 @@ from crypto_assets.ml.train import (
     train_price,
     train_trend,
 )
-from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, REGRESSION_HORIZONS
+from crypto_assets.ml.training_set import DIRECTION_HORIZON_MINUTES, FEATURES, LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
 
 
 class GatedConfig(dg.Config):
-    """What every model's config holds: the margin of its champion gate."""
+    """What every model's config holds: its champion gate's margin (the lower bound of the lift
+    interval must exceed it) and the walk-forward evaluation the gate reads."""
 
-    gate_margin: float
+    gate_margin: float = Field(default=0.0, description="the lift's CI lower bound must exceed this")
+    folds: int = Field(default=3, description="walk-forward test windows (consecutive, train on the past)")
+    test_fraction: float = Field(default=0.3, description="share of the labelled time span the test windows cover")
+    bootstrap_resamples: int = Field(default=200, description="block-bootstrap resamples of the lift interval")
+    block_rows: int | None = Field(default=None, description="bootstrap block length; default: "
+                                   "max(n^(1/3), rows per label horizon)")
+    ci_level: float = Field(default=0.9, description="confidence level of the lift interval")
 
 
+def walk_forward_params(c: GatedConfig) -> dict[str, Any]:
+    return {"folds": c.folds, "test_fraction": c.test_fraction, "bootstrap_resamples": c.bootstrap_resamples,
+            "block_rows": c.block_rows, "ci_level": c.ci_level}
+
+
+# The margins are 0: the lift interval is the noise bar now (its lower bound must be > 0 at 90 %);
+# a positive margin would ask for a materially better model on top, a choice left to the config.
 class TrendModelConfig(GatedConfig):
     horizon_minutes: int = DIRECTION_HORIZON_MINUTES
     max_iter: int = Field(default=50, description="LogisticRegression iterations")
     reg_param: float = 0.001
-    train_fraction: float = 0.8
-    gate_margin: float = Field(default=0.01, description="AUC must exceed the baseline's by this much")
 
 
 class AnomalyModelConfig(GatedConfig):
     num_trees: int = 100
     max_depth: int = 10
     negatives_per_positive: int = Field(default=20, description="negatives sampled per large move when training")
-    train_fraction: float = 0.8
-    gate_margin: float = Field(default=0.01, description="PR-AUC must exceed the baseline's by this much")
 
 
 class PriceModelConfig(GatedConfig):
     horizons: list[str] = Field(default_factory=lambda: list(REGRESSION_HORIZONS))
     reg_param: float = 0.01
-    train_fraction: float = 0.8
     min_train_rows: int = 200
-    gate_margin: float = Field(default=0.0, description="relative RMSE improvement required over persistence")
+    gate_margin: float = Field(default=0.0, description="the relative RMSE lift's CI lower bound must exceed this")
 
 
 class ClustersConfig(GatedConfig):
     k: int = Field(default=3, description="clusters; capped at the number of coins - 1")
-    gate_margin: float = Field(default=0.05, description="silhouette must exceed random clusters' by this much")
 
 
-def with_baseline(metrics: dict[str, float], baseline: dict[str, float],
-                  higher_better: dict[str, bool] | None = None) -> dict[str, float]:
-    """The model's metrics, plus `baseline_<m>` and `lift_<m>` (positive: better than the
-    baseline) for each metric the baseline has too."""
-    out = dict(metrics)
-    for k, v in metrics.items():
-        b = baseline.get(k)
-        if b is None:
-            continue
-        out[f"baseline_{k}"] = b
-        out[f"lift_{k}"] = (v - b) if (higher_better or {}).get(k, True) else (b - v)
+def assessment_of(t: Trained) -> Assessment:
+    """The gate's evidence of a trained model: walk-forward, or (clusters) random clusterings."""
+    wf = t.extra.get("walk_forward")
+    return wf.assessment if wf is not None else t.extra["assessment"]
+
+
+def gate_metrics(t: Trained) -> dict[str, float]:
+    """What the MLflow run logs for the gate and the report: walk-forward per-fold and pooled
+    metrics, every baseline candidate, the strongest, the lift and its interval, `holdout_<m>`."""
+    wf = t.extra.get("walk_forward")
+    if wf is not None:
+        return wf.metrics()
+    a = assessment_of(t)
+    return {**t.metrics, **a.metrics(), f"holdout_{a.metric}": a.value}
+
+
+def evaluation_json(t: Trained) -> dict[str, Any]:
+    """The evaluation as an MLflow artifact: folds, dropped folds, baselines, the lift interval."""
+    a = assessment_of(t)
+    out: dict[str, Any] = {"metric": a.metric, "value": a.value, "baselines": a.baselines,
+                           "baseline_name": a.baseline_name, "interval": asdict(a.interval)}
+    wf = t.extra.get("walk_forward")
+    if wf is not None:
+        out.update(folds=[{**asdict(f), "test_start": str(f.test_start), "test_end": str(f.test_end)} for f in wf.folds],
+                   dropped=wf.dropped, pooled=wf.pooled, baseline_metrics=wf.baselines)
     return out
+
+
+def gate_metadata(t: Trained) -> dict[str, Any]:
+    """Materialization metadata: the key numbers of the gate's evidence."""
+    a = assessment_of(t)
+    wf = t.extra.get("walk_forward")
+    md = wf.metadata() if wf is not None else {
+        "baseline_name": a.baseline_name,
+        "lift_ci": f"{a.interval.describe()} over {a.baseline_name} {a.baseline_value:.4g}"}
+    return md
 
 
 @dataclass(frozen=True)
@@ -99,9 +134,9 @@ class ModelSpec:
     params: Callable[[Any, str | None], dict[str, Any]]  # (config, horizon) -> training parameters
     champion_metrics: Callable[[Any, Trained], dict[str, float]]  # (champion model, new run) on its holdout
     artifacts: Callable[[Trained], dict[str, Any]]  # JSON artifacts of the MLflow run
-    metrics: Callable[[Trained], dict[str, float]] = lambda t: with_baseline(t.metrics, t.extra["baseline"])
+    metrics: Callable[[Trained], dict[str, float]] = gate_metrics
     logged_params: Callable[[Trained], dict[str, Any]] = lambda t: t.params  # MLflow params
-    metadata: Callable[[Trained], dict[str, Any]] = lambda t: {}  # extra materialization metadata
+    metadata: Callable[[Trained], dict[str, Any]] = gate_metadata  # extra materialization metadata
     horizons: Callable[[Any], list[str]] | None = None  # one registered model per horizon of the config
     prepare: Callable[[DataFrame], DataFrame] | None = None  # shared (cached) input of all horizons
     logs_dataset: bool = True  # log the training set as the MLflow run's input dataset
@@ -114,64 +149,62 @@ class ModelSpec:
         return f"{self.name}_{horizon}" if horizon else self.name
 
 
-def _price_metrics(t: Trained) -> dict[str, float]:
-    """The gate's baseline is persistence (the past return over the same horizon, carried
-    forward); zero-return is logged beside it as the harder bar, with its lift."""
-    base = t.extra["baseline"]
-    return {**t.metrics, "baseline_rmse": base["rmse_persistence"], "baseline_mae": base["mae_persistence"],
-            "zero_return_rmse": base["rmse_zero"], "zero_return_mae": base["mae_zero"],
-            "lift_rmse": base["rmse_persistence"] - t.metrics["rmse"],
-            "lift_rmse_vs_zero_return": base["rmse_zero"] - t.metrics["rmse"]}
-
-
 def _cluster_list(t: Trained) -> dict[str, Any]:
     groups: dict[int, list[str]] = {}
     for coin, c in t.extra["assignment"].items():
         groups.setdefault(c, []).append(coin)
-    return {"clusters": dg.MetadataValue.md("\n".join(f"- cluster {c}: {', '.join(sorted(v))}"
-                                                      for c, v in sorted(groups.items())))}
+    return {**gate_metadata(t), "clusters": dg.MetadataValue.md(
+        "\n".join(f"- cluster {c}: {', '.join(sorted(v))}" for c, v in sorted(groups.items())))}
 
+
+_GATE = ("{m}'s lift over the strongest naive baseline ({b}) on the pooled walk-forward out-of-sample rows "
+         "has a block-bootstrap CI lower bound above the margin, and it beats the champion on the last fold's "
+         "holdout; promotes")
 
 TREND_MODEL = ModelSpec(
     name="trend_model", config=TrendModelConfig, train=train_trend,
     train_args=lambda p: (FEATURES, p["horizon_minutes"]),
-    metric="auc_roc", higher_is_better=True, baseline="the training period's majority class (ROC-AUC 0.5)",
-    gate_description="AUC beats the majority baseline by the margin and the champion on the same holdout; promotes",
-    description=f"LogisticRegression (+ StandardScaler) on the direction of the next {DIRECTION_HORIZON_MINUTES} minutes.",
-    params=lambda c, _h: {"max_iter": c.max_iter, "reg_param": c.reg_param, "train_fraction": c.train_fraction,
-                          "horizon_minutes": c.horizon_minutes, "features": ",".join(FEATURES)},
+    metric="auc_roc", higher_is_better=True,
+    baseline="the better of the training period's majority class and the last horizon's direction",
+    gate_description=_GATE.format(m="ROC-AUC", b="majority class or last direction"),
+    description=f"LogisticRegression (+ StandardScaler) on the direction of the next {DIRECTION_HORIZON_MINUTES} "
+                "minutes, evaluated walk-forward.",
+    params=lambda c, _h: {"max_iter": c.max_iter, "reg_param": c.reg_param, "horizon_minutes": c.horizon_minutes,
+                          "features": ",".join(FEATURES), **walk_forward_params(c)},
     champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_up"),
-    artifacts=lambda t: {"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": t.extra["baseline"]},
-    metadata=lambda t: {"train_rows": t.split.train_rows, "test_rows": t.split.test_rows},
+    artifacts=lambda t: {"linear_coefficients.json": linear_coefficients(t.model), "evaluation.json": evaluation_json(t)},
 )
 
 ANOMALY_MODEL = ModelSpec(
     name="anomaly_model", config=AnomalyModelConfig, train=train_anomaly, train_args=lambda p: (FEATURES,),
-    metric="pr_auc", higher_is_better=True, baseline="the training period's majority class (PR-AUC = large-move share)",
-    gate_description="PR-AUC beats the majority baseline by the margin and the champion on the same holdout; promotes",
-    description="RandomForest on the probability of a large move in the next 15 minutes (100 trees, depth 10 by default).",
-    params=lambda c, _h: {"num_trees": c.num_trees, "max_depth": c.max_depth, "train_fraction": c.train_fraction,
-                          "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES)},
-    champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), "label_large_move"),
-    artifacts=lambda t: {"baseline.json": t.extra["baseline"], "feature_importances.json": dict(
+    metric="pr_auc", higher_is_better=True,
+    baseline="the better of the majority class and persistence (a large move over the previous horizon)",
+    gate_description=_GATE.format(m="PR-AUC", b="majority class or persistence"),
+    description="RandomForestClassifier on large moves (|return over the next 15 min| > 3x recent volatility; "
+                "100 trees, depth 10 by default), evaluated walk-forward.",
+    params=lambda c, _h: {"num_trees": c.num_trees, "max_depth": c.max_depth, "horizon_minutes": LARGE_MOVE_MINUTES,
+                          "negatives_per_positive": c.negatives_per_positive, "features": ",".join(FEATURES),
+                          **walk_forward_params(c)},
+    champion_metrics=lambda champ, t: binary_metrics(champ.transform(t.split.test), ANOMALY_LABEL),
+    artifacts=lambda t: {"evaluation.json": evaluation_json(t), "feature_importances.json": dict(
         zip(FEATURES, cast(RandomForestClassificationModel, t.model.stages[-1]).featureImportances.toArray().tolist(), strict=False))},
-    metadata=lambda t: {"train_positives": t.extra["train_positives"]},
+    metadata=lambda t: {**gate_metadata(t), "train_positives": t.extra["train_positives"]},
     skippable=True,  # too few large moves yet: skipped, the champion stays, the run stays green
 )
 
 PRICE_MODEL = ModelSpec(
     name="price_model", config=PriceModelConfig, train=train_price,
     train_args=lambda p: (FEATURES, p["horizon"], REGRESSION_HORIZONS[p["horizon"]]),
-    metric="rmse", higher_is_better=False, baseline="persistence: the past return over the horizon, carried forward",
-    gate_description="each trained horizon beats persistence RMSE by the margin and its champion; promotes",
+    metric="rmse", higher_is_better=False, baseline="the better of zero return and persistence (the past return "
+                                                    "over the horizon, carried forward)",
+    gate_description="each trained horizon: " + _GATE.format(m="RMSE (relative lift)", b="zero return or persistence"),
     description="LinearRegression forecasting the return at 1h/4h/24h, one registered model per horizon, trained "
-                "where enough history exists; RMSE/MAE beside persistence (the gate's baseline) and zero-return.",
-    params=lambda c, h: {"horizon": h, "reg_param": c.reg_param, "train_fraction": c.train_fraction,
-                         "min_train_rows": c.min_train_rows, "features": ",".join(FEATURES)},
+                "where enough history exists, evaluated walk-forward against zero return and persistence.",
+    params=lambda c, h: {"horizon": h, "reg_param": c.reg_param, "min_train_rows": c.min_train_rows,
+                         "features": ",".join(FEATURES), **walk_forward_params(c)},
     champion_metrics=lambda champ, t: {"rmse": RegressionEvaluator(
         labelCol=f"fwd_return_{t.params['horizon']}", metricName="rmse").evaluate(champ.transform(t.split.test))},
-    artifacts=lambda t: {"linear_coefficients.json": linear_coefficients(t.model), "baseline.json": t.extra["baseline"]},
-    metrics=_price_metrics,
+    artifacts=lambda t: {"linear_coefficients.json": linear_coefficients(t.model), "evaluation.json": evaluation_json(t)},
     horizons=lambda c: list(c.horizons),
     prepare=lambda df: price_frame(df, FEATURES),  # read and cached once for all horizons
     skippable=True,  # a horizon without enough history is skipped; its champion stays
@@ -179,17 +212,17 @@ PRICE_MODEL = ModelSpec(
 
 COIN_CLUSTERS = ModelSpec(
     name="coin_clusters", config=ClustersConfig, train=train_clusters, train_args=lambda p: (),
-    metric="silhouette", higher_is_better=True, baseline="the same coins in k random clusters",
-    gate_description="silhouette beats random clusters by the margin and the champion's on the same coin profiles; "
-                     "promotes",
-    description="KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusters.",
-    params=lambda c, _h: {"k": c.k, "seed": 7},
-    champion_metrics=lambda champ, t: {"silhouette": ClusteringEvaluator(
-        featuresCol="features", predictionCol="prediction").evaluate(champ.transform(t.split.test))},
-    artifacts=lambda t: {"assignment.json": t.extra["assignment"]},
-    logged_params=lambda t: {"k": t.params["k"]},  # k as trained (capped at the number of coins - 1)
+    metric="silhouette", higher_is_better=True, baseline="the same coins in random clusters of the same sizes (k)",
+    gate_description="silhouette minus random clusterings' (same coins, same k and sizes): the interval's lower "
+                     "bound above the margin, and the champion's on the same coin profiles; promotes",
+    description="KMeans over per-coin volatility/volume/return profiles; silhouette vs random clusterings.",
+    params=lambda c, _h: {"k": c.k, "seed": 7, "bootstrap_resamples": c.bootstrap_resamples, "ci_level": c.ci_level},
+    champion_metrics=lambda champ, t: cluster_silhouette(champ, t.split.test),
+    artifacts=lambda t: {"assignment.json": t.extra["assignment"], "evaluation.json": evaluation_json(t)},
+    logged_params=lambda t: {k: t.params[k] for k in ("k", "bootstrap_resamples", "ci_level", "baseline_name")},
     metadata=_cluster_list,
     logs_dataset=False,
+    skippable=True,  # fewer than 3 coins: no clustering to judge; skipped green with the reason
 )
 
 MODEL_SPECS: tuple[ModelSpec, ...] = (TREND_MODEL, ANOMALY_MODEL, PRICE_MODEL, COIN_CLUSTERS)

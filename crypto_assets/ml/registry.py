@@ -129,15 +129,19 @@ class GateVerdict:
     outcome: str  # PROMOTED | TIED | REJECTED | ERROR
     version: str | None
     metric: str
-    value: float | None
-    baseline: float | None
+    value: float | None  # pooled out-of-sample
+    baseline: float | None  # the strongest naive baseline's
     champion: float | None  # the champion's metric on the same holdout
     champion_version: str | None  # the champion before this gate
     reason: str
+    baseline_name: str | None = None
+    lift: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @property
     def passed(self) -> bool:
-        """Beats its baseline by the margin and is no worse than the champion (promoted or tied)."""
+        """Clears its baseline and is no worse than the champion (promoted or tied)."""
         return self.outcome in (PROMOTED, TIED)
 
     @property
@@ -145,27 +149,63 @@ class GateVerdict:
         return self.outcome == PROMOTED
 
 
-def judge(metric: str, value: float | None, base: float | None, champ: float | None, higher_is_better: bool,
-          margin: float, champion_version: str | None = None, rtol: float = TIE_RTOL) -> tuple[str, str]:
-    """(outcome, reason) of the gate: beat the baseline by `margin` (absolute for higher-is-better
-    metrics, relative for errors), then beat the champion on the same holdout. Within `rtol` of
-    the champion it is a tie and the champion stays."""
-    if value is None or base is None:
-        return ERROR, f"{metric} or its baseline is missing from the MLflow run"
-    beats = value >= base + margin if higher_is_better else value <= base * (1 - margin)
-    if not beats:
-        return REJECTED, f"{metric} {value:.6g} does not beat the baseline {base:.6g} by the margin {margin:g}"
-    if champ is None:
-        return PROMOTED, f"{metric} {value:.6g} beats the baseline {base:.6g}; no champion to compare with"
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate reads from a version's MLflow run: the pooled out-of-sample metric, the
+    strongest naive baseline (name, value), the lift over it with its interval, the new version's
+    metric on the champion's holdout (the last fold's test rows) and the champion's there."""
+
+    metric: str
+    value: float | None
+    baseline: float | None
+    lift: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    baseline_name: str = "baseline"
+    level: float = 0.9
+    champion: float | None = None
+    holdout: float | None = None  # None: `value` is on the champion's holdout too
+
+    @classmethod
+    def from_run(cls, metric: str, metrics: dict[str, float], params: dict[str, str]) -> Evidence:
+        return cls(metric, metrics.get(metric), metrics.get(f"baseline_{metric}"), metrics.get(f"lift_{metric}"),
+                   metrics.get(f"lift_{metric}_ci_low"), metrics.get(f"lift_{metric}_ci_high"),
+                   params.get("baseline_name", "baseline"), float(params.get("ci_level", 0.9)),
+                   metrics.get(f"champion_{metric}"), metrics.get(f"holdout_{metric}"))
+
+    def summary(self) -> str:
+        """E.g. "auc_roc 0.527 vs last_direction 0.521: lift 0.006, 90% CI [-0.011, 0.024]"."""
+        return (f"{self.metric} {self.value:.4g} vs {self.baseline_name} {self.baseline:.4g}: lift {self.lift:.3g}, "
+                f"{self.level:.0%} CI [{self.ci_low:.3g}, {self.ci_high:.3g}]")
+
+
+def judge(e: Evidence, higher_is_better: bool, margin: float, champion_version: str | None = None,
+          rtol: float = TIE_RTOL) -> tuple[str, str]:
+    """(outcome, reason) of the gate. The lift over the strongest baseline (absolute for
+    higher-is-better metrics, relative for errors) must clear `margin` with the lower bound of
+    its interval (strictly); then the version must beat the champion on the same holdout.
+    Within `rtol` of the champion it is a tie and the champion stays. Missing evidence: ERROR."""
+    need = {"value": e.value, "baseline": e.baseline, "lift": e.lift, "ci_low": e.ci_low, "ci_high": e.ci_high}
+    missing = [k for k, v in need.items() if v is None or v != v]  # None or NaN
+    if missing:
+        return ERROR, f"{e.metric}: {', '.join(missing)} missing from the MLflow run"
+    head = e.summary()
+    if not e.ci_low > margin:  # type: ignore[operator]  # checked above
+        return REJECTED, f"{head} does not clear the margin {margin:g}"
+    if e.champion is None:
+        return PROMOTED, f"{head} clears the margin {margin:g}; no champion to compare with"
+    mine = e.holdout if e.holdout is not None else e.value
+    assert mine is not None
+    champ = e.champion
     who = f"champion v{champion_version}" if champion_version else "champion"
-    diff = value - champ if higher_is_better else champ - value  # > 0: better than the champion
-    if abs(diff) <= rtol * max(abs(value), abs(champ)):
-        return TIED, (f"{metric} {value:.6g} ties with the {who} ({champ:.6g}, |difference| {abs(diff):.2g} within "
-                      f"{rtol:g} relative); the {who} stays")
+    diff = mine - champ if higher_is_better else champ - mine  # > 0: better than the champion
+    if abs(diff) <= rtol * max(abs(mine), abs(champ)):
+        return TIED, (f"{head}; on the holdout {e.metric} {mine:.6g} ties with the {who} ({champ:.6g}, |difference| "
+                      f"{abs(diff):.2g} within {rtol:g} relative); the {who} stays")
     if diff < 0:
-        return REJECTED, (f"{metric} {value:.6g} is worse than the {who}'s {champ:.6g} by {-diff:.2g} on the same "
-                          "holdout; the champion stays")
-    return PROMOTED, f"{metric} {value:.6g} beats the baseline {base:.6g} and the {who}'s {champ:.6g} by {diff:.2g}"
+        return REJECTED, (f"{head}; on the holdout {e.metric} {mine:.6g} is worse than the {who}'s {champ:.6g} by "
+                          f"{-diff:.2g}; the champion stays")
+    return PROMOTED, f"{head} clears the margin {margin:g}; on the holdout {mine:.6g} beats the {who}'s {champ:.6g} by {diff:.2g}"
 
 
 def gate_and_promote(
@@ -180,8 +220,8 @@ def gate_and_promote(
     rtol: float = TIE_RTOL,
 ) -> GateVerdict:
     """The champion gate for `version` (default: the newest version this Dagster run registered),
-    judged on the metrics of its MLflow run (model, `baseline_<metric>`, `champion_<metric>`):
-    only a promotion moves the `champion` alias. The verdict is tagged on the version."""
+    judged on the evidence in its MLflow run (`Evidence.from_run`): only a promotion moves the
+    `champion` alias. The verdict, the baseline's name and the interval are tagged on the version."""
     client = mlf.client()
     if version is None:
         versions = client.search_model_versions(f"name='{registered_name}'")
@@ -190,30 +230,42 @@ def gate_and_promote(
             return GateVerdict(ERROR, None, metric, None, None, None, None, "this run registered no version")
         version = str(max(int(v.version) for v in mine))
     mv = client.get_model_version(registered_name, version)
-    m = _run_metrics(client, mv)
-    value, base, champ = m.get(metric), m.get(f"baseline_{metric}"), m.get(f"champion_{metric}")
+    run = _run(client, mv)
+    e = Evidence.from_run(metric, run.data.metrics, run.data.params)
     before = champion_version(mlf, registered_name)
-    outcome, reason = judge(metric, value, base, champ, higher_is_better, margin, before, rtol)
+    outcome, reason = judge(e, higher_is_better, margin, before, rtol)
     if outcome == PROMOTED:
         client.set_registered_model_alias(registered_name, CHAMPION, mv.version)
     tag = {PROMOTED: "passed", TIED: "tied", REJECTED: "rejected", ERROR: "error"}[outcome]
-    client.set_model_version_tag(registered_name, mv.version, "gate", tag)
-    client.set_model_version_tag(registered_name, mv.version, "gate_reason", reason)
-    return GateVerdict(outcome, str(mv.version), metric, value, base, champ, before, reason)
+    tags = {"gate": tag, "gate_reason": reason, "baseline_name": e.baseline_name}
+    if e.ci_low is not None and e.ci_high is not None:
+        tags["lift_ci"] = f"[{e.ci_low:.6g}, {e.ci_high:.6g}] at {e.level:.0%}"
+    for k, v in tags.items():
+        client.set_model_version_tag(registered_name, mv.version, k, v)
+    return GateVerdict(outcome, str(mv.version), metric, e.value, e.baseline, e.champion, before, reason,
+                       e.baseline_name, e.lift, e.ci_low, e.ci_high)
 
 
-def _run_metrics(client, mv) -> dict[str, float]:
-    """The metrics of the MLflow run that logged model version `mv`."""
+def _run(client, mv):
+    """The MLflow run that logged model version `mv`."""
     if mv.run_id is None:  # every version here is logged by log_model's run; one registered by hand may not be
         raise ValueError(f"{mv.name} v{mv.version} was not logged by an MLflow run: it has no metrics")
-    return client.get_run(mv.run_id).data.metrics
+    return client.get_run(mv.run_id)
 
 
 PRIMARY_METRIC = {"trend_model": "auc_roc", "anomaly_model": "pr_auc", "price_model": "rmse", "coin_clusters": "silhouette"}
 
 
+def baseline_candidates(metric: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Every naive baseline the run logged for `metric` (`baseline_<candidate>_<metric>`)."""
+    pre, suf = "baseline_", f"_{metric}"
+    return {k[len(pre):-len(suf)]: v for k, v in sorted(metrics.items())
+            if k.startswith(pre) and k.endswith(suf) and k != f"baseline_{metric}" and len(k) > len(pre) + len(suf)}
+
+
 def model_summary(mlf: MlflowResource) -> list[dict]:
-    """Per registered model: latest version, its gate verdict, primary metric vs baseline, champion."""
+    """Per registered model: latest version, its gate verdict, primary metric vs every baseline
+    candidate and the strongest, the lift with its interval, champion."""
     client = mlf.client()
     out = []
     for rm in sorted(client.search_registered_models(), key=lambda r: r.name):
@@ -223,17 +275,43 @@ def model_summary(mlf: MlflowResource) -> list[dict]:
         latest = max(versions, key=lambda v: int(v.version))
         short = rm.name.split(".", 1)[-1]
         metric = PRIMARY_METRIC.get(short.split("_1h")[0].split("_4h")[0].split("_24h")[0], "auc_roc")
-        m = _run_metrics(client, latest)
+        run = _run(client, latest)
+        m, params = run.data.metrics, run.data.params
         out.append(
             {
                 "model": short,
                 "latest_version": latest.version,
                 "gate": (latest.tags or {}).get("gate", "?"),
+                "gate_reason": (latest.tags or {}).get("gate_reason", ""),
                 "metric": metric,
                 "value": m.get(metric),
                 "baseline": m.get(f"baseline_{metric}"),
+                "baseline_name": params.get("baseline_name"),
+                "baselines": baseline_candidates(metric, m),
+                "lift": m.get(f"lift_{metric}"),
+                "ci_low": m.get(f"lift_{metric}_ci_low"),
+                "ci_high": m.get(f"lift_{metric}_ci_high"),
+                "ci_level": float(params["ci_level"]) if "ci_level" in params else None,
+                "folds": int(m["folds_used"]) if "folds_used" in m else None,
                 "champion_version": champion_version(mlf, rm.name),
                 "run_id": latest.run_id,
             }
         )
     return out
+
+
+def summary_number(v: float | None) -> str:
+    return f"{v:.4f}" if v is not None else "n/a"
+
+
+def summary_baseline(m: dict) -> str:
+    """The strongest baseline of a `model_summary` row: name and value."""
+    return f"{m.get('baseline_name') or 'baseline'} {summary_number(m['baseline'])}"
+
+
+def summary_lift(m: dict) -> str:
+    """The lift and its interval of a `model_summary` row, e.g. "0.006 [-0.011, 0.024] 90%"."""
+    if m.get("lift") is None or m.get("ci_low") is None or m.get("ci_high") is None:
+        return "n/a"
+    level = f" {m['ci_level']:.0%}" if m.get("ci_level") else ""
+    return f"{m['lift']:.3g} [{m['ci_low']:.3g}, {m['ci_high']:.3g}]{level}"

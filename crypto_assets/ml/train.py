@@ -1,69 +1,36 @@
-"""Spark MLlib training with a time split and naive baselines on the same holdout.
+"""Spark MLlib fits of the four models, evaluated walk-forward (ml/walk_forward.py) against
+their strongest naive baselines on the same out-of-sample rows (ml/evaluation.py).
 
-Rows are split at a time quantile; training rows must also have their label window end
-before the split (an embargo of one horizon), so no label peeks into the test period.
+Each `train_*` defines how a fold's training rows become a model and which naive forecasts it
+must beat: trend: the training period's majority class and "the same direction as the last
+horizon"; anomaly: majority and persistence (the large-move rule over the previous horizon);
+price: zero return and persistence (the past return over the horizon). Clusters are
+cross-sectional (one profile per coin): no time folds; random clusterings are the baseline.
+`time_split` (one split with an embargo of one horizon) stays for callers that want one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel, RandomForestClassifier
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import StandardScaler, StandardScalerModel, VectorAssembler
+from pyspark.ml.functions import vector_to_array
 from pyspark.ml.regression import LinearRegression, LinearRegressionModel
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from crypto_assets.ml.evaluation import pr_auc, roc_auc
+from crypto_assets.ml.evaluation import Assessment, pr_auc, random_cluster_interval, roc_auc
 from crypto_assets.ml.training_set import LARGE_MOVE_MINUTES, REGRESSION_HORIZONS
+from crypto_assets.ml.walk_forward import FoldInfo, NotEnoughData, Split, Task, Trained, config_of, only_row, walk_forward
 
-
-class NotEnoughData(ValueError):
-    """Too little data to train or evaluate a model (no labelled rows yet, one class only, too
-    few rows or coins). The only failure a model asset may turn into a green skip (see
-    ml/model_specs.py `skippable`); any other error fails the step."""
-
-
-def _only_row(df: DataFrame) -> Row:
-    """The row of a global aggregate (no groupBy): Spark returns exactly one, even over no rows."""
-    row = df.first()
-    if row is None:
-        raise RuntimeError("a global aggregate returned no row")
-    return row
-
-
-@dataclass
-class Split:
-    train: DataFrame
-    test: DataFrame
-    split_time: datetime
-    train_rows: int
-    test_rows: int
-    train_max_time: datetime | None
-    test_min_time: datetime | None
-    train_label_mean: float | None = None
-    test_label_mean: float | None = None
-    cached: DataFrame | None = None
-
-    def unpersist(self) -> None:
-        """Release the cached rows (call when the holdout is no longer needed)."""
-        if self.cached is not None:
-            self.cached.unpersist()
-
-
-@dataclass
-class Trained:
-    model: PipelineModel
-    metrics: dict[str, float]
-    params: dict[str, Any]
-    split: Split
-    extra: dict[str, Any] = field(default_factory=dict)
+__all__ = ["NotEnoughData", "Split", "Trained", "binary_metrics", "cluster_silhouette", "linear_coefficients",
+           "price_frame", "time_split", "train_anomaly", "train_clusters", "train_price", "train_trend"]
+_only_row = only_row
 
 
 def time_split(df: DataFrame, label: str, horizon_minutes: int, train_fraction: float = 0.8,
@@ -129,61 +96,90 @@ def binary_metrics(pred: DataFrame, label: str) -> dict[str, float]:
     return {"auc_roc": roc_auc(s, y), "pr_auc": pr_auc(s, y), "accuracy": float(np.mean(p == y)) if len(y) else 0.0}
 
 
-def majority_baseline(split: Split, label: str) -> dict[str, float]:
-    """Majority class of the training period, scored on the holdout."""
-    p_train = split.train_label_mean or 0.0
-    majority = 1.0 if p_train >= 0.5 else 0.0
-    p_test = split.test_label_mean or 0.0
-    acc = p_test if majority == 1.0 else 1.0 - p_test
-    # A constant score ranks nothing: ROC-AUC 0.5, PR-AUC = share of positives.
-    return {"auc_roc": 0.5, "pr_auc": p_test, "accuracy": acc, "train_positive_rate": p_train}
+def _majority(info: FoldInfo) -> Column:
+    """The training period's majority class as a constant forecast (its positive rate as the
+    score: a constant ranks nothing, ROC-AUC 0.5 and PR-AUC the share of positives per window)."""
+    return F.lit(info.train_label_mean)
+
+
+def _probability() -> Column:
+    return vector_to_array(F.col("probability"))[1]
+
+
+def _prediction() -> Column:
+    return F.col("prediction")
+
+
+def _walk(df: DataFrame, task: Task, params: dict, cache: bool = True) -> Trained:
+    wf, split, model = walk_forward(df, task, config_of(params), cache=cache)
+    return Trained(model, wf.pooled, {**params, **wf.params()}, split, {"walk_forward": wf})
+
+
+TREND_LABEL, TREND_PAST = "label_up", "past_return_h"
 
 
 def train_trend(df: DataFrame, features: list[str], horizon_minutes: int, params: dict) -> Trained:
-    df = df.select("event_time", *features, "label_up")  # cache only what the model reads
-    split = time_split(df, "label_up", horizon_minutes, params.get("train_fraction", 0.8))
-    lr = LogisticRegression(
-        featuresCol="features", labelCol="label_up", maxIter=params.get("max_iter", 50),
-        regParam=params.get("reg_param", 0.001), elasticNetParam=params.get("elastic_net", 0.0),
-        tol=params.get("tol", 1e-6),
-    )
-    model = _fit_on_cached_vectors(split.train, features, "label_up", lr)
-    metrics = binary_metrics(model.transform(split.test), "label_up")
-    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_up")})
+    """LogisticRegression on the direction of the next horizon. Baselines: majority, and the
+    direction of the past horizon's return (score 1 up, 0 down, 0.5 flat or unknown)."""
+    df = df.select("event_time", *features, TREND_LABEL, TREND_PAST)  # cache only what the model reads
+
+    def fit(train: DataFrame, _info: FoldInfo) -> PipelineModel:
+        lr = LogisticRegression(
+            featuresCol="features", labelCol=TREND_LABEL, maxIter=params.get("max_iter", 50),
+            regParam=params.get("reg_param", 0.001), elasticNetParam=params.get("elastic_net", 0.0),
+            tol=params.get("tol", 1e-6))
+        return _fit_on_cached_vectors(train, features, TREND_LABEL, lr)
+
+    past = F.col(TREND_PAST)
+    last_direction = F.when(past > 0, 1.0).when(past < 0, 0.0).otherwise(0.5)
+    return _walk(df, Task(TREND_LABEL, horizon_minutes, "auc_roc", ("auc_roc", "pr_auc"), fit, _probability,
+                          lambda i: {"majority": _majority(i), "last_direction": last_direction}, hard=_prediction,
+                          min_train_rows=params.get("min_train_rows", 100), classes=("ups", "downs")), params)
+
+
+ANOMALY_LABEL, ANOMALY_PAST = "label_large_move", "past_large_move"
 
 
 def train_anomaly(df: DataFrame, features: list[str], params: dict) -> Trained:
-    df = df.select("event_time", *features, "label_large_move")  # cache only what the model reads
-    split = time_split(df.withColumn("label_large_move", F.col("label_large_move").cast("double")), "label_large_move",
-                       LARGE_MOVE_MINUTES,  # a training row's label window must end before the holdout
-                       params.get("train_fraction", 0.8))
-    train = split.train
-    ratio = params.get("negatives_per_positive", 20)
-    pos = train.filter(F.col("label_large_move") == 1).count()
-    neg = split.train_rows - pos
-    if not pos or not neg:  # a one-class forest predicts a 1-element probability: nothing to learn or gate
-        split.unpersist()
-        raise NotEnoughData(f"the training window holds {pos} large moves and {neg} quiet ticks: a classifier needs both")
-    if neg > pos * ratio:  # large moves are rare: keep every positive, sample negatives
-        train = train.sampleBy("label_large_move", {0.0: pos * ratio / neg, 1.0: 1.0}, seed=params.get("seed", 7))
-    rf = RandomForestClassifier(
-        featuresCol="raw_features", labelCol="label_large_move", numTrees=params.get("num_trees", 100),
-        maxDepth=params.get("max_depth", 10), seed=params.get("seed", 7), subsamplingRate=params.get("subsampling", 1.0),
-        maxBins=params.get("max_bins", 32), maxMemoryInMB=params.get("max_memory_mb", 256),
-        cacheNodeIds=True,  # same trees; each level no longer re-walks every tree from the root (~-40% fit time)
-    )
-    # The (sampled) training rows, assembled and cached once: the forest reads its input several
-    # times (metadata, split candidates, binning), each a sampleBy over all training rows otherwise.
-    assembler = VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep")
-    train = assembler.transform(train).select("raw_features", "label_large_move").cache()
-    try:
-        used = train.count()
-        model = PipelineModel(stages=[assembler, rf.fit(train)])
-    finally:
-        train.unpersist()
-    metrics = binary_metrics(model.transform(split.test), "label_large_move")
-    return Trained(model, metrics, params, split, {"baseline": majority_baseline(split, "label_large_move"),
-                                                  "train_positives": pos, "train_negatives_used": used - pos})
+    """RandomForest on large moves (|next return| > 3x recent volatility). Baselines: majority,
+    and persistence (the same rule over the previous horizon, 0 where unknown)."""
+    horizon = int(params.get("horizon_minutes", LARGE_MOVE_MINUTES))
+    df = df.select("event_time", *features, F.col(ANOMALY_LABEL).cast("double").alias(ANOMALY_LABEL), ANOMALY_PAST)
+    ratio, seed = params.get("negatives_per_positive", 20), params.get("seed", 7)
+    counts: dict[str, int] = {}
+
+    def fit(train: DataFrame, info: FoldInfo) -> PipelineModel:
+        pos = round(info.train_label_mean * info.train_rows)
+        neg = info.train_rows - pos
+        if not pos or not neg:  # a one-class forest predicts a 1-element probability: nothing to learn
+            raise NotEnoughData(f"the training window holds {pos} large moves and {neg} other ticks: "
+                                "a classifier needs both")
+        if neg > pos * ratio:  # large moves are rare: keep every positive, sample negatives
+            train = train.sampleBy(ANOMALY_LABEL, {0.0: pos * ratio / neg, 1.0: 1.0}, seed=seed)
+        rf = RandomForestClassifier(
+            featuresCol="raw_features", labelCol=ANOMALY_LABEL, numTrees=params.get("num_trees", 100),
+            maxDepth=params.get("max_depth", 10), seed=seed, subsamplingRate=params.get("subsampling", 1.0),
+            maxBins=params.get("max_bins", 32), maxMemoryInMB=params.get("max_memory_mb", 256),
+            cacheNodeIds=True,  # same trees; each level no longer re-walks every tree from the root (~-40% fit time)
+        )
+        # The (sampled) training rows, assembled and cached once: the forest reads its input several
+        # times (metadata, split candidates, binning), each a sampleBy over all training rows otherwise.
+        assembler = VectorAssembler(inputCols=features, outputCol="raw_features", handleInvalid="keep")
+        rows = assembler.transform(train).select("raw_features", ANOMALY_LABEL).cache()
+        try:
+            used = rows.count()
+            model = PipelineModel(stages=[assembler, rf.fit(rows)])
+        finally:
+            rows.unpersist()
+        counts.update(train_positives=pos, train_negatives_used=used - pos)
+        return model
+
+    persistence = F.coalesce(F.col(ANOMALY_PAST).cast("double"), F.lit(0.0))
+    t = _walk(df, Task(ANOMALY_LABEL, horizon, "pr_auc", ("auc_roc", "pr_auc"), fit, _probability,
+                       lambda i: {"majority": _majority(i), "persistence": persistence}, hard=_prediction,
+                       min_train_rows=params.get("min_train_rows", 100), classes=("large moves", "other ticks")), params)
+    t.extra.update(counts)  # the last fold's: the registered model's
+    return t
 
 
 def price_frame(df: DataFrame, features: list[str]) -> DataFrame:
@@ -194,30 +190,28 @@ def price_frame(df: DataFrame, features: list[str]) -> DataFrame:
 
 
 def train_price(df: DataFrame, features: list[str], horizon: str, horizon_minutes: int, params: dict) -> Trained:
-    """One horizon. `df` is the training set, or better `price_frame(training set)`, shared by
-    the horizons (then no per-horizon copy is cached)."""
+    """One horizon: LinearRegression on the forward return. Baselines: zero return and
+    persistence (the past return over the horizon, 0 where unknown). `df` is the training set,
+    or better `price_frame(training set)`, shared by the horizons (then no per-horizon copy is
+    cached)."""
     from pyspark import StorageLevel
 
     label, past = f"fwd_return_{horizon}", f"past_return_{horizon}"
     shared = df.storageLevel != StorageLevel.NONE
     df = df.select("event_time", *features, label, F.coalesce(F.col(past), F.lit(0.0)).alias(past))
-    split = time_split(df, label, horizon_minutes, params.get("train_fraction", 0.8), cache=not shared)
-    if split.train_rows < params.get("min_train_rows", 200) or split.test_rows < params.get("min_test_rows", 50):
-        split.unpersist()
-        raise NotEnoughData(f"{horizon}: {split.train_rows} train / {split.test_rows} test rows is not enough history")
-    lr = LinearRegression(featuresCol="features", labelCol=label, regParam=params.get("reg_param", 0.01),
-                          maxIter=params.get("max_iter", 50))
-    model = Pipeline(stages=[*_assembler(features + [past]), lr]).fit(split.train)
-    # model errors and both baselines in one pass over the holdout (was: three)
-    y, p, b = F.col(label), F.col("prediction"), F.col(past)  # past: 0 where missing (select above)
-    row = _only_row(model.transform(split.test).select(
-        F.sqrt(F.avg((y - p) ** 2)).alias("rmse"), F.avg(F.abs(y - p)).alias("mae"),
-        F.sqrt(F.avg(y ** 2)).alias("rmse_zero"), F.avg(F.abs(y)).alias("mae_zero"),
-        F.sqrt(F.avg((y - b) ** 2)).alias("rmse_persistence"), F.avg(F.abs(y - b)).alias("mae_persistence"),
-    ))
-    metrics = {"rmse": float(row["rmse"]), "mae": float(row["mae"])}
-    base = {k: float(row[k]) for k in ("rmse_zero", "mae_zero", "rmse_persistence", "mae_persistence")}
-    return Trained(model, metrics, params, split, {"baseline": base})
+
+    def fit(train: DataFrame, _info: FoldInfo) -> PipelineModel:
+        lr = LinearRegression(featuresCol="features", labelCol=label, regParam=params.get("reg_param", 0.01),
+                              maxIter=params.get("max_iter", 50))
+        return Pipeline(stages=[*_assembler(features + [past]), lr]).fit(train)
+
+    task = Task(label, horizon_minutes, "rmse", ("rmse", "mae"), fit, _prediction,
+                lambda _i: {"zero_return": F.lit(0.0), "persistence": F.col(past)},
+                min_train_rows=params.get("min_train_rows", 200), min_test_rows=params.get("min_test_rows", 50))
+    try:
+        return _walk(df, task, params, cache=not shared)
+    except NotEnoughData as exc:
+        raise NotEnoughData(f"{horizon}: {exc}") from exc
 
 
 PROFILE_FEATURES = ["avg_volatility", "std_log_return", "avg_abs_return", "avg_abs_volume_change", "avg_momentum_60m"]
@@ -233,27 +227,45 @@ def coin_profiles(df: DataFrame) -> DataFrame:
     ).na.fill(0.0)
 
 
+def _scaled_clusters(model: PipelineModel, profiles: DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(scaled features, cluster, coin) per profile, one small collect."""
+    pdf = model.transform(profiles).select("coin_id", vector_to_array(F.col("features")).alias("x"),
+                                           "prediction").toPandas()
+    x = np.array(pdf["x"].tolist(), dtype=np.float64).reshape(len(pdf), -1)
+    return x, pdf["prediction"].to_numpy(dtype=np.int64), [str(c) for c in pdf["coin_id"]]
+
+
+def cluster_silhouette(model: PipelineModel, profiles: DataFrame) -> dict[str, float]:
+    """A (champion) clustering's silhouette on these profiles (numpy, as the gate's), or none
+    when it puts every coin in one cluster (no silhouette)."""
+    from crypto_assets.ml.evaluation import silhouette
+
+    x, labels, _ = _scaled_clusters(model, profiles)
+    return {"silhouette": silhouette(x, labels)} if len(np.unique(labels)) > 1 else {}
+
+
 def train_clusters(df: DataFrame, params: dict) -> Trained:
+    """KMeans over per-coin profiles; its silhouette against random clusterings of the same coins
+    with the same k (ml/evaluation.py `random_cluster_interval`)."""
     profiles = coin_profiles(df).cache()
     n = profiles.count()
-    k = max(2, min(params.get("k", 3), n - 1)) if n > 2 else n
     if n < 3:
-        raise NotEnoughData(f"{n} coins: need at least 3 for a clustering with a silhouette")
+        profiles.unpersist()
+        raise NotEnoughData(f"{n} coin(s): a clustering needs at least 3 (k >= 2 clusters with a silhouette, "
+                            "k at most coins - 1)")
+    k = max(2, min(params.get("k", 3), n - 1))
     km = KMeans(featuresCol="features", k=k, seed=params.get("seed", 7), maxIter=params.get("max_iter", 50))
     model = Pipeline(stages=[*_assembler(PROFILE_FEATURES), km]).fit(profiles)
-    pred = model.transform(profiles).cache()
-    sil = ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(pred)
-    # Baseline: the same coins in k random clusters (round-robin by a seeded shuffle).
-    rnd = pred.withColumn("prediction", (F.abs(F.hash("coin_id", F.lit(params.get("seed", 7)))) % k).cast("int"))
-    # A draw that puts every coin in one cluster has no silhouette (Spark asserts two clusters): 0.
-    # Counted first rather than caught, so that no other failure passes for it.
-    one_cluster = rnd.select("prediction").distinct().count() < 2
-    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol="prediction")
-    sil_rand = 0.0 if one_cluster else evaluator.evaluate(rnd)
-    assignment = {r["coin_id"]: int(r["prediction"]) for r in pred.select("coin_id", "prediction").collect()}
-    split = Split(profiles, profiles, datetime.now(), n, n, None, None)
-    return Trained(model, {"silhouette": sil}, {**params, "k": k}, split,
-                   {"baseline": {"silhouette": sil_rand}, "assignment": assignment})
+    x, labels, coins = _scaled_clusters(model, profiles)
+    if len(np.unique(labels)) < 2:
+        profiles.unpersist()
+        raise NotEnoughData(f"KMeans put all {n} coins in one cluster: no silhouette")
+    iv = random_cluster_interval(x, labels, resamples=int(params.get("bootstrap_resamples", 200)),
+                                 seed=int(params.get("seed", 7)), level=float(params.get("ci_level", 0.9)))
+    assessment = Assessment("silhouette", iv.model, {"random": iv.baseline}, "random", iv)
+    split = Split(profiles, profiles, datetime.now(UTC), n, n, None, None, cached=profiles)
+    return Trained(model, {"silhouette": iv.model}, {**params, "k": k, "baseline_name": "random"}, split,
+                   {"assessment": assessment, "assignment": dict(zip(coins, (int(c) for c in labels), strict=True))})
 
 
 def linear_coefficients(model: PipelineModel) -> dict:

@@ -196,7 +196,7 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
               + "".join(f"\n  {'FAILED' if sev == 'ERROR' else 'warning'} ({sev}) {asset}:{name}"
                         for asset, name, ok, sev in check_results if not ok))
     try:
-        from crypto_assets.ml.registry import model_summary
+        from crypto_assets.ml.registry import model_summary, summary_baseline, summary_lift, summary_number
         from crypto_assets.settings import mlflow_resource
 
         models = model_summary(mlflow_resource())
@@ -205,12 +205,13 @@ def print_summary(home: Path, produced: dict, runs, elapsed: float, check_result
         print(f"models              (MLflow not readable: {exc})")
     if models:
         print()
-        print(f"{'model (MLflow)':<20}{'version':>8}  {'gate':<9}{'metric':<11}{'value':>10}{'baseline':>10}  champion")
+        print(f"{'model (MLflow)':<20}{'version':>8}  {'gate':<9}{'metric':<11}{'value':>10}  "
+              f"{'strongest baseline':<26}{'lift, CI':<30}champion")
         for m in models:
-            val = f"{m['value']:.4f}" if m["value"] is not None else "n/a"
-            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "n/a"
-            print(f"{m['model']:<20}{m['latest_version']:>8}  {m['gate']:<9}{m['metric']:<11}{val:>10}{base:>10}  "
-                  f"{'v' + m['champion_version'] if m['champion_version'] else 'none'}")
+            print(f"{m['model']:<20}{m['latest_version']:>8}  {m['gate']:<9}{m['metric']:<11}{summary_number(m['value']):>10}  "
+                  f"{summary_baseline(m):<26}{summary_lift(m):<30}{'v' + m['champion_version'] if m['champion_version'] else 'none'}")
+            if m["baselines"]:
+                print(f"{'':<20}  baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in m["baselines"].items()))
         print(f"MLflow store: {mlflow_resource().uri()}  (browse: .venv/bin/mlflow ui --backend-store-uri <that>)")
     print()
     print("Dagster runs (see them with `make ui` / dagster dev):")

@@ -50,7 +50,7 @@ def _dagster_section(home) -> bool:
 
 def _mlflow_section() -> None:
     try:
-        from crypto_assets.ml.registry import model_summary
+        from crypto_assets.ml.registry import model_summary, summary_baseline, summary_lift, summary_number
         from crypto_assets.settings import mlflow_resource
 
         mlf = mlflow_resource()
@@ -58,11 +58,9 @@ def _mlflow_section() -> None:
             print("mlflow       no models yet")
             return
         for m in model_summary(mlf):
-            val = f"{m['value']:.4f}" if m["value"] is not None else "n/a"
-            base = f"{m['baseline']:.4f}" if m["baseline"] is not None else "n/a"
             champ = f"v{m['champion_version']}" if m["champion_version"] else "none"
             print(f"model        {m['model']:<16} champion {champ:<5} latest v{m['latest_version']} gate {m['gate']:<8} "
-                  f"{m['metric']} {val} vs baseline {base}")
+                  f"{m['metric']} {summary_number(m['value'])} vs {summary_baseline(m)}, lift {summary_lift(m)}")
     except Exception as exc:  # noqa: BLE001 - status must always print something
         print(f"mlflow       unreadable: {exc}")
 

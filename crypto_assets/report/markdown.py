@@ -99,6 +99,24 @@ def model_table(series: list[ModelSeries], note: str | None = None) -> str:
     return "\n".join(rows)
 
 
+def baseline_table(series: list[ModelSeries]) -> str:
+    """Per model, its latest run: the metric (walk-forward out-of-sample), every naive baseline
+    candidate, the strongest (the gate's bar), the lift over it with its interval, the gate."""
+    rows = ["| model | metric | value | baselines | strongest | lift | CI | gate |",
+            "|---|---|---:|---|---|---:|---|---|"]
+    for s in series:
+        p = s.latest
+        if p is None:
+            continue
+        cands = ", ".join(f"{k} {v:.4g}" for k, v in p.baselines.items()) or "–"
+        strongest = "–" if p.baseline is None else f"{p.baseline_name or 'baseline'} {p.baseline:.4g}"
+        ci = "–" if p.ci_low is None or p.ci_high is None else (
+            f"{p.ci_level:.0%} " if p.ci_level else "") + f"[{p.ci_low:.3g}, {p.ci_high:.3g}]"
+        lift = "–" if p.lift is None else f"{p.lift:.3g}"
+        rows.append(f"| {s.name} | {s.metric} | {p.value:.4g} | {cands} | {strongest} | {lift} | {ci} | {p.gate or '–'} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no MLflow model runs yet)"
+
+
 @dataclass
 class Figures:
     overview: str | None = None
@@ -136,6 +154,10 @@ def render_markdown(market: MarketData, series: list[ModelSeries], figures: Figu
         "## Models (primary metric vs naive baseline)",
         "",
         model_table(series, model_note),
+        "",
+        "## Model baselines (latest run; lift over the strongest, block-bootstrap CI)",
+        "",
+        baseline_table(series),
         "",
         "## Figures",
         "",

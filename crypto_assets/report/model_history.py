@@ -1,14 +1,15 @@
 """The model side of the report: every MLflow run of the report's experiments with its primary
-metric and baseline, joined to registered versions, gate tags and the champion alias."""
+metric, every naive baseline candidate, the strongest, the lift with its interval, joined to
+registered versions, gate tags and the champion alias."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crypto_assets.ml.registry import PRIMARY_METRIC, champion_version
+from crypto_assets.ml.registry import PRIMARY_METRIC, baseline_candidates, champion_version
 
 if TYPE_CHECKING:
     from crypto_assets.resources.mlflow import MlflowResource
@@ -25,6 +26,12 @@ class ModelPoint:
     baseline: float | None
     version: str | None = None
     gate: str | None = None
+    baselines: dict[str, float] = field(default_factory=dict)  # every candidate the run logged
+    baseline_name: str | None = None  # the strongest (the gate's bar)
+    lift: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float | None = None
 
 
 @dataclass
@@ -74,7 +81,12 @@ def load_model_history(mlf: MlflowResource, models: tuple[str, ...] = REPORT_MOD
                 name = f"price_model_{horizon}" if horizon else model
             t = datetime.fromtimestamp((r.info.start_time or 0) / 1000.0, tz=UTC)
             s = series.setdefault(name, ModelSeries(name, model, metric, []))
-            s.points.append(ModelPoint(r.info.run_id, t, float(value), r.data.metrics.get(f"baseline_{metric}")))
+            m, params = r.data.metrics, r.data.params
+            s.points.append(ModelPoint(
+                r.info.run_id, t, float(value), m.get(f"baseline_{metric}"), baselines=baseline_candidates(metric, m),
+                baseline_name=params.get("baseline_name"), lift=m.get(f"lift_{metric}"),
+                ci_low=m.get(f"lift_{metric}_ci_low"), ci_high=m.get(f"lift_{metric}_ci_high"),
+                ci_level=float(params["ci_level"]) if "ci_level" in params else None))
         for name, s in sorted(series.items()):
             _attach_versions(mlf, client, mlf.registered_name(name), s)
             s.points.sort(key=lambda p: p.time)

@@ -1,20 +1,19 @@
-"""Spark MLlib training through Dagster, MLflow lineage and registry, the champion gate,
-and predictions from champions. One small deterministic market, trained once per module."""
+"""Spark MLlib training through Dagster (walk-forward, strongest baselines, lift intervals),
+MLflow lineage and registry, the champion gate, and predictions from champions. One small
+deterministic market (a positive control for the promotions), trained once per module."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, cast
 
 import dagster as dg
 import numpy as np
-import orjson
 import pandas as pd
 import polars as pl
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from dagster_pyspark import LazyPySparkResource
 
 from crypto_assets.defs import models, predictions, training_data
@@ -22,60 +21,27 @@ from crypto_assets.ml.registry import champion_version, load_champion
 from crypto_assets.ml.scoring import score_linear
 from crypto_assets.ml.train import binary_metrics, linear_coefficients, time_split
 from crypto_assets.ml.training_set import FEATURES
-from crypto_assets.producers.simulator.config import SimulatorConfig
-from crypto_assets.producers.simulator.messages import generate_ticks
 from crypto_assets.resources import LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.resources.priority import ComputePriorityResource
 from crypto_assets.settings import spark_config
-from crypto_assets.transforms.chain import run_incremental
-from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
+from crypto_assets_tests.trained_market import (
+    COINS,
+    assert_split_counts,
+    fresh_copy,
+    iso,
+    market,
+    positive_control,
+    prediction_rows,
+    published,
+    training_path,
+)
 
 pytestmark = pytest.mark.slow
-COINS = ["bitcoin", "ethereum", "solana", "cardano", "litecoin"]
 RUN_CONFIG = {"ops": {"price_model": {"config": {"horizons": ["1h", "4h"]}},
                       "anomaly_model": {"config": {"num_trees": 10, "max_depth": 5}}}}
 GATES = ["trend_model_gate", "anomaly_model_gate", "price_model_gate", "coin_clusters_gate"]
 MODEL_ASSETS = [models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
-
-
-def _market(lh: LakehouseResource, days: float = 1.5) -> None:
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=days)
-    ticks = generate_ticks(SimulatorConfig(coins=tuple(COINS), seed=11), int(days * 1440), start, "60s")
-    df = pl.DataFrame(ticks, infer_schema_length=None).select(
-        "coin_id", "symbol",
-        pl.col("last_updated_at").str.to_datetime(time_zone="UTC").alias("last_updated_at"),
-        "price_usd", "volume_24h_usd",
-    )
-    with lh.connect() as conn:
-        insert_raw_batch(conn, df)
-        run_incremental(conn, COINS)
-        export_gold_mirrors(conn, lh.lake_path)  # the training set reads the Parquet mirrors
-
-
-def _positive_control(path) -> None:
-    """Labels a model can learn, each a function of a feature at time t (where the real label is
-    defined): up = the price above its 5-minute SMA, a large move = |z-score| > 2, the forward
-    returns = half the distance to the 15-minute SMA plus a little seeded noise. A model that
-    cannot clear its baselines' intervals on these is broken; on the simulator's random walk the
-    honest outcome may well be a rejection (test_the_random_walk_market_gets_an_honest_verdict)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    t = cast(pl.DataFrame, pl.from_arrow(pq.read_table(path)))
-    noise = np.random.default_rng(3).normal(size=t.height) * 1e-4
-    out = t.with_columns(
-        pl.when(pl.col("label_up").is_not_null()).then((pl.col("r_sma_5m") > 0).cast(pl.Int32)).alias("label_up"),
-        pl.when(pl.col("label_large_move").is_not_null()).then((pl.col("zscore_15m").abs() > 2).cast(pl.Int32))
-        .alias("label_large_move"),
-        *(pl.when(pl.col(f"fwd_return_{h}").is_not_null()).then(0.5 * pl.col("r_sma_15m") + pl.Series(noise))
-          .alias(f"fwd_return_{h}") for h in ("1h", "4h", "24h")),
-    )
-    pq.write_table(cast(pa.Table, out.to_arrow()), path)
-
-
-def _training_path(home) -> str:
-    return str(home / "lake" / "training" / "training_set.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +51,14 @@ def trained(tmp_path_factory, spark, request):
     home = tmp_path_factory.mktemp("models")
     lh = LakehouseResource(home=str(home), coins=COINS)
     mlf = MlflowResource(home=str(home))
-    _market(lh)
+    market(lh)
     resources = {"lakehouse": lh, "mlflow": mlf, "pyspark": LazyPySparkResource(spark_config=spark_config({})),
                  "compute_priority": ComputePriorityResource(nice=0)}
     assert dg.materialize([training_data.training_set], resources=resources).success
     honest_home = tmp_path_factory.mktemp("honest")
     (honest_home / "lake" / "training").mkdir(parents=True)
-    shutil.copy(_training_path(home), _training_path(honest_home))
-    _positive_control(_training_path(home))
+    shutil.copy(training_path(home), training_path(honest_home))
+    positive_control(training_path(home))
     result = dg.materialize(MODEL_ASSETS, resources=resources, run_config=RUN_CONFIG)
     return {"home": home, "lh": lh, "mlf": mlf, "resources": resources, "result": result, "assets": MODEL_ASSETS,
             "honest_home": honest_home}
@@ -153,7 +119,7 @@ def test_lineage_tags_and_walk_forward_metrics(trained):
     assert code_version is not None
     assert tags["code_version"] == code_version and len(code_version) == 12
     assert tags["training_set_path"].endswith("training/training_set.parquet")
-    _assert_split_counts(tags, horizon=timedelta(minutes=15))
+    assert_split_counts(tags, horizon=timedelta(minutes=15))
     assert datetime.fromisoformat(tags["train_max_time"]) < datetime.fromisoformat(tags["test_min_time"])
     assert run.inputs.dataset_inputs, "training dataset logged with mlflow.log_input"
     m = run.data.metrics
@@ -173,25 +139,6 @@ def test_lineage_tags_and_walk_forward_metrics(trained):
     assert mv.tags["dagster_run_id"] == result.run_id and mv.tags["gate"] == "passed"
     assert mv.tags["code_version"] == code_version
     assert mv.tags["baseline_name"] == p["baseline_name"] and mv.tags["lift_ci"].endswith("at 90%")
-
-
-def _assert_split_counts(tags: dict, horizon: timedelta) -> None:
-    """The row counts in the lineage tags are the last walk-forward fold's split, recounted here
-    from the training-set file: every row is unlabelled (no label yet: the last 15 minutes), in
-    train (labelled, its label window ends before the last test window), in the embargo
-    (labelled, label window reaches past its start) or in test (at or after it)."""
-    import pyarrow.parquet as pq
-
-    ts = cast(pl.DataFrame, pl.from_arrow(pq.read_table(tags["training_set_path"], columns=["event_time", "label_up"])))
-    split = datetime.fromisoformat(tags["split_time"])
-    labelled = ts.filter(pl.col("label_up").is_not_null())
-    train = labelled.filter(pl.col("event_time") + horizon < split).height
-    embargo = labelled.filter((pl.col("event_time") < split) & (pl.col("event_time") + horizon >= split)).height
-    test = labelled.filter(pl.col("event_time") >= split).height
-    unlabelled = ts.height - labelled.height
-    assert (int(tags["train_rows"]), int(tags["test_rows"])) == (train, test)
-    assert int(tags["data_rows"]) == ts.height == train + embargo + test + unlabelled
-    assert embargo > 0 and unlabelled > 0  # both exclusions really remove rows on this market
 
 
 def test_the_random_walk_market_gets_an_honest_verdict(trained, tmp_path):
@@ -217,8 +164,8 @@ def test_too_few_coins_for_a_clustering_skip_green(trained, tmp_path):
 
     home = tmp_path / "one_coin"
     (home / "lake" / "training").mkdir(parents=True)
-    one = pq.read_table(_training_path(trained["honest_home"]), filters=[("coin_id", "=", "bitcoin")])
-    pq.write_table(one, _training_path(home))
+    one = pq.read_table(training_path(trained["honest_home"]), filters=[("coin_id", "=", "bitcoin")])
+    pq.write_table(one, training_path(home))
     res = dict(trained["resources"], lakehouse=LakehouseResource(home=str(home), coins=["bitcoin"]),
                mlflow=MlflowResource(home=str(home)))
     out = dg.materialize([models.coin_clusters], resources=res)
@@ -331,60 +278,8 @@ def test_no_price_model_trained_is_green(trained):
     assert champion_version(mlf, mlf.registered_name("price_model_1h")) == before
 
 
-def _published(kafka) -> list[tuple[int, int, str, dict]]:
-    """Every message on the predictions topic, read to its high watermarks: (partition, offset,
-    key, value)."""
-    c = Consumer({"bootstrap.servers": kafka.bootstrap(), "group.id": "predictions-check", "enable.auto.commit": False})
-    md = c.list_topics(kafka.predictions_topic, timeout=5)
-    parts = list(md.topics[kafka.predictions_topic].partitions)
-    ends = {p: c.get_watermark_offsets(TopicPartition(kafka.predictions_topic, p), timeout=5)[1] for p in parts}
-    c.assign([TopicPartition(kafka.predictions_topic, p, 0) for p in parts])
-    out, pos = [], {p: 0 for p in parts}
-    for _ in range(200):
-        if all(pos[p] >= ends[p] for p in parts):
-            break
-        for m in c.consume(500, timeout=0.5):
-            if m.error() is None:
-                out.append(m)
-                p, o = m.partition(), m.offset()
-                assert p is not None and o is not None  # a consumed message has both
-                pos[p] = o + 1
-    c.close()
-    assert all(pos[p] >= ends[p] for p in parts), (pos, ends)
-    return sorted((m.partition(), m.offset(), m.key().decode(), orjson.loads(m.value())) for m in out)
-
-
-def _fresh_copy(trained, tmp_path) -> LakehouseResource:
-    """The trained warehouse with no predictions yet, in its own home (the champions stay in the
-    fixture's MLflow store)."""
-    lh = LakehouseResource(home=str(tmp_path / "copy"), coins=COINS)
-    lh.root.mkdir(parents=True)
-    shutil.copy(trained["lh"].duckdb_path, lh.duckdb_path)
-    wal = trained["lh"].duckdb_path.with_name(trained["lh"].duckdb_path.name + ".wal")
-    if wal.exists():  # the newest commits live in the WAL until DuckDB checkpoints it (every 16 MB)
-        shutil.copy(wal, lh.duckdb_path.with_name(lh.duckdb_path.name + ".wal"))
-    with lh.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS predictions")
-        conn.execute("DELETE FROM asset_state WHERE asset = 'predictions'")
-    return lh
-
-
-_PRED_COLUMNS = ["coin_id", "event_time", "trend_prob_up", "trend_model_version", "anomaly_prob", "anomaly_model_version",
-                 "forecast_return_1h", "forecast_return_4h", "forecast_return_24h", "price_model_versions",
-                 "predicted_at", "published_at"]
-
-
-def _prediction_rows(lh) -> list[dict]:
-    with lh.connect(read_only=True) as conn:
-        return conn.sql(f"SELECT {', '.join(_PRED_COLUMNS)} FROM predictions ORDER BY coin_id, event_time").pl().to_dicts()
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path):
-    lh = _fresh_copy(trained, tmp_path)
+    lh = fresh_copy(trained, tmp_path)
     res = dict(trained["resources"], kafka=kafka, lakehouse=lh)
     out = dg.materialize([predictions.predictions], resources=res)
     assert out.success
@@ -392,7 +287,7 @@ def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path
     champ = {m: champion_version(mlf, mlf.registered_name(m))
              for m in ("trend_model", "anomaly_model", "price_model_1h", "price_model_4h", "price_model_24h")}
     assert champ["price_model_24h"] is None and None not in [v for k, v in champ.items() if k != "price_model_24h"]
-    rows = _prediction_rows(lh)
+    rows = prediction_rows(lh)
     with lh.connect(read_only=True) as conn:  # what was to score: every feature row of the last 24 h
         features = set(conn.sql("SELECT coin_id, event_time FROM market_features WHERE event_time >= "
                                 "(SELECT max(event_time) FROM market_features) - INTERVAL 24 HOUR").fetchall())
@@ -408,27 +303,27 @@ def test_predictions_use_champions_and_publish_each_row(trained, kafka, tmp_path
     assert (md["trend_model_version"].value, md["anomaly_model_version"].value) == (champ["trend_model"], champ["anomaly_model"])
 
     # the topic, read to its end, holds exactly one message per row: key = coin_id, the row's values
-    sent = _published(kafka)
+    sent = published(kafka)
     assert len(sent) == len(rows)
     by_key = {(m["coin_id"], m["event_time"]): (key, m) for _p, _o, key, m in sent}
     assert len(by_key) == len(sent)
     for r in rows:
-        key, m = by_key[(r["coin_id"], _iso(r["event_time"]))]
+        key, m = by_key[(r["coin_id"], iso(r["event_time"]))]
         assert key == r["coin_id"]
-        assert m == {c: (_iso(r[c]) if c == "event_time" else r[c]) for c in predictions.OUTBOX_COLUMNS}
+        assert m == {c: (iso(r[c]) if c == "event_time" else r[c]) for c in predictions.OUTBOX_COLUMNS}
 
     # nothing new: nothing scored, nothing written, nothing sent
     again = dg.materialize([predictions.predictions], resources=res)
     md = again.asset_materializations_for_node("predictions")[0].metadata
     assert md["predictions"].value == 0 and md["published"].value == 0
-    assert _prediction_rows(lh) == rows
-    assert _published(kafka) == sent
+    assert prediction_rows(lh) == rows
+    assert published(kafka) == sent
 
 
 def test_predictions_write_only_if_the_high_water_mark_did_not_move(trained, tmp_path):
     """Two scorings of the same batch (two predictions runs side by side): the first write wins,
     the second finds the state moved and writes nothing; the next read has nothing left."""
-    lh = _fresh_copy(trained, tmp_path)
+    lh = fresh_copy(trained, tmp_path)
     champs = predictions._champions(trained["mlf"], trained["resources"]["pyspark"])
     a = predictions._read_batch(lh, 24.0)
     b = predictions._read_batch(lh, 24.0)
@@ -461,7 +356,7 @@ def test_numpy_scoring_agrees_with_spark(trained, spark):
 
 def test_predictions_without_champion_produce_nothing(tmp_path, spark, kafka):
     lh = LakehouseResource(home=str(tmp_path / "nochamp"), coins=COINS)
-    _market(lh, days=0.2)
+    market(lh, days=0.2)
     res = {"lakehouse": lh, "mlflow": MlflowResource(home=str(tmp_path / "nochamp")), "kafka": kafka,
            "pyspark": LazyPySparkResource(spark_config=spark_config({})),
                  "compute_priority": ComputePriorityResource(nice=0)}

@@ -106,6 +106,9 @@ def test_candles_page_through_a_range_to_the_warehouse_rows(client, lake):
     assert [_t(i["time"]) for i in items] == want["minute"].to_list()
     assert [i["close"] for i in items] == want["close"].to_list()
     assert [i["rsi_14"] for i in items[-5:]] == pytest.approx(want["rsi_14"].to_list()[-5:])
+    whole, pages = _all_pages(client, "/candles", coin="ethereum", limit=1000)  # pages spanning day directories
+    assert pages == 3 and [_t(i["time"]) for i in whole] == lake[1]["ohlcv_1m"].filter(
+        pl.col("coin_id") == "ethereum")["minute"].to_list()
     hours = client.get("/candles", params={"coin": "ethereum", "interval": "1h"}).json()
     want_h = lake[1]["ohlcv_1h"].filter(pl.col("coin_id") == "ethereum")
     assert [(_t(i["time"]), i["high"]) for i in hours["items"]] == list(zip(want_h["hour"], want_h["high"], strict=True))

@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 
 from crypto_assets.api.lake_source import LakeSource, files_between, newest_leaf_files
+from crypto_assets.warehouse.lake_layout import leaf_date
 
 FEATURES = "gold/market_features"
 CANDLES = {"1m": ("gold/ohlcv_1m", "minute"), "1h": ("gold/ohlcv_1h", "hour")}
+PER_DAY = {"1m": 1440, "1h": 24}  # most candles of one coin in a day directory
 ANOMALIES = "gold/anomalies"
 PREDICTIONS = "gold/predictions"
 
@@ -89,11 +91,22 @@ def candles(lake: LakeSource, coin: str, interval: str, start: datetime | None, 
         params.append(after)
     first = max(t for t in (start, after) if t is not None).date() if (start or after) else None
     extra = _CANDLE_1M_EXTRA if interval == "1m" else ""
-    rows = lake.query(
-        dataset, lambda files: files_between(files, first, end.date() if end else None),
-        lambda src: f"SELECT {col} AS time, open, high, low, close, volume, tick_count{extra} FROM {src} "
-                    f"WHERE {' AND '.join(conds)} ORDER BY {col} LIMIT ?",
-        [*params, limit + 1])
+    def sql(src: str) -> str:
+        return (f"SELECT {col} AS time, open, high, low, close, volume, tick_count{extra} FROM {src} "
+                f"WHERE {' AND '.join(conds)} ORDER BY {col} LIMIT ?")
+
+    # Day directories in ascending order, a few at a time: a day holds at most PER_DAY candles of
+    # a coin and every row of a day precedes the next day's, so a page reads the days it needs
+    # (a 30-day range's first page of 5000 minutes reads 4 days, not 30).
+    days = sorted({leaf_date(p.parent) for p in files_between(lake.files(dataset), first, end.date() if end else None)})
+    rows: list[dict[str, Any]] = []
+    i = 0
+    while i < len(days) and len(rows) <= limit:
+        need = limit + 1 - len(rows)
+        n = -(-need // PER_DAY[interval])
+        lo, hi = days[i], days[min(i + n, len(days)) - 1]
+        rows += lake.query(dataset, lambda files, lo=lo, hi=hi: files_between(files, lo, hi), sql, [*params, need])
+        i += n
     more = len(rows) > limit
     rows = [_clean(r) for r in rows[:limit]]
     nxt = encode_cursor(f"candles:{coin}:{interval}", rows[-1]["time"]) if more else None

@@ -162,7 +162,8 @@ def print_rows(market_label: str, note: str, rs: list[Row], seconds: float) -> N
               + (f"   (model / baseline {value / base:.3f})" if base and value is not None else ""))
         lo, hi = r.get(f"lift_{m}_ci_low"), r.get(f"lift_{m}_ci_high")
         ci = f"   CI [{_signed(lo)}, {_signed(hi)}]" if lo is not None else "   (no interval logged)"
-        print(f"      lift over it               : {_signed(r.get(f'lift_{m}'))}{ci}")
+        how = "model - baseline" if r.higher_is_better else "(baseline - model) / baseline"
+        print(f"      lift over it               : {_signed(r.get(f'lift_{m}'))}{ci}   ({how}; > 0: better)")
         print(f"      gate                       : {r.outcome}: {r.reason}")
 
 

@@ -22,7 +22,13 @@ from crypto_assets.transforms.chain import run_incremental
 from crypto_assets_tests.silver_helpers import export_gold_mirrors, insert_raw_batch
 
 MODEL_ASSETS = [models.trend_model, models.anomaly_model, models.price_model, models.coin_clusters]
-SMALL_FOREST = {"num_trees": 20, "max_depth": 6}
+SMALL_FOREST = {"num_trees": 10, "max_depth": 5}
+TWO_FOLDS = {"folds": 2}  # walk-forward test windows: the same test span as the default 3 in one fit less
+
+
+def small_ops(*names: str) -> dict:
+    """Run config of the named model assets: two walk-forward folds, the anomaly forest small."""
+    return {n: {"config": {**TWO_FOLDS, **(SMALL_FOREST if n == "anomaly_model" else {})}} for n in names}
 
 
 def simulated_ticks(coins: list[str], minutes: int, seed: int = 11) -> pl.DataFrame:

@@ -10,13 +10,13 @@ import pytest
 
 from crypto_assets_tests.model_helpers import (
     ASSETS_WITH_TRAINING_SET,
-    SMALL_FOREST,
     gates,
     load_market,
     materialize,
     metadata,
     model_resources,
     simulated_ticks,
+    small_ops,
 )
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ MINUTES = 600  # 1h labels for 540 rows: trains; 4h labels for 360 rows: too few
 def one_coin(tmp_path_factory, spark):
     resources = model_resources(tmp_path_factory.mktemp("one-coin"), COINS)
     load_market(resources["lakehouse"], simulated_ticks(COINS, MINUTES))
-    result = materialize(ASSETS_WITH_TRAINING_SET, resources, {"anomaly_model": {"config": SMALL_FOREST}})
+    result = materialize(ASSETS_WITH_TRAINING_SET, resources,
+                         small_ops("trend_model", "anomaly_model", "price_model"))
     return result
 
 

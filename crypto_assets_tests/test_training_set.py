@@ -54,8 +54,8 @@ def test_lookups_match_asof_joins(horizon, where):
     _market(conn)
     _register_lookups(conn, horizon, where)
     try:
-        # the matched ticks (n_vol, lmb_vol, lmb_n: test_large_move_threshold_inputs)
-        cols = [d[0] for d in conn.sql("SELECT * FROM feature_lookups").description if d[0] not in ("n_vol", "lmb_vol", "lmb_n")]
+        # the matched ticks (sigma, lmb_sigma: test_large_move_label_is_about_the_next_15_minutes)
+        cols = [d[0] for d in conn.sql("SELECT * FROM feature_lookups").description if d[0] not in ("sigma", "lmb_sigma")]
         ours = conn.sql(f"SELECT {', '.join(cols)} FROM feature_lookups ORDER BY coin_id, event_time").fetchall()
     finally:
         conn.unregister("feature_lookups")
@@ -171,50 +171,54 @@ def _rows(conn) -> dict[int, dict]:
 
 
 def test_large_move_label_is_about_the_next_15_minutes():
-    """A 5% jump at minute 60 (3 sigma of a 15-minute return is 3 * 0.001 * sqrt(15) = 1.2%):
-    rows in the 15 minutes before it are positives; rows after it are negatives whose *past*
-    window holds the jump (past_large_move, the persistence baseline); the last 15 minutes have
-    no label (no tick at t + 15 min), the first no baseline."""
+    """A 5% jump at minute 300 (3 sigma of a 15-minute return is ~0.4% here): rows in the 15
+    minutes before it are positives; rows after it are negatives whose *past* window holds the
+    jump (past_large_move, the persistence baseline); no label without 4 hours of history before
+    t nor in the last 15 minutes (no tick at t + 15 min), no baseline without that 15 min back."""
     from crypto_assets.ml.training_set import LARGE_MOVE_SIGMAS
 
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
-    prices = [100.0 * (1 + 1e-4 * ((i * 3) % 7 - 3)) * (1.05 if i >= 60 else 1.0) for i in range(120)]
+    prices = [100.0 * (1 + 1e-4 * ((i * 3) % 7 - 3)) * (1.05 if i >= 300 else 1.0) for i in range(420)]
     _constructed(conn, prices)
     rows = _rows(conn)
     label = {m: r["label_large_move"] for m, r in rows.items()}
     past = {m: r["past_large_move"] for m, r in rows.items()}
-    assert all(label[m] == 1 for m in range(45, 60))  # the jump is within (t, t + 15 min]
-    assert all(label[m] == 0 for m in range(15, 45)) and all(label[m] == 0 for m in range(60, 105))
-    assert all(label[m] is None for m in range(106, 120))  # nothing 15 minutes ahead
-    assert all(past[m] == 1 for m in range(60, 75))  # the jump was in the previous 15 minutes
-    assert all(past[m] == 0 for m in range(15, 60)) and all(past[m] == 0 for m in range(75, 120))
-    assert all(past[m] is None for m in range(15))  # nothing 15 minutes back
+    assert all(label[m] is None for m in range(240))  # the 4-hour variance window is not covered yet
+    assert all(label[m] == 1 for m in range(285, 300))  # the jump is within (t, t + 15 min]
+    assert all(label[m] == 0 for m in range(240, 285)) and all(label[m] == 0 for m in range(300, 405))
+    assert all(label[m] is None for m in range(406, 420))  # nothing 15 minutes ahead
+    assert all(past[m] == 1 for m in range(300, 315))  # the jump was in the previous 15 minutes
+    assert all(past[m] == 0 for m in range(255, 300)) and all(past[m] == 0 for m in range(315, 420))
+    assert all(past[m] is None for m in range(255))  # no threshold 15 minutes back
     # past_move_sigmas: the feature form of the baseline, in sigmas of the previous window, clipped
-    assert rows[65]["past_move_sigmas"] == 10.0 and 0 < rows[30]["past_move_sigmas"] < LARGE_MOVE_SIGMAS
+    assert rows[310]["past_move_sigmas"] == 10.0 and 0 < rows[270]["past_move_sigmas"] < LARGE_MOVE_SIGMAS
     assert rows[5]["past_move_sigmas"] == 0.0
     # past_return_h: the return since the tick 15 minutes back
     assert rows[70]["past_return_h"] == pytest.approx(prices[70] / prices[55] - 1)
     assert rows[5]["past_return_h"] is None
-    # the threshold counts the ticks of the past 15 minutes: 15 at one a minute
+    # the threshold: realized variance of the returns ending in (t - 4 h, t], scaled to 15 minutes
     _register_lookups(conn, 15, "TRUE")
     try:
-        n = conn.sql("SELECT n_vol, lmb_n FROM feature_lookups ORDER BY event_time").fetchall()
+        sigma = [r[0] for r in conn.sql("SELECT sigma FROM feature_lookups ORDER BY event_time").fetchall()]
     finally:
         conn.unregister("feature_lookups")
-    assert n[0] == (1, 0) and n[16] == (15, 2) and n[60] == (15, 15)
+    r2 = np.diff(np.log(prices)) ** 2
+    assert sigma[239] is None
+    assert sigma[240] == pytest.approx(np.sqrt(r2[:240].sum() * 15 / 240), rel=1e-9)
+    assert sigma[330] == pytest.approx(np.sqrt(r2[90:330].sum() * 15 / 240), rel=1e-9)  # the jump's return in it
 
 
 def test_large_move_label_is_null_without_a_volatility_or_a_tick_at_the_horizon():
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
-    _constructed(conn, [100.0 * (1.05 if i >= 60 else 1.0) for i in range(120)], vol=0.0)
+    _constructed(conn, [100.0] * 400)  # no variance: no threshold
     rows = _rows(conn)
     assert all(r["label_large_move"] is None and r["past_large_move"] is None for r in rows.values())
     # ticks every 21 minutes: the first tick at or after t + 15 min is 21 min ahead, beyond the 5 min tolerance
     conn = duckdb.connect()
     conn.execute("SET TimeZone='UTC'")
-    _constructed(conn, [100.0, 110.0, 100.0, 110.0], step_s=21 * 60)
+    _constructed(conn, [100.0 * (1.1 if i % 2 else 1.0) for i in range(30)], step_s=21 * 60)
     rows = _rows(conn)
     assert all(r["label_large_move"] is None and r["past_large_move"] is None for r in rows.values())
     assert all(r["fwd_return_h"] is None and r["past_return_h"] is None for r in rows.values())

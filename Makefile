@@ -1,5 +1,5 @@
 # Conveniences around the two README commands (scripts/ work without make too).
-.PHONY: setup demo test test-fast ui broker bench bench-models clean
+.PHONY: setup demo test test-fast stack-test ui broker bench bench-models clean
 
 setup:
 	./scripts/bootstrap.sh
@@ -12,6 +12,11 @@ test:
 
 test-fast:
 	./scripts/test.sh -m "not slow"
+
+# the docker-compose services as local processes (Postgres, MLflow server, Spark standalone,
+# Dagster webserver/daemon/code server, embedded broker): one incremental + one training run
+stack-test:
+	./scripts/stack_test.sh
 
 # Dagster UI on http://127.0.0.1:3000 with runs stored under var/dagster.
 ui: setup

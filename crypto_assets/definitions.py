@@ -14,18 +14,21 @@ from crypto_assets.defs.automation import (
     training_job,
 )
 from crypto_assets.defs.maintenance import maintenance_job
+from crypto_assets.defs.run_alerts import build_run_failure_sensor
 from crypto_assets.defs.schema_checks import warehouse_schema
-from crypto_assets.settings import automation_settings, build_resources
+from crypto_assets.settings import alert_settings, automation_settings, build_resources
 
 ASSET_MODULES = [incremental, training_data, models, predictions, report, history]
 AUTOMATION = automation_settings()
 SENSORS, SCHEDULES = build_automation(AUTOMATION)
+# Failed runs go to the alert webhooks; on by default once any is configured.
+RUN_FAILURE_SENSOR = build_run_failure_sensor(AUTOMATION.default_on or bool(alert_settings().webhooks))
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(ASSET_MODULES),
     asset_checks=[warehouse_schema],
     jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job, klines_backfill_job],
-    sensors=SENSORS,
+    sensors=[*SENSORS, RUN_FAILURE_SENSOR],
     schedules=SCHEDULES,
     resources=build_resources(),
     # Steps are short and share heavy state (DuckDB file, one Spark session): run them in the

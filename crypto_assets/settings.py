@@ -233,3 +233,57 @@ def fault_point(env: Mapping[str, str] | None = None) -> str | None:
     """The crash-injection point the exactly-once tests ask for (crypto_assets.faults), if any."""
     env = os.environ if env is None else env
     return env.get(FAULT_ENV_VAR) or None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One alert receiver; `kind` "json" gets the generic (signed) JSON, "slack" Slack's format."""
+
+    name: str
+    url: str
+    kind: str = "json"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where `crypto-assets alerts` and the run-failure sensor deliver (crypto_assets/delivery)."""
+
+    webhooks: tuple[Webhook, ...] = ()
+    secret: str | None = None  # HMAC-SHA256 key of the generic JSON's signature header
+    ledger_path: Path = Path("var/alerts/deliveries.sqlite")
+    retention_days: float = 35.0  # > the alerts topic's 30 days (crypto_assets/delivery/ledger.py)
+    max_attempts: int = 8
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    timeout_s: float = 10.0
+
+
+def alert_settings(env: Mapping[str, str] | None = None) -> AlertSettings:
+    """ALERT_WEBHOOKS=name=url,name2=url2 (generic JSON), SLACK_WEBHOOK_URL (a Slack incoming
+    webhook, named "slack"), ALERT_WEBHOOK_SECRET; retry knobs ALERT_MAX_ATTEMPTS,
+    ALERT_BACKOFF_BASE_SECONDS, ALERT_BACKOFF_CAP_SECONDS, ALERT_TIMEOUT_SECONDS."""
+    env = os.environ if env is None else env
+    d = AlertSettings()
+    hooks: list[Webhook] = []
+    for i, item in enumerate(x.strip() for x in (env.get("ALERT_WEBHOOKS") or "").split(",")):
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = f"webhook{i + 1}", item
+        hooks.append(Webhook(name.strip(), url.strip()))
+    if env.get("SLACK_WEBHOOK_URL"):
+        hooks.append(Webhook("slack", env["SLACK_WEBHOOK_URL"].strip(), "slack"))
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"ALERT_WEBHOOKS: webhook names must be unique (the ledger is keyed by them): {names}")
+    return AlertSettings(
+        webhooks=tuple(hooks),
+        secret=env.get("ALERT_WEBHOOK_SECRET") or None,
+        ledger_path=crypto_home(env) / "alerts" / "deliveries.sqlite",
+        retention_days=float(env.get("ALERT_LEDGER_RETENTION_DAYS") or d.retention_days),
+        max_attempts=int(env.get("ALERT_MAX_ATTEMPTS") or d.max_attempts),
+        backoff_base_s=float(env.get("ALERT_BACKOFF_BASE_SECONDS") or d.backoff_base_s),
+        backoff_cap_s=float(env.get("ALERT_BACKOFF_CAP_SECONDS") or d.backoff_cap_s),
+        timeout_s=float(env.get("ALERT_TIMEOUT_SECONDS") or d.timeout_s),
+    )

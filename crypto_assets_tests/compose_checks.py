@@ -27,6 +27,7 @@ REQUIRED_DEPENDENCIES: dict[str, dict[str, str]] = {
     "kafka-init": {"kafka": "service_healthy"},
     "kafka-ui": {"kafka": "service_healthy"},
     "producer": {"kafka-init": "service_completed_successfully"},
+    "alerts": {"kafka-init": "service_completed_successfully"},
     "postgres": {},
     "mlflow": {"postgres": "service_healthy"},
     "spark-master": {},
@@ -247,7 +248,7 @@ def _wiring_problems(services: dict, named_volumes: set[str]) -> list[str]:
     for var in ("MLFLOW_DFS_TMP", "TMPDIR"):
         if not code.get(var, "").startswith("/data/"):
             p.append(f"code-server: {var} must be on the shared /data volume")
-    for name in ("code-server", "dagster-webserver", "dagster-daemon", "kafka-init", "producer"):
+    for name in ("code-server", "dagster-webserver", "dagster-daemon", "kafka-init", "producer", "alerts"):
         env = _env(get(name))
         if name in services and env.get("CRYPTO_HOME") != "/data":
             p.append(f"{name}: CRYPTO_HOME must be /data")

@@ -86,7 +86,7 @@ def test_jobs_and_their_selections():
 def test_sensors_and_schedules():
     assert defs.sensors is not None and defs.schedules is not None
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"kafka_backlog_sensor", "predictions_automation"}
+    assert set(sensors) == {"kafka_backlog_sensor", "predictions_automation", "run_failure_alerts"}
     assert sensors["kafka_backlog_sensor"].job_name == "incremental_job"
     auto = sensors["predictions_automation"]
     assert isinstance(auto, dg.AutomationConditionSensorDefinition)

@@ -244,6 +244,31 @@ def cmd_quarantine_ticks(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------- alerts
+def cmd_alerts(args) -> int:
+    """Deliver crypto_alerts to the configured webhooks (crypto_assets/delivery) until SIGTERM."""
+    from crypto_assets.delivery.consumer import heartbeat_age_s, run_alerts
+    from crypto_assets.delivery.ledger import Ledger
+
+    _home(args)
+    cfg = settings.alert_settings()
+    if args.healthcheck is not None:
+        age = heartbeat_age_s(cfg)
+        print(f"heartbeat age {age:.1f}s" if age is not None else "no heartbeat yet")
+        return 0 if age is not None and age <= args.healthcheck else 1
+    if args.dead_letters:
+        with Ledger(cfg.ledger_path) as ledger:
+            print(json.dumps({"counts": ledger.counts(), "dead_letters": ledger.dead_letters()}, indent=2))
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    out = run_alerts(settings.kafka_resource(), cfg, stop, topic=args.topic, group=args.group,
+                     idle_exit_s=args.idle_exit, say=lambda line: print(line, flush=True))
+    print(json.dumps(out), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crypto-assets", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--home", help="data root (default $CRYPTO_HOME or ./var)")
@@ -296,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     qt.add_argument("--to", dest="end", default=None, help="event time of the last tick (default: --from)")
     qt.add_argument("--detail", default="quarantined by hand", help="why (stored in quarantine.detail)")
     qt.set_defaults(func=cmd_quarantine_ticks)
+
+    al = sub.add_parser("alerts", help="deliver crypto_alerts to the webhooks in ALERT_WEBHOOKS / SLACK_WEBHOOK_URL")
+    al.add_argument("--home")
+    al.add_argument("--topic", default=None, help="topic to deliver (default crypto_alerts)")
+    al.add_argument("--group", default="crypto_assets.alerts", help="Kafka consumer group")
+    al.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    al.add_argument("--dead-letters", action="store_true", help="print ledger counts and dead letters, then exit")
+    al.add_argument("--healthcheck", type=float, default=None, metavar="MAX_AGE_S",
+                    help="exit 0 when the running consumer's heartbeat is at most this old")
+    al.set_defaults(func=cmd_alerts)
 
     from crypto_assets.ops import demo, live, status
 

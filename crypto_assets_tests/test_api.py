@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from crypto_assets.api.app import create_app
+from crypto_assets.api.models import Candle, CandlePage
 from crypto_assets.defs import predictions as predictions_asset
 from crypto_assets.producers.simulator.config import SimulatorConfig
 from crypto_assets.producers.simulator.messages import generate_ticks
@@ -113,6 +114,9 @@ def test_candles_page_through_a_range_to_the_warehouse_rows(client, lake):
     want_h = lake[1]["ohlcv_1h"].filter(pl.col("coin_id") == "ethereum")
     assert [(_t(i["time"]), i["high"]) for i in hours["items"]] == list(zip(want_h["hour"], want_h["high"], strict=True))
     assert hours["symbol"] == "eth" and hours["items"][0]["rsi_14"] is None
+    for body in (hours, client.get("/candles", params={"coin": "ethereum", "limit": 50}).json()):
+        page = CandlePage.model_validate(body)  # the documented shape, though the rows skip validation
+        assert set(body["items"][0]) == set(Candle.model_fields) and len(page.items) == len(body["items"])
 
 
 @pytest.mark.parametrize("params, status, says", [

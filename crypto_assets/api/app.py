@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from crypto_assets import settings
 from crypto_assets.api import queries
@@ -95,12 +96,15 @@ def create_app(lake_root: Path | None = None, coin_ids: list[str] | None = None,
 
     @app.get("/candles", response_model=CandlePage, responses=_ERRORS, summary="A coin's OHLCV candles, ascending")
     def candles(coin: str, interval: Literal["1m", "1h"] = "1m", start: Start = None, end: End = None,
-                limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> CandlePage:
+                limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None) -> Response:
         c = coins[known(coin) or coin]
         start, end = _range(start, end)
         page = queries.candles(lake, c.coin_id, interval, start, end, limit, cursor)
-        return CandlePage.model_validate({"coin_id": c.coin_id, "symbol": c.symbol, "interval": interval,
-                                          "items": page.items, "next_cursor": page.next_cursor})
+        # the hot path: rows of our own typed table, serialised straight to JSON (CandlePage is
+        # its documented shape; validating 5000 rows again would cost a third of the request)
+        return Response(orjson.dumps({"coin_id": c.coin_id, "symbol": c.symbol, "interval": interval,
+                                      "items": page.items, "next_cursor": page.next_cursor}),
+                        media_type="application/json")
 
     @app.get("/anomalies", response_model=AnomalyPage, responses=_ERRORS, summary="Detected anomalies, newest first")
     def anomalies(coin: str | None = None, severity: Literal["warning", "critical"] | None = None,

@@ -24,6 +24,7 @@ PREDICTIONS = "gold/predictions"
 _FEATURE_COLUMNS = ("coin_id, symbol, event_time, price_usd, volume_24h_usd, return_pct, log_return, sma_1m, sma_5m, "
                     "sma_15m, ema_20, volatility_15m, zscore_15m, volume_change_pct, ticks_15m")
 _CANDLE_1M_EXTRA = ", return_pct, rsi_14, bb_middle, bb_upper, bb_lower"
+_CANDLE_1H_EXTRA = "".join(f", NULL::DOUBLE AS {c}" for c in _CANDLE_1M_EXTRA[2:].split(", "))  # same keys
 _ANOMALY_COLUMNS = ("anomaly_id, coin_id, symbol, event_time, rule, severity, value, threshold, price_usd, "
                     "volume_24h_usd, detected_at, source")
 _PREDICTION_COLUMNS = ("coin_id, symbol, event_time, price_usd, trend_prob_up, trend_model_version, anomaly_prob, "
@@ -90,7 +91,7 @@ def candles(lake: LakeSource, coin: str, interval: str, start: datetime | None, 
         conds.append(f"{col} > ?")
         params.append(after)
     first = max(t for t in (start, after) if t is not None).date() if (start or after) else None
-    extra = _CANDLE_1M_EXTRA if interval == "1m" else ""
+    extra = _CANDLE_1M_EXTRA if interval == "1m" else _CANDLE_1H_EXTRA
     def sql(src: str) -> str:
         return (f"SELECT {col} AS time, open, high, low, close, volume, tick_count{extra} FROM {src} "
                 f"WHERE {' AND '.join(conds)} ORDER BY {col} LIMIT ?")

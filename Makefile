@@ -18,9 +18,11 @@ test-fast:
 stack-test:
 	./scripts/stack_test.sh
 
-# Dagster UI on http://127.0.0.1:3000 with runs stored under var/dagster.
+# Dagster UI on http://127.0.0.1:3000 with runs stored under var/dagster; builds the market
+# report first when var/reports/latest is missing or older than the warehouse.
 ui: setup
 	mkdir -p var/dagster && cp dagster.yaml var/dagster/dagster.yaml
+	CRYPTO_HOME=$(CURDIR)/var DAGSTER_HOME=$(CURDIR)/var/dagster .venv/bin/python -m crypto_assets.ops.report_once
 	CRYPTO_HOME=$(CURDIR)/var DAGSTER_HOME=$(CURDIR)/var/dagster .venv/bin/dagster dev -w workspace.yaml
 
 broker: setup

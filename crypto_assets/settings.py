@@ -131,6 +131,8 @@ class AutomationSettings:
     predictions_cron: str = "*/5 * * * *"
     maintenance_cron: str = "*/30 * * * *"
     run_retention_hours: float = 24.0
+    report_cron: str = "*/15 * * * *"  # market_report's own schedule (report_schedule)
+    report_keep: int = 96  # timestamped reports the schedule keeps: a day at the default cron
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +151,8 @@ def automation_settings(env: Mapping[str, str] | None = None) -> AutomationSetti
         predictions_cron=env.get("PREDICTIONS_CRON") or d.predictions_cron,
         maintenance_cron=env.get("MAINTENANCE_CRON") or d.maintenance_cron,
         run_retention_hours=float(env.get("RUN_RETENTION_HOURS") or d.run_retention_hours),
+        report_cron=env.get("REPORT_CRON") or d.report_cron,
+        report_keep=int(env.get("REPORT_KEEP") or d.report_keep),
     )
 
 

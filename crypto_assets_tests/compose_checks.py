@@ -43,12 +43,12 @@ REQUIRED_DEPENDENCIES: dict[str, dict[str, str]] = {
 }
 ONE_SHOT = {"kafka-init"}  # runs to completion; everything else stays up with a healthcheck
 NO_HEALTHCHECK_NEEDED = ONE_SHOT | {"producer"}  # nothing waits on the producer
-# The only published ports: UIs, on loopback unless BIND_ADDRESS says otherwise.
-PUBLISHED = {"dagster-webserver": "3000", "mlflow": "5000", "kafka-ui": "8080", "spark-master": "8081"}
+# The only published ports: the UIs and the read API, on loopback unless BIND_ADDRESS says otherwise.
+PUBLISHED = {"dagster-webserver": "3000", "mlflow": "5000", "kafka-ui": "8080", "spark-master": "8081", "api": "8000"}
 # Services that need CRYPTO_HOME's volume at /data: the code server runs the steps (with the
 # DefaultRunLauncher), the webserver reads compute logs, Spark executors read/write the paths
-# the driver hands them.
-DATA_MOUNTS = {"code-server", "dagster-webserver", "dagster-daemon", "spark-worker"}
+# the driver hands them; the read API reads the lake.
+DATA_MOUNTS = {"code-server", "dagster-webserver", "dagster-daemon", "spark-worker", "api"}  # api: reads /data/lake
 # Env vars an app service may set that crypto_assets does not read itself, and who reads them.
 THIRD_PARTY_ENV = {
     "MLFLOW_DFS_TMP": "mlflow.spark: where executors save a Spark model before it is logged",

@@ -31,9 +31,10 @@ def small_ops(*names: str) -> dict:
     return {n: {"config": {**TWO_FOLDS, **(SMALL_FOREST if n == "anomaly_model" else {})}} for n in names}
 
 
-def simulated_ticks(coins: list[str], minutes: int, seed: int = 11) -> pl.DataFrame:
-    """The simulator's 60 s ticks for `minutes` minutes ending now (raw tick columns)."""
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=minutes)
+def simulated_ticks(coins: list[str], minutes: int, seed: int = 11, end: datetime | None = None) -> pl.DataFrame:
+    """The simulator's 60 s ticks for `minutes` minutes ending at `end` (default now; a fixed end
+    makes the market, and so the models' figures, the same on every run)."""
+    start = (end or datetime.now(UTC)).replace(second=0, microsecond=0) - timedelta(minutes=minutes)
     ticks = generate_ticks(SimulatorConfig(coins=tuple(coins), seed=seed), minutes, start, "60s")
     return pl.DataFrame(ticks, infer_schema_length=None).select(
         "coin_id", "symbol", pl.col("last_updated_at").str.to_datetime(time_zone="UTC").alias("last_updated_at"),

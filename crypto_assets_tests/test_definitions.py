@@ -59,7 +59,8 @@ def test_definitions_load_with_exactly_the_named_assets_and_checks():
 
 def test_jobs_and_their_selections():
     jobs = {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
-    assert jobs == {"ingest_job", "incremental_job", "training_job", "demo_job", "maintenance_job", "klines_backfill_job"}
+    assert jobs == {"ingest_job", "incremental_job", "training_job", "demo_job", "maintenance_job", "klines_backfill_job",
+                    "report_job"}
 
     def selection(name: str) -> tuple[set[str], set[tuple[str, str]]]:
         layer = defs.resolve_job_def(name).asset_layer
@@ -81,6 +82,7 @@ def test_jobs_and_their_selections():
     assert defs.resolve_assets_def("klines_1m").op.pool == "exchange_history"
     maintenance = defs.resolve_job_def("maintenance_job")
     assert set(maintenance.graph.node_dict) == {"purge_dagster_storage", "prune_mlflow", "compact_lake"}
+    assert selection("report_job") == ({"market_report"}, set())
 
 
 def test_sensors_and_schedules():
@@ -105,4 +107,5 @@ def test_sensors_and_schedules():
     assert {n: (s.job_name, s.cron_schedule, s.execution_timezone) for n, s in schedules.items()} == {
         "retraining_schedule": ("training_job", "0 * * * *", "UTC"),
         "maintenance_schedule": ("maintenance_job", "*/30 * * * *", "UTC"),
+        "report_schedule": ("report_job", "*/15 * * * *", "UTC"),
     }

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from crypto_assets.defs.report import market_report
+from crypto_assets.report.key_figures import gate_outcomes
 from crypto_assets.report.markdown import model_table
 from crypto_assets.report.model_history import load_model_history
 from crypto_assets.report.model_plot import MODELS_SIZE, plot_model_performance
@@ -145,6 +146,34 @@ def test_report_numbers_equal_the_warehouse(warehouse, first_run):
         assert int(n24) == values[(a, b, "24h")][1] > 0
 
 
+def test_key_figures_inline_in_the_materialization(warehouse, first_run):
+    """The UI's asset page shows the key figures without opening the report: coins, newest data,
+    anomalies in the window, best/worst coin (the report's own change column), gates, a preview."""
+    md = report_metadata(first_run)
+    with warehouse["lh"].connect(read_only=True) as conn:
+        end = conn.sql("SELECT max(minute) FROM ohlcv_1m").fetchall()[0][0]
+        n_anom = conn.sql("SELECT count(*) FROM anomalies WHERE event_time > $s",
+                          params={"s": end - timedelta(hours=3)}).fetchall()[0][0]
+        first_last = conn.sql("SELECT coin_id, arg_min(price_usd, event_time), arg_max(price_usd, event_time) "
+                              "FROM clean_ticks GROUP BY 1").fetchall()
+    assert md["coins"].value == 3 and md["coins_covered"].value == ", ".join(COINS)
+    assert md["anomalies_in_window"].value == n_anom > 0
+    assert md["data_up_to"].value == end.timestamp()
+    assert md["data_up_to_utc"].value == f"{end.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    change = {c: (last / first - 1) * 100 for c, first, last in first_last}  # 4 h of history: from the first tick
+    best, worst = max(change, key=lambda c: change[c]), min(change, key=lambda c: change[c])
+    assert md["best_coin"].value == f"{best} {change[best]:+.2f}%"
+    assert md["worst_coin"].value == f"{worst} {change[worst]:+.2f}%"
+    assert md["best_coin_return_pct"].value == pytest.approx(change[best], abs=1e-3)
+    assert md["worst_coin_return_pct"].value == pytest.approx(change[worst], abs=1e-3)
+    assert md["gate_outcomes"].value == {}  # an empty MLflow: no model runs
+    summary = md["summary"]
+    assert isinstance(summary, dg.MarkdownMetadataValue)
+    assert summary.value.startswith(f"**3 coins** · **{n_anom} anomalies** in 3 h · best **{best} ")
+    assert Path(md["report_md"].value).is_file()
+    assert md["preview"].value.startswith("![overview](data:image/png;base64,")
+
+
 def test_latest_mirrors_newest_report(warehouse, first_run):
     first_dir = Path(report_metadata(first_run)["report_dir"].value)
     second = dg.materialize(
@@ -224,6 +253,9 @@ def test_model_performance_from_mlflow_runs(tmp_path):
     assert [p.version for p in trend.points] == ["1", "2", "3"]
     assert trend.champion_version == "2" and trend.champion is not None and trend.champion.value == 0.61
     assert [p.gate for p in trend.points] == ["rejected", "passed", "rejected"]
+    assert gate_outcomes(list(series.values())) == {  # the latest run's version per model
+        "trend_model": "rejected", "price_model_1h": "unregistered", "price_model_4h": "unregistered",
+        "coin_clusters": "unregistered"}
     assert [p.value for p in series["price_model_1h"].points] == [0.010, 0.009]
     assert not series["price_model_1h"].higher_is_better
     assert series["coin_clusters"].champion is None

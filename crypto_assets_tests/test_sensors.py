@@ -136,18 +136,22 @@ DEFAULTS = {  # README "Automation" and the env knobs' defaults in crypto_assets
     "predictions_cron": "*/5 * * * *",
     "maintenance_cron": "*/30 * * * *",
     "run_retention_hours": 24.0,
+    "report_cron": "*/15 * * * *",
+    "report_keep": 96,
 }
 KNOBS = ["CRYPTO_AUTOMATION", "SENSOR_INTERVAL_SECONDS", "BACKLOG_MIN_MESSAGES", "BACKLOG_MAX_WAIT_SECONDS",
-         "INCREMENTAL_DRAIN_SECONDS", "RETRAIN_CRON", "PREDICTIONS_CRON", "MAINTENANCE_CRON", "RUN_RETENTION_HOURS"]
+         "INCREMENTAL_DRAIN_SECONDS", "RETRAIN_CRON", "PREDICTIONS_CRON", "MAINTENANCE_CRON", "RUN_RETENTION_HOURS",
+         "REPORT_CRON", "REPORT_KEEP"]
 
 
 def test_automation_settings_defaults_and_overrides():
     assert automation_settings({}).as_dict() == DEFAULTS
-    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48"], strict=True))
+    env = dict(zip(KNOBS, ["on", "7", "1", "2.5", "30", "5 * * * *", "*/2 * * * *", "0 3 * * *", "48",
+                        "*/10 * * * *", "4"], strict=True))
     assert automation_settings(env).as_dict() == {
         "default_on": True, "interval_s": 7, "min_messages": 1, "max_wait_seconds": 2.5, "drain_seconds": 30.0,
         "retrain_cron": "5 * * * *", "predictions_cron": "*/2 * * * *", "maintenance_cron": "0 3 * * *",
-        "run_retention_hours": 48.0,
+        "run_retention_hours": 48.0, "report_cron": "*/10 * * * *", "report_keep": 4,
     }
 
 
@@ -161,7 +165,8 @@ def test_automation_definitions_use_the_defaults():
     assert sensor.description == ("lag ≥ 500 messages or oldest pending ≥ 10s → one incremental run that drains the "
                                   "backlog for 120s")
     for name, job, cron in [("retraining_schedule", "training_job", "0 * * * *"),
-                            ("maintenance_schedule", "maintenance_job", "*/30 * * * *")]:
+                            ("maintenance_schedule", "maintenance_job", "*/30 * * * *"),
+                            ("report_schedule", "report_job", "*/15 * * * *")]:
         sched = defs.resolve_schedule_def(name)
         assert (sched.job_name, sched.cron_schedule, sched.execution_timezone) == (job, cron, "UTC")
         assert sched.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -21,7 +21,7 @@ from crypto_assets_tests.model_helpers import (
 
 pytestmark = pytest.mark.slow
 COINS = ["bitcoin"]
-MINUTES = 600  # 1h labels for 540 rows: trains; 4h labels for 360 rows: too few; 24h: none
+MINUTES = 600  # 10 h: the 1h horizon trains; 4h has too little history, 24h no label at all
 
 
 @pytest.fixture(scope="module")

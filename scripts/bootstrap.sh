@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install exactly what uv.lock pins (the project, editable, + the dev extra).
+# Create .venv and install exactly what uv.lock pins (the project, editable, + the dev extra and
+# the postgres extra, which scripts/stack_test.sh runs Dagster's Postgres storage with).
 # Idempotent and fast when nothing changed: the install is skipped while the hash of
 # pyproject.toml + uv.lock matches the last install. Needs Python 3.11 or 3.12 and the package
 # index; uv itself comes from the index too, at the version the lock pins.
@@ -41,5 +42,5 @@ echo "installing crypto_assets and its locked dependencies into .venv (about a m
 # --frozen: install the lock as it is (a pyproject.toml edit needs `uv lock` first, which
 # `uv lock --check` in .ci/run enforces); never download a Python, use the .venv one.
 UV_PROJECT_ENVIRONMENT="$PWD/.venv" UV_PYTHON_DOWNLOADS=never \
-  .venv/bin/python -m uv sync --frozen --extra dev --python .venv/bin/python --quiet
+  .venv/bin/python -m uv sync --frozen --extra dev --extra postgres --python .venv/bin/python --quiet
 echo "$want" > "$stamp"

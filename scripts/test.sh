@@ -39,7 +39,7 @@ ensure_docker_compose || exit 1
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 # The suite checks the documented defaults: environment overrides of them are not for tests.
 unset KAFKA_BOOTSTRAP_SERVERS DAGSTER_HOME CRYPTO_ASSETS_FAULT CRYPTO_AUTOMATION SENSOR_INTERVAL_SECONDS \
-  BACKLOG_MIN_MESSAGES BACKLOG_MAX_WAIT_SECONDS INCREMENTAL_DRAIN_SECONDS RETRAIN_CRON PREDICTIONS_CRON \
+  BACKLOG_MIN_MESSAGES BACKLOG_MAX_WAIT_SECONDS INCREMENTAL_DRAIN_SECONDS RETRAIN_CRON PREDICTIONS_CRON REPORT_CRON REPORT_KEEP \
   MAINTENANCE_CRON RUN_RETENTION_HOURS
 # Two pytest-xdist workers: the suite spends two thirds of its time waiting on subprocesses,
 # brokers and Spark, so two workers on two cores take ~9 instead of ~13 minutes. TEST_WORKERS=0

@@ -26,10 +26,12 @@ from crypto_assets.ml.training_set import FEATURES, REGRESSION_HORIZONS, feature
 from crypto_assets.resources import KafkaResource, LakehouseResource
 from crypto_assets.resources.mlflow import MlflowResource
 from crypto_assets.settings import automation_settings
+from crypto_assets.warehouse.lake_export import export_dirty, mark_dirty
 from crypto_assets.warehouse.sql import transaction
 from crypto_assets.warehouse.tables import TABLES
 from crypto_assets.warehouse.watermarks import get_state, set_state
 
+PREDICTIONS_DATASET = cast(str, TABLES["predictions"].dataset)
 OUTBOX_COLUMNS = ["coin_id", "event_time", "trend_prob_up", "trend_model_version", "anomaly_prob", "anomaly_model_version",
                   "forecast_return_1h", "forecast_return_4h", "forecast_return_24h", "price_model_versions"]
 
@@ -108,11 +110,13 @@ def _predictions(context: dg.AssetExecutionContext, config: PredictionsConfig, l
         return dg.MaterializeResult(metadata={"predictions": 0, "hwm_conflicts": conflicts,
                                               "reason": "superseded by a concurrent predictions run"})
     published = _publish(lakehouse, kafka, config.publish_limit)
+    mirrored = _export(lakehouse)
     n = 0 if out is None else out.height
     md = {
         "predictions": n,
         "published": published,
         "hwm_conflicts": conflicts,
+        "parquet_files_rewritten": mirrored,
         "trend_model_version": champs.trend[0] or "none",
         "anomaly_model_version": champs.anomaly[0] or "none",
         "price_model_versions": {h: v for h, (v, _) in champs.price.items()},
@@ -200,9 +204,20 @@ def _write(lakehouse: LakehouseResource, batch: Batch, out: pl.DataFrame) -> boo
             return False
         conn.register("pred_new", out.to_arrow())
         conn.execute("INSERT OR REPLACE INTO predictions SELECT * FROM pred_new")
+        mark_dirty(conn, PREDICTIONS_DATASET, "SELECT event_time, symbol FROM pred_new")
         conn.unregister("pred_new")
         set_state(conn, "predictions", batch.upstream, batch.seq + 1)
     return True
+
+
+def _export(lakehouse: LakehouseResource) -> int:
+    """One short connection: rewrite the Parquet hours of gold/predictions the writes marked (the
+    read API serves the mirror, never this file). After the publish, so published_at is current."""
+    t = TABLES["predictions"]
+    with lakehouse.connect() as conn:
+        conn.execute(t.ddl)
+        res = export_dirty(conn, lakehouse.lake_path, PREDICTIONS_DATASET, t.name, "event_time", cast(str, t.export_order))
+    return res.partitions
 
 
 def _publish(lakehouse: LakehouseResource, kafka: KafkaResource, limit: int = 100_000) -> int:

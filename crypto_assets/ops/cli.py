@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="health of broker, lag and tables (non-zero exit when unhealthy)")
     s.add_argument("--home")
     s.set_defaults(func=status.cmd_status)
+
+    from crypto_assets.api import server
+
+    sv = sub.add_parser("serve", help="the read API (FastAPI) over the gold Parquet mirror, on 127.0.0.1:8000")
+    server.add_arguments(sv)
+    sv.set_defaults(func=server.cmd_serve)
     return p
 
 

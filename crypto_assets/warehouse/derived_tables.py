@@ -171,7 +171,8 @@ PREDICTIONS = Table("predictions", """
     predicted_at           TIMESTAMPTZ NOT NULL,  -- when the row was scored
     published_at           TIMESTAMPTZ,           -- outbox marker for crypto_predictions: NULL until sent
     PRIMARY KEY (coin_id, event_time)
-""", time_column="event_time", on_connect=False)
+""", dataset="gold/predictions", by_date=True, time_column="event_time", export_order="coin_id, event_time",
+    on_connect=False)  # mirrored for the read API (crypto_assets/api); published_at as of the export
 
 DERIVED_TABLES = (CLEAN_TICKS, CLEAN_COIN_STATE, CLEAN_PRICE_WINDOW, MARKET_FEATURES, OHLCV_1M, OHLCV_1H, HOURLY_STATS,
                   CORRELATIONS, CORR_BUCKETS, ANOMALIES, PREDICTIONS)

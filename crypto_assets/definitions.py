@@ -4,7 +4,7 @@ and automation settings come from crypto_assets.settings, the one reader of the 
 
 import dagster as dg
 
-from crypto_assets.defs import history, incremental, models, predictions, report, training_data
+from crypto_assets.defs import history, incremental, models, predictions, report, sources, training_data
 from crypto_assets.defs.automation import (
     build_automation,
     demo_job,
@@ -27,7 +27,8 @@ REPORT_SCHEDULE = build_report_schedule(AUTOMATION.report_cron, AUTOMATION.defau
 RUN_FAILURE_SENSOR = build_run_failure_sensor(AUTOMATION.default_on or bool(alert_settings().webhooks))
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(ASSET_MODULES),
+    # the sources and Kafka topics as external assets: lineage from source to output topic
+    assets=[*dg.load_assets_from_modules(ASSET_MODULES), *sources.SPECS],
     asset_checks=[warehouse_schema],
     jobs=[ingest_job, incremental_job, training_job, demo_job, maintenance_job, klines_backfill_job,
           report_job],

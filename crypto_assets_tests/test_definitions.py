@@ -12,6 +12,9 @@ MODEL_ASSETS = {"trend_model", "anomaly_model", "price_model", "coin_clusters"}
 HISTORY_ASSETS = {"klines_1m"}
 ALL_ASSETS = INCREMENTAL_ASSETS | MODEL_ASSETS | {"training_set", "predictions", "market_report"} | HISTORY_ASSETS
 HISTORY_CHECKS = {("klines_1m", "klines_1m_complete")}
+# External assets (crypto_assets/defs/sources.py): lineage only, never materialised by a job
+SOURCES = {"coingecko_api", "coinbase_exchange", "binance_exchange"}
+TOPICS = {"crypto_raw", "crypto_trades", "crypto_raw_dlq", "crypto_trades_dlq", "crypto_alerts", "crypto_predictions"}
 # README "asset checks": blocking / non-blocking per-pass checks, the schema drift checks, the gates
 BLOCKING_PASS_CHECKS = {
     ("clean_ticks", "clean_ticks_unique"),
@@ -44,7 +47,8 @@ def _checks(keys) -> set[tuple[str, str]]:
 def test_definitions_load_with_exactly_the_named_assets_and_checks():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert _keys(graph.get_all_asset_keys()) == ALL_ASSETS
+    assert _keys(graph.get_all_asset_keys()) == ALL_ASSETS | SOURCES | TOPICS
+    assert _keys(k for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable) == SOURCES | TOPICS
     assert _checks(graph.asset_check_keys) == (BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS | SCHEMA_CHECKS
                                                | GATE_CHECKS | HISTORY_CHECKS)
     blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
@@ -55,6 +59,37 @@ def test_definitions_load_with_exactly_the_named_assets_and_checks():
     assert step.node_def.name == "incremental"
     assert _keys(step.keys) == INCREMENTAL_ASSETS
     assert _checks(step.check_keys) == BLOCKING_PASS_CHECKS | NON_BLOCKING_PASS_CHECKS
+
+
+def _ancestors(graph, key: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [dg.AssetKey(key)]
+    while todo:
+        for parent in graph.get(todo.pop()).parent_keys:
+            if parent.to_user_string() not in seen:
+                seen.add(parent.to_user_string())
+                todo.append(parent)
+    return seen
+
+
+def test_lineage_starts_at_the_sources_and_ends_at_the_output_topics():
+    graph = defs.resolve_asset_graph()
+
+    def up(key: str) -> set[str]:
+        return _keys(graph.get(dg.AssetKey(key)).parent_keys)
+
+    assert up("crypto_raw") == {"coingecko_api"} and up("raw_ticks") == {"crypto_raw"}
+    assert up("crypto_trades") == {"coinbase_exchange", "binance_exchange"} and up("raw_trades") == {"crypto_trades"}
+    assert up("klines_1m") == {"coinbase_exchange", "binance_exchange"}
+    assert up("crypto_alerts") == {"anomalies"} and up("crypto_predictions") == {"predictions"}
+    assert up("crypto_raw_dlq") == {"raw_ticks"} and up("crypto_trades_dlq") == {"raw_trades"}
+    # every source reaches both output topics through the pipeline; nothing leaves them
+    assert SOURCES <= _ancestors(graph, "crypto_alerts")  # tick and trade anomalies alike
+    assert "coingecko_api" in _ancestors(graph, "crypto_predictions")
+    for topic in ("crypto_alerts", "crypto_predictions"):
+        assert not graph.get(dg.AssetKey(topic)).child_keys
+    assert {graph.get(dg.AssetKey(k)).group_name for k in SOURCES} == {"sources"}
+    assert {graph.get(dg.AssetKey(k)).group_name for k in TOPICS} == {"topics"}
 
 
 def test_jobs_and_their_selections():

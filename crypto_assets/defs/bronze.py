@@ -17,9 +17,11 @@ from crypto_assets.defs.metadata import markdown_table, table_definition_metadat
 from crypto_assets.ingest.config import PullConfig
 from crypto_assets.ingest.pull import pull_raw_ticks, pull_raw_trades
 from crypto_assets.ingest.results import PullResult
+from crypto_assets.kafka.topics import RAW_TOPIC, TRADES_TOPIC
 
 RAW_TICKS = dg.AssetSpec(
     "raw_ticks",
+    deps=[RAW_TOPIC],  # the external topic asset (crypto_assets/defs/sources.py)
     group_name="bronze",
     kinds={"kafka", "duckdb", "parquet"},
     owners=["team:data-eng"],
@@ -37,6 +39,7 @@ OFFSET_CONTIGUITY = dg.AssetCheckSpec("raw_ticks_offset_contiguity", asset="raw_
                                       description="committed batches leave no offset gaps")
 RAW_TRADES = dg.AssetSpec(
     "raw_trades",
+    deps=[TRADES_TOPIC],
     group_name="bronze",
     kinds={"kafka", "duckdb", "parquet"},
     owners=["team:data-eng"],

@@ -62,6 +62,7 @@ def _fetch(client: ExchangeRestClient, fetch: Callable[[ExchangeRestClient, str,
 
 @dg.asset(
     name="klines_1m",
+    deps=["coinbase_exchange", "binance_exchange"],  # external source assets (defs/sources.py)
     group_name="history",
     partitions_def=KLINES_PARTITIONS,
     pool=EXCHANGE_HISTORY_POOL,

@@ -131,7 +131,7 @@ def _loop(consumer: Consumer, ledger: Ledger, cfg: AlertSettings, stop: threadin
                 say(f"consumer error: {err}")
             continue
         last_msg = time.monotonic()
-        if not _handle(m, ledger, cfg, policy, stop, stats, say):
+        if not _handle(m, ledger, cfg, policy, stop, stats, say, beat):
             return  # stopped during a backoff wait: leave the offset uncommitted
         try:
             consumer.commit(message=m, asynchronous=False)
@@ -140,7 +140,7 @@ def _loop(consumer: Consumer, ledger: Ledger, cfg: AlertSettings, stop: threadin
 
 
 def _handle(m: Message, ledger: Ledger, cfg: AlertSettings, policy: RetryPolicy, stop: threading.Event,
-            stats: Counter, say: Callable[[str], None]) -> bool:
+            stats: Counter, say: Callable[[str], None], beat: Callable[[], None]) -> bool:
     """Deliver one message to every webhook; False when stopped before all were final."""
     value = m.value()
     try:
@@ -152,7 +152,7 @@ def _handle(m: Message, ledger: Ledger, cfg: AlertSettings, policy: RetryPolicy,
         stats["poison"] += 1
         return True
     for webhook in cfg.webhooks:
-        state = deliver(webhook, notice, ledger, policy, cfg.secret, stop)
+        state = deliver(webhook, notice, ledger, policy, cfg.secret, stop, tick=beat)
         if state is None:
             return False
         stats[state] += 1

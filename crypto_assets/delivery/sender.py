@@ -130,14 +130,19 @@ def request_for(webhook: Webhook, notice: Notice, secret: str | None) -> tuple[b
 
 def deliver(webhook: Webhook, notice: Notice, ledger: Ledger, policy: RetryPolicy, secret: str | None,
             stop: threading.Event | None = None, rng: random.Random | None = None,
-            poster: Callable[[str, bytes, dict[str, str], float], Attempt] = post) -> str | None:
+            poster: Callable[[str, bytes, dict[str, str], float], Attempt] = post,
+            tick: Callable[[], None] | None = None) -> str | None:
     """Deliver `notice` to `webhook` at most once. Returns the final ledger state it reached
     (delivered, dead, unknown), "skipped" when the ledger already had a final (or in-flight)
     row, or None when `stop` was set during a backoff wait (the row stays "retrying": a later
-    run resumes it)."""
+    run resumes it). `tick` is called before each attempt and every few seconds of a wait (the
+    consumer's heartbeat, so a long backoff does not look like a hung process)."""
     rng = rng or random.Random()
+    stop = stop or threading.Event()
     body, headers = request_for(webhook, notice, secret)
     while True:
+        if tick is not None:
+            tick()
         attempt_no = ledger.claim(webhook.name, notice.delivery_id, notice.kind)
         if attempt_no is None:
             return "skipped"
@@ -153,9 +158,9 @@ def deliver(webhook: Webhook, notice: Notice, ledger: Ledger, policy: RetryPolic
             ledger.give_up(webhook.name, notice.delivery_id, "dead", reason, result.status, result.error, body)
             return "dead"
         ledger.will_retry(webhook.name, notice.delivery_id, result.status, result.error)
-        wait = policy.wait_s(attempt_no, result, rng)
-        if stop is not None:
-            if stop.wait(wait):
+        until = time.monotonic() + policy.wait_s(attempt_no, result, rng)
+        while (left := until - time.monotonic()) > 0:
+            if stop.wait(min(left, 5.0)):
                 return None
-        else:
-            time.sleep(wait)
+            if tick is not None:
+                tick()

@@ -172,3 +172,37 @@ def test_fold_masks_are_disjoint_expanding_and_respect_the_embargo():
     for (tr, te) in masks:
         assert times[tr].max() + 15.0 < times[te].min()  # no training label reaches into the test window
         assert not (tr & te).any()
+
+
+def test_a_random_score_beats_a_constant_on_few_positives_but_not_chance():
+    """The PR-AUC bias the CHANCE baseline exists for: with 10 positives in 720 rows, random
+    scores average above the share of positives, so over many random 'models' a constant
+    baseline passes a good share of them; against CHANCE the interval's lower bound stays <= 0
+    for (nearly) all of them, while a real signal still clears it."""
+    rng = np.random.default_rng(3)
+    n, pos = 720, 10
+    y = np.zeros(n)
+    y[rng.choice(n, pos, replace=False)] = 1.0
+    const = np.full(n, pos / n)
+    assert ev.chance_value("pr_auc", y, draws=400) > ev.pr_auc(const, y) + 0.003
+    passed_const = passed_chance = 0
+    for i in range(20):
+        noise = np.random.default_rng(100 + i).random(n)
+        a = ev.assess("pr_auc", noise, {"majority": const}, y, resamples=100, block_rows=10, seed=i)
+        b = ev.assess("pr_auc", noise, {"majority": const}, y, resamples=100, block_rows=10, seed=i, chance=True)
+        assert b.baseline_name == ev.CHANCE and b.baselines[ev.CHANCE] > b.baselines["majority"]
+        passed_const += a.interval.ci_low > 0
+        passed_chance += b.interval.ci_low > 0
+    assert passed_chance <= 1 < passed_const
+    signal = y + np.random.default_rng(9).normal(0, 0.3, n)
+    s = ev.assess("pr_auc", signal, {"majority": const}, y, resamples=100, block_rows=10, chance=True)
+    assert s.interval.ci_low > 0.2
+    assert "baseline_chance_pr_auc" in s.metrics()
+
+
+def test_chance_is_only_for_ranking_metrics():
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="ranking"):
+        ev.block_bootstrap_lift("rmse", y, None, y)
+    a = ev.assess("rmse", y, {"zero": np.zeros(4)}, y, chance=True)
+    assert ev.CHANCE not in a.baselines

@@ -124,17 +124,7 @@ def test_the_shuffle_keeps_features_and_label_counts_and_breaks_the_link(variant
     assert abs(np.corrcoef(up[ok], mom[ok])[0, 1]) < 0.1  # no link left to learn
 
 
-# The anomaly gate promotes these shuffled labels (PR-AUC 0.026 vs majority 0.014, CI [+0.002,
-# +0.042] on this market): its "majority" baseline is a constant score, whose PR-AUC is exactly
-# the share of positives, while any non-constant score's PR-AUC is biased above it when positives
-# are few (here ~10 in the pooled test windows: a random score averages 0.020, p95 0.039, vs 0.0139).
-# Needs a baseline that ranks at random (or a minimum of positives) in ml/evaluation.py; strict:
-# this turns red (XPASS) once the gate stops promoting noise, to be un-marked then.
-PR_AUC_BASELINE_BIAS = pytest.mark.xfail(
-    strict=True, reason="the PR-AUC gate compares with a constant score, biased low with few positives")
-
-
-@pytest.mark.parametrize("spec", [TREND_MODEL, pytest.param(ANOMALY_MODEL, marks=PR_AUC_BASELINE_BIAS)],
+@pytest.mark.parametrize("spec", [TREND_MODEL, ANOMALY_MODEL],
                          ids=lambda s: s.name)
 def test_shuffled_labels_are_not_promoted(variants, spec):
     v = variants["shuffled"]

@@ -21,8 +21,10 @@ Public API (used by ml/walk_forward.py, the gate, bench/models.py and tests):
 - `strongest_baseline(metric, candidates, y) -> (name, value)`: the best candidate by the metric.
 - `block_indices(n, block_rows, resamples, rng)`, `default_block_rows(n, times, horizon_seconds)`,
   `block_bootstrap_lift(metric, model, baseline, y, ...) -> LiftInterval`.
-- `assess(metric, model, candidates, y, ...) -> Assessment`: all of the above for one gate
-  metric, with the MLflow metric names (`Assessment.metrics()`).
+- `assess(metric, model, candidates, y, ..., chance=False) -> Assessment`: all of the above for
+  one gate metric, with the MLflow metric names (`Assessment.metrics()`); `chance`: a ranking
+  metric also faces `CHANCE`, a random ranking (`chance_value`; baseline None in
+  `block_bootstrap_lift` draws a fresh one per resample).
 - `silhouette(X, labels)`: squared-Euclidean silhouette, as Spark's ClusteringEvaluator.
   `random_cluster_interval(X, labels, ...) -> LiftInterval`: lift over random clusterings.
 - `WalkForwardConfig`, `fold_windows(t_min, t_max, folds, test_fraction)`,
@@ -191,16 +193,48 @@ def block_indices(n: int, block_rows: int, resamples: int, rng: np.random.Genera
     return (starts[:, :, None] + np.arange(b)).reshape(resamples, blocks * b)[:, :n]
 
 
-def block_bootstrap_lift(metric: str, model: np.ndarray, baseline: np.ndarray, y: np.ndarray, *,
+CHANCE = "chance"
+"""The baseline of a ranking metric that ranks at random: its value is the metric's mean over
+random scores on the same rows, and each bootstrap resample draws a fresh one. A constant score
+is not enough: with few positives, any score that ranks (even a random one) has a trapezoidal
+PR-AUC above the share of positives (10 positives in 720 rows: 0.020 on average, 0.039 at the
+95th percentile, vs 0.0139), so a constant baseline lets noise pass the gate."""
+RANKING_METRICS = ("auc_roc", "pr_auc")
+
+
+def _chance(metric: str, y: np.ndarray, w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`metric` of a fresh random ranking under each row weighting of `w` (R, n) -> (R,): one
+    sort per resample (a loop over resamples, not rows)."""
+    k = 0 if metric == "auc_roc" else 1
+    return np.array([_binary_curves(rng.random(len(y)), y, w[r:r + 1])[k][0] for r in range(w.shape[0])])
+
+
+def chance_value(metric: str, y: np.ndarray, *, draws: int = 200, seed: int = 7) -> float:
+    """The expected `metric` of a random ranking of these rows (mean over `draws`)."""
+    y = np.asarray(y, dtype=np.float64)
+    v = _chance(metric, y, np.ones((draws, len(y))), np.random.default_rng(seed))
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def block_bootstrap_lift(metric: str, model: np.ndarray, baseline: np.ndarray | None, y: np.ndarray, *,
                          resamples: int = 200, block_rows: int | None = None, level: float = 0.9,
                          seed: int = 7) -> LiftInterval:
     """Lift of `model` over `baseline` (predictions on the same rows, IN TIME ORDER) with a
     moving-block bootstrap percentile interval: each resample recomputes both metrics on the
-    same resampled rows. Resamples where the metric is undefined are dropped and counted."""
-    model, baseline, y = (np.asarray(a, dtype=np.float64) for a in (model, baseline, y))
+    same resampled rows. `baseline` None: the CHANCE baseline (a fresh random ranking per
+    resample). Resamples where the metric is undefined are dropped and counted."""
+    model, y = (np.asarray(a, dtype=np.float64) for a in (model, y))
     n = len(y)
     b = block_rows if block_rows is not None else default_block_rows(n)
-    m_all, b_all = METRICS[metric](model, y), METRICS[metric](baseline, y)
+    m_all = METRICS[metric](model, y)
+    if baseline is None:
+        if metric not in RANKING_METRICS:
+            raise ValueError(f"the {CHANCE} baseline ranks at random: {metric} is not a ranking metric")
+        b_all = chance_value(metric, y, draws=resamples, seed=seed)
+    else:
+        baseline = np.asarray(baseline, dtype=np.float64)
+        b_all = METRICS[metric](baseline, y)
     point = lift_of(metric, m_all, b_all)
     rng = np.random.default_rng(seed)
     lifts: list[np.ndarray] = []
@@ -209,7 +243,8 @@ def block_bootstrap_lift(metric: str, model: np.ndarray, baseline: np.ndarray, y
         r = min(step, resamples - lo)
         idx = block_indices(n, b, r, rng)
         w = np.bincount((idx + (np.arange(r) * n)[:, None]).ravel(), minlength=r * n).reshape(r, n).astype(np.float64)
-        mv, bv = _weighted(metric, model, y, w), _weighted(metric, baseline, y, w)
+        mv = _weighted(metric, model, y, w)
+        bv = _chance(metric, y, w, rng) if baseline is None else _weighted(metric, baseline, y, w)
         with np.errstate(invalid="ignore", divide="ignore"):
             lifts.append(mv - bv if HIGHER_IS_BETTER[metric] else (bv - mv) / bv)
     ls = np.concatenate(lifts) if lifts else np.array([])
@@ -245,13 +280,21 @@ class Assessment:
 
 
 def assess(metric: str, model: np.ndarray, candidates: Mapping[str, np.ndarray], y: np.ndarray, *,
-           resamples: int = 200, block_rows: int | None = None, level: float = 0.9, seed: int = 7) -> Assessment:
+           resamples: int = 200, block_rows: int | None = None, level: float = 0.9, seed: int = 7,
+           chance: bool = False) -> Assessment:
     """The model's `metric`, each candidate's, the strongest, and the block-bootstrap lift
-    interval over the strongest: rows in time order."""
+    interval over the strongest: rows in time order. `chance`: a ranking metric also faces the
+    CHANCE baseline (a random ranking), whichever of them is stronger."""
     values = {name: METRICS[metric](pred, y) for name, pred in candidates.items()}
-    name, _ = strongest_baseline(metric, candidates, y)
-    iv = block_bootstrap_lift(metric, model, candidates[name], y, resamples=resamples, block_rows=block_rows,
-                              level=level, seed=seed)
+    if chance and metric in RANKING_METRICS:
+        values[CHANCE] = chance_value(metric, y, draws=resamples, seed=seed)
+    defined = {k: v for k, v in values.items() if not math.isnan(v)}
+    if not defined:
+        raise ValueError(f"no baseline candidate has a defined {metric} on these rows")
+    higher = HIGHER_IS_BETTER[metric]
+    name = next(k for k, v in defined.items() if v == (max if higher else min)(defined.values()))
+    iv = block_bootstrap_lift(metric, model, None if name == CHANCE else candidates[name], y, resamples=resamples,
+                              block_rows=block_rows, level=level, seed=seed)
     return Assessment(metric, iv.model, values, name, iv)
 
 

@@ -263,7 +263,8 @@ def _run(df: DataFrame, task: Task, cfg: WalkForwardConfig,
     block = cfg.block_rows if cfg.block_rows is not None else default_block_rows(len(order), pooled["t"], horizon_s)
     try:
         assessment = assess(task.gate_metric, pooled["score"], candidates, pooled["y"],
-                            resamples=cfg.bootstrap_resamples, block_rows=block, level=cfg.ci_level, seed=cfg.seed)
+                            resamples=cfg.bootstrap_resamples, block_rows=block, level=cfg.ci_level, seed=cfg.seed,
+                            chance=task.classes is not None)  # a classifier also faces a random ranking
     except ValueError as exc:  # no candidate defined: one class in every test window
         raise NotEnoughData(f"{task.label}: {exc}") from exc
     baselines = {n: {m: METRICS[m](c, pooled["y"]) for m in task.metrics if m in METRICS} for n, c in candidates.items()}

@@ -30,14 +30,14 @@ def _model_specs() -> list[tuple[str, str, Callable[[DataFrame], Trained]]]:
 
     feats = ",".join(FEATURES)
     specs = [("trend_model", "trend", lambda df: T.train_trend(df, FEATURES, DIRECTION_HORIZON_MINUTES, {
-                  "max_iter": 50, "reg_param": 0.001, "train_fraction": 0.8,
+                  "max_iter": 50, "reg_param": 0.001,
                   "horizon_minutes": DIRECTION_HORIZON_MINUTES, "features": feats})),
              ("anomaly_model", "anomaly", lambda df: T.train_anomaly(df, FEATURES, {
-                  "num_trees": 100, "max_depth": 10, "train_fraction": 0.8, "negatives_per_positive": 20,
+                  "num_trees": 100, "max_depth": 10, "negatives_per_positive": 20,
                   "features": feats}))]
     for h, m in REGRESSION_HORIZONS.items():
         specs.append(("price_model", f"price_{h}", lambda df, _h=h, _m=m: T.train_price(
-            df, FEATURES, _h, _m, {"horizon": _h, "reg_param": 0.01, "train_fraction": 0.8, "min_train_rows": 200,
+            df, FEATURES, _h, _m, {"horizon": _h, "reg_param": 0.01, "min_train_rows": 200,
                                    "features": feats})))
     specs.append(("coin_clusters", "clusters", lambda df: T.train_clusters(df, {"k": 3, "seed": 7})))
     return specs

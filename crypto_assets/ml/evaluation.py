@@ -219,11 +219,12 @@ def chance_value(metric: str, y: np.ndarray, *, draws: int = 200, seed: int = 7)
 
 def block_bootstrap_lift(metric: str, model: np.ndarray, baseline: np.ndarray | None, y: np.ndarray, *,
                          resamples: int = 200, block_rows: int | None = None, level: float = 0.9,
-                         seed: int = 7) -> LiftInterval:
+                         seed: int = 7, chance: float | None = None) -> LiftInterval:
     """Lift of `model` over `baseline` (predictions on the same rows, IN TIME ORDER) with a
     moving-block bootstrap percentile interval: each resample recomputes both metrics on the
     same resampled rows. `baseline` None: the CHANCE baseline (a fresh random ranking per
-    resample). Resamples where the metric is undefined are dropped and counted."""
+    resample; `chance`: its `chance_value` when the caller has it already). Resamples where the
+    metric is undefined are dropped and counted."""
     model, y = (np.asarray(a, dtype=np.float64) for a in (model, y))
     n = len(y)
     b = block_rows if block_rows is not None else default_block_rows(n)
@@ -231,7 +232,7 @@ def block_bootstrap_lift(metric: str, model: np.ndarray, baseline: np.ndarray | 
     if baseline is None:
         if metric not in RANKING_METRICS:
             raise ValueError(f"the {CHANCE} baseline ranks at random: {metric} is not a ranking metric")
-        b_all = chance_value(metric, y, draws=resamples, seed=seed)
+        b_all = chance if chance is not None else chance_value(metric, y, draws=resamples, seed=seed)
     else:
         baseline = np.asarray(baseline, dtype=np.float64)
         b_all = METRICS[metric](baseline, y)
@@ -294,7 +295,7 @@ def assess(metric: str, model: np.ndarray, candidates: Mapping[str, np.ndarray],
     higher = HIGHER_IS_BETTER[metric]
     name = next(k for k, v in defined.items() if v == (max if higher else min)(defined.values()))
     iv = block_bootstrap_lift(metric, model, None if name == CHANCE else candidates[name], y, resamples=resamples,
-                              block_rows=block_rows, level=level, seed=seed)
+                              block_rows=block_rows, level=level, seed=seed, chance=values.get(CHANCE))
     return Assessment(metric, iv.model, values, name, iv)
 
 

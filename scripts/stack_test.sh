@@ -11,24 +11,15 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-# Debian's postgresql package when its server binaries are missing (as test.sh does for docker-compose).
-ensure_postgres() {
-  [ -x "$PG_BIN/initdb" ] && return 0
-  echo "PostgreSQL not found under $PG_BIN: installing Debian's postgresql package" >&2
-  local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "error: postgresql is missing and cannot be installed (not root, no sudo)" >&2; return 1; }
-    sudo=(sudo)
-  fi
-  command -v apt-get >/dev/null 2>&1 || { echo "error: postgresql is missing and this system has no apt-get" >&2; return 1; }
-  export DEBIAN_FRONTEND=noninteractive
-  if ! ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1; then
-    ${sudo[@]+"${sudo[@]}"} apt-get update -qq && ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq --no-install-recommends postgresql
-  fi
+# Debian's postgresql package when its server binaries are missing; Chromium + its driver for
+# the look at the Dagster UI (crypto_assets/ops/ui_check.py).
+if [ ! -x "$PG_BIN/initdb" ]; then
+  # pg_ctlcluster (postgresql-common, on PATH) comes with the server package
+  ./scripts/ensure_debian.sh pg_ctlcluster postgresql
   PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-  [ -x "$PG_BIN/initdb" ] || { echo "error: installing postgresql failed (see apt-get's output above)" >&2; return 1; }
-}
-ensure_postgres
+  [ -x "$PG_BIN/initdb" ] || { echo "error: no PostgreSQL server under /usr/lib/postgresql: apt-get install postgresql (or set PG_BIN)" >&2; exit 1; }
+fi
+./scripts/ensure_debian.sh chromedriver chromium chromium-driver
 export PG_BIN
 
 root="$(mktemp -d "${TMPDIR:-/tmp}/crypto-stack-XXXXXX")"

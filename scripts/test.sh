@@ -4,37 +4,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh || exit 1
 
-# test_compose.py validates docker-compose.yml with `docker-compose config` (offline, no engine
-# needed): install Debian's docker-compose package when the binary is missing.
-ensure_docker_compose() {
-  command -v docker-compose >/dev/null 2>&1 && return 0
-  echo "docker-compose not found: installing Debian's docker-compose package (test_compose.py needs it)" >&2
-  local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-      sudo=(sudo)
-    else
-      echo "error: docker-compose is missing and cannot be installed (not root, no sudo);" \
-        "install it (apt-get install docker-compose) and run again" >&2
-      return 1
-    fi
-  fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: docker-compose is missing and this system has no apt-get; install docker-compose and run again" >&2
-    return 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  if ! ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq docker-compose >/dev/null 2>&1; then
-    # no package lists yet (or stale ones): update, then install once more
-    ${sudo[@]+"${sudo[@]}"} apt-get update -qq && ${sudo[@]+"${sudo[@]}"} apt-get install -y -qq docker-compose
-  fi
-  if ! command -v docker-compose >/dev/null 2>&1; then
-    echo "error: installing docker-compose failed (see apt-get's output above);" \
-      "install it (apt-get install docker-compose) and run again" >&2
-    return 1
-  fi
-}
-ensure_docker_compose || exit 1
+# Debian packages the suite uses, installed when missing: docker-compose (test_compose.py
+# validates docker-compose.yml with `docker-compose config`, offline, no engine needed) and
+# Chromium with its driver (test_ui_check.py looks at pages in a headless browser).
+./scripts/ensure_debian.sh docker-compose docker-compose || exit 1
+./scripts/ensure_debian.sh chromedriver chromium chromium-driver || exit 1
 
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 # The suite checks the documented defaults: environment overrides of them are not for tests.

@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from crypto_assets.ops.processes import pid_alive
+from crypto_assets.ops.ui_check import look_at_dagster
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +228,10 @@ def test_live_mode_ingests_ticks_then_stops_cleanly_on_sigint(tmp_path):
         assert raw == produced, (f"{len(raw or {})} of {len(produced)} simulated ticks reached raw_ticks in time",
                                  live.dev_log()[-5000:])
         assert clean == produced, f"{len(clean or {})} of {len(produced)} simulated ticks reached clean_ticks in time"
+        # what a person opening the UI meanwhile sees, in headless Chromium: the asset graph and
+        # clean_ticks' page (blank or error pages fail; its run is still draining, so no row count yet)
+        shots = look_at_dagster(f"http://127.0.0.1:{live.port}", tmp_path / "ui")
+        assert [shot.png.name for shot in shots] == ["asset_graph.png", "asset_clean_ticks.png"]
         live.track()
         live.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         live.proc.wait(90)

@@ -11,9 +11,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from crypto_assets.ops.home import REPO_ROOT
 from crypto_assets.ops.stack import services as s
 from crypto_assets.ops.stack.procs import Supervisor, http_json
+from crypto_assets.ops.ui_check import look_at_dagster
 
 COINS = "bitcoin,ethereum,solana,cardano,litecoin"
 # Small models: the test is about the services talking, not about model quality.
@@ -55,7 +58,7 @@ def launch_and_wait(web_port: int, job: str, run_config: dict, timeout_s: float)
     raise RuntimeError(f"{job} run {run_id} not done after {timeout_s:.0f}s")
 
 
-def check_results(ports: s.Ports, env: dict[str, str], run_ids: list[str]) -> dict[str, object]:
+def check_results(ports: s.Ports, env: dict[str, str], run_ids: list[str]) -> dict[str, Any]:
     """What each service holds after the two runs; raises AssertionError naming what is missing."""
     import duckdb
     import psycopg2
@@ -134,6 +137,11 @@ def run(root: Path, keep: bool = False) -> int:
             print(f"  {job} {run_id[:8]} SUCCESS in {secs:.1f}s", flush=True)
         time.sleep(2)  # the driver's application leaves the master's active list when its JVM exits
         results = check_results(ports, {**aenv, "_ARTIFACTS": str(root / "mlartifacts")}, run_ids)
+        t = time.monotonic()
+        shots = look_at_dagster(f"http://127.0.0.1:{ports.webserver}", REPO_ROOT / "var" / "stack-test" / "ui",
+                                row_count=results["rows"]["clean_ticks"])
+        results["screenshots"] = [f"{shot.png} ({shot.seconds}s)" for shot in shots]
+        step("the UI in headless Chromium", t)
         for k, v in results.items():
             print(f"  {k}: {v}", flush=True)
         print("stack test passed", flush=True)
